@@ -1,0 +1,148 @@
+"""`ipphpc submit | list | stop | profile`."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+from traitlets.config import Config
+
+from .. import config as cfgmod
+from .. import paths
+from ..cluster.cluster import HPCCluster, list_cluster_files
+from .table import render
+
+
+def _pdir(ns: argparse.Namespace) -> Path:
+    return paths.profile_dir(ns.profile or "default", ns.profile_dir)
+
+
+def submit(ns: argparse.Namespace, cfg: Config) -> int:
+    """Start a detached cluster and print its id; wait for its engines unless --no-wait."""
+    cfg.HPCCluster.shutdown_atexit = False
+    cluster = HPCCluster(config=cfg)
+    try:
+        cluster.start_cluster_sync()
+    except ValueError as e:
+        print(f"ipphpc submit: {e}", file=sys.stderr)
+        return 2
+    print(f"cluster {cluster.cluster_id}: controller pid {cluster.controller_pid}, {cluster.n} {cluster.engines} "
+          f"engines, profile {cluster.pdir}", file=sys.stderr)
+    if not ns.no_wait:
+        try:
+            rc = cluster.connect_client_sync()
+            _wait_with_bar(cluster, rc, cluster.n, ns.timeout)
+            rc.close()
+        except Exception as e:  # noqa: BLE001 - report, stop what was started, fail
+            print(f"ipphpc submit: {e}", file=sys.stderr)
+            cluster.stop_cluster_sync()
+            return 1
+    print(cluster.cluster_id)
+    return 0
+
+
+def _wait_with_bar(cluster: HPCCluster, rc, n: int, timeout: float) -> None:
+    from tqdm import tqdm
+    cluster.engine_timeout = timeout
+    with tqdm(total=n, desc="engines", unit="engine", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        deadline = time.monotonic() + timeout
+        while len(rc.ids) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(rc.ids)} of {n} engines registered after {timeout:g} s; "
+                                   f"engine output:\n{cluster._tail('ipengine')}")
+            dead = [e for e in cluster.engine_sets if e.exit_code not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"engines exited with status {dead[0].exit_code}:\n{cluster._tail('ipengine')}")
+            try:
+                rc.wait_for_engines(n, timeout=0.2)
+            except TimeoutError:
+                pass
+            bar.update(len(rc.ids) - bar.n)
+        bar.update(len(rc.ids) - bar.n)
+
+
+def _engines_registered(cluster: HPCCluster) -> int | None:
+    from ..client.client import Client
+    try:
+        with Client(cluster.client_file, timeout=2) as rc:
+            return len(rc.ids)
+    except Exception:  # noqa: BLE001 - shown as unknown
+        return None
+
+
+def list(ns: argparse.Namespace, cfg: Config) -> int:  # noqa: A001 - the subcommand's name
+    pdir = _pdir(ns)
+    rows = []
+    for path in list_cluster_files(pdir):
+        try:
+            c = HPCCluster.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            rows.append([path.name, "?", "?", f"unreadable: {e}", ""])
+            continue
+        alive = c.controller_launcher is not None and c.controller_launcher.running
+        engines = _engines_registered(c) if alive else None
+        created = datetime.datetime.fromtimestamp(c.created).strftime("%Y-%m-%d %H:%M:%S") if c.created else ""
+        rows.append([c.cluster_id, f"{c.controller_pid} {'running' if alive else 'stopped'}",
+                     f"{'-' if engines is None else engines}/{c.n}", c.engines, created])
+    if not rows:
+        print(f"no clusters in profile {pdir}")
+        return 0
+    print(render(["CLUSTER ID", "CONTROLLER", "ENGINES", "LAUNCHER", "STARTED"], rows))
+    return 0
+
+
+def stop(ns: argparse.Namespace, cfg: Config) -> int:
+    pdir = _pdir(ns)
+    files = list_cluster_files(pdir)
+    if ns.cluster:
+        files = [paths.cluster_file(pdir, ns.cluster)]
+        if not files[0].exists():
+            known = ", ".join(p.name[8:-5] for p in list_cluster_files(pdir)) or "none"
+            print(f"ipphpc stop: no cluster {ns.cluster!r} in profile {pdir} (clusters there: {known})",
+                  file=sys.stderr)
+            return 1
+    elif not ns.all:
+        files = files[-1:]
+    if not files:
+        print(f"no clusters to stop in profile {pdir}", file=sys.stderr)
+        return 0
+    for path in files:
+        c = HPCCluster.from_dict(json.loads(path.read_text()))
+        c.stop_cluster_sync()
+        left = [x.pid for x in [c.controller_launcher, *c.engine_sets] if x is not None and x.running]
+        state = "stopped" if not left else f"processes still alive: {left}"
+        print(f"cluster {c.cluster_id}: {state}")
+    return 0
+
+
+def profile(ns: argparse.Namespace, cfg: Config) -> int:
+    if ns.action == "list":
+        for p in sorted(paths.ipphpc_dir().glob("profile_*")):
+            print(p.name[len("profile_"):], p)
+        return 0
+    pdir = paths.profile_dir(ns.name)
+    if ns.action == "locate":
+        print(pdir)
+        return 0
+    from ..controller.controller import Controller
+    from ..engine.engine import Engine
+    written = []
+    for role, classes in (("controller", [Controller]), ("engine", [Engine]), ("cluster", [HPCCluster])):
+        path = pdir / cfgmod.role_file(role)
+        if path.exists():
+            continue
+        body = "\n".join(cls.class_config_section() for cls in classes)
+        path.write_text(f"# ipphpc {role} configuration for profile {ns.name!r}.\n"
+                        f"# Uncomment and edit; command-line flags override these values.\nc = get_config()  # noqa\n\n"
+                        + body)
+        written.append(path.name)
+    common = pdir / cfgmod.COMMON_FILE
+    if not common.exists():
+        common.write_text("# Settings shared by the controller, engines and clusters of this profile.\n"
+                          "c = get_config()  # noqa\n")
+        written.append(common.name)
+    print(f"profile {ns.name!r} in {pdir}" + (f": wrote {', '.join(written)}" if written else " (already there)"))
+    return 0

@@ -1,0 +1,124 @@
+"""The `ipphpc` command. Flags map onto traitlets traits; `--Class.trait=value` sets any other."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from traitlets.config import Config
+
+from ..config import parse_kv_args
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, help="profile name (default: 'default')")
+    p.add_argument("--profile-dir", default=None, help="profile directory (overrides --profile)")
+    p.add_argument("--cluster-id", default=None, help="cluster id; several clusters can share a profile")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+# flag dest -> (Class, trait, converter)
+FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
+    "profile": [("Controller", "profile", str), ("Engine", "profile", str), ("HPCCluster", "profile", str)],
+    "profile_dir": [("Controller", "profile_dir", str), ("Engine", "profile_dir", str),
+                    ("HPCCluster", "profile_dir", str)],
+    "cluster_id": [("Controller", "cluster_id", str), ("Engine", "cluster_id", str),
+                   ("HPCCluster", "cluster_id", str)],
+    "ip": [("Controller", "ip", str), ("HPCCluster", "controller_ip", str)],
+    "location": [("Controller", "location", str), ("HPCCluster", "controller_location", str)],
+    "ports": [("Controller", "ports", lambda s: [int(x) for x in s.split(",")])],
+    "reuse": [("Controller", "reuse", bool)],
+    "file": [("Engine", "file", str)],
+    "work_dir": [("Engine", "work_dir", str)],
+    "startup_script": [("Engine", "startup_script", str)],
+    "startup_command": [("Engine", "startup_command", str)],
+    "mpi": [("Engine", "mpi", lambda v: "mpi4py" if v is True else str(v))],
+    "wait_for_file": [("Engine", "wait_for_file", float)],
+    "controller_timeout": [("Engine", "controller_timeout", float)],
+    "engine_id": [("Engine", "engine_id", int)],
+    "n": [("HPCCluster", "n", int)],
+    "engines": [("HPCCluster", "engines", str)],
+}
+
+
+def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
+    cfg = Config()
+    for dest, targets in FLAG_TRAITS.items():
+        v = getattr(ns, dest, None)
+        if v is None or v is False:
+            continue
+        for cls, trait, conv in targets:
+            if cls in classes:
+                cfg[cls][trait] = conv(v)
+    cfg.merge(parse_kv_args(extra))
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipphpc", description="Parallel Python on HPC clusters.")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("controller", help="run a controller in the foreground")
+    _common(p)
+    p.add_argument("--ip", default=None, help="interface to listen on ('*' for all); default 127.0.0.1")
+    p.add_argument("--location", default=None, help="address engines and clients should use to reach it")
+    p.add_argument("--ports", default=None, help="client,engine,hb_ping,hb_pong ports (default: random free)")
+    p.add_argument("--reuse", action="store_true", help="reuse ports and key from existing connection files")
+    p.add_argument("--log-to-stderr", action="store_true")
+
+    p = sub.add_parser("engine", help="run engine(s) that join a cluster")
+    _common(p)
+    p.add_argument("-n", "--n", type=int, default=1, dest="nproc",
+                   help="engines to start in this process group (one import, then fork)")
+    p.add_argument("--file", default=None, help="engine connection file (default: by profile and cluster id)")
+    p.add_argument("--work-dir", default=None)
+    p.add_argument("--startup-script", default=None)
+    p.add_argument("--startup-command", default=None)
+    p.add_argument("--mpi", nargs="?", const=True, default=None, help="initialize MPI with mpi4py")
+    p.add_argument("--engine-id", type=int, default=None)
+    p.add_argument("--wait-for-file", type=float, default=None, help="seconds to wait for the connection file")
+    p.add_argument("--controller-timeout", type=float, default=None,
+                   help="exit after this many seconds without word from the controller")
+    p.add_argument("--log-to-stderr", action="store_true")
+
+    p = sub.add_parser("submit", help="start a cluster (controller + engines) in the background")
+    _common(p)
+    p.add_argument("-n", "--n", type=int, default=None, help="number of engines")
+    p.add_argument("--engines", default=None, help="where engines run: local (default)")
+    p.add_argument("--ip", default=None, help="controller interface ('*' for all)")
+    p.add_argument("--location", default=None)
+    p.add_argument("--no-wait", action="store_true", help="return once started, without waiting for engines")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the engines")
+
+    p = sub.add_parser("list", help="clusters of a profile: id, controller alive, engines")
+    _common(p)
+
+    p = sub.add_parser("stop", help="stop a cluster (the newest by default) and every process it started")
+    _common(p)
+    p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
+    p.add_argument("--all", action="store_true", help="stop every cluster of the profile")
+
+    p = sub.add_parser("profile", help="create, list or locate profiles")
+    p.add_argument("action", choices=["create", "list", "locate"])
+    p.add_argument("name", nargs="?", default="default")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    if not ns.cmd:
+        parser.print_help()
+        return 1
+    if ns.cmd == "controller":
+        from ..controller.main import run_controller
+        return run_controller(to_config(ns, extra, ("Controller",)), ns.log_to_stderr, ns.log_level)
+    if ns.cmd == "engine":
+        from ..engine.main import run_engines
+        return run_engines(to_config(ns, extra, ("Engine",)), ns.nproc, ns.log_to_stderr, ns.log_level)
+    from . import commands
+    return getattr(commands, ns.cmd)(ns, to_config(ns, extra, ("HPCCluster", "Controller", "Engine")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Client: connects to a controller, sends tasks, receives results.
+
+Tasks leave from the caller's thread on a submit socket (no hop through another thread);
+results come back on a second socket read by an I/O thread running an asyncio loop, which
+completes each task's Future.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import zmq
+
+from .. import connection, paths, serialize
+from ..errors import (ControllerUnreachable, EngineError, NoEnginesRegistered, ProtocolMismatch, RemoteError,
+                      TaskAborted, TaskTimeout)
+from ..wire import AuthError, Session, payload_digest
+from ..zmqpump import Pump
+from .asyncresult import AsyncResult, build_metadata
+
+log = logging.getLogger("ipphpc.client")
+_CONTROLLER_ERRORS = {"EngineError": EngineError, "TaskTimeout": TaskTimeout, "TaskAborted": TaskAborted}
+
+
+@dataclass
+class _Pending:
+    ar: AsyncResult
+    index: int
+    submitted: float
+    target: int | None
+    # kept only for tasks that may be retried
+    resend: tuple | None = None
+    retries: int = 0
+
+
+def find_client_file(profile: str = "default", profile_dir: str | None = None, cluster_id: str | None = None) -> Path:
+    """The client connection file; without a cluster id, the newest cluster of the profile."""
+    pdir = paths.profile_dir(profile, profile_dir)
+    if cluster_id is not None:
+        return paths.connection_file(pdir, "client", cluster_id)
+    default = paths.connection_file(pdir, "client", "")
+    if default.exists():
+        return default
+    found = sorted((pdir / "security").glob("ipcontroller-*-client.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ControllerUnreachable(
+            f"no controller of profile {pdir.name[8:] or profile!r} is running: no connection file in "
+            f"{pdir / 'security'}; start one with `ipphpc submit -n 4` or pass url_file=")
+    return found[-1]
+
+
+class Client:
+    """A connection to one cluster's controller; `rc[:]`, `rc.load_balanced_view()` send it work."""
+
+    def __init__(self, url_file: str | os.PathLike | None = None, profile: str = "default",
+                 profile_dir: str | None = None, cluster_id: str | None = None, timeout: float = 10.0,
+                 sshserver: str | None = None, **kwargs: Any):
+        path = Path(url_file) if url_file else find_client_file(profile, profile_dir, cluster_id)
+        self.url_file = path
+        self._info = info = connection.read(path)
+        self.cluster_id = info.get("cluster_id", "")
+        self.session = Session(info["key"])
+        # the result socket signs with a session of its own: each session's sequence must arrive in order
+        self._rsession = Session(info["key"])
+        self.cid = self.session.id
+        self.url = connection.urls(info, "client")[0]
+        self._ctx = zmq.Context()
+        self._lock = threading.Lock()
+        self._submit = self._ctx.socket(zmq.DEALER)
+        self._submit.setsockopt(zmq.LINGER, 1000)
+        self._submit.setsockopt(zmq.SNDHWM, 0)
+        self._submit.connect(self.url)
+        self._pending: dict[str, _Pending] = {}
+        self._requests: dict[str, asyncio.Future] = {}
+        self._engines: dict[int, dict] = {}
+        self._engine_cond = threading.Condition()
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._io_main, name="ipphpc-client-io", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        try:
+            welcome = self._request("hello", {"c": self.cid}, timeout=timeout, via_results=True)
+        except TimeoutError:
+            self.close()
+            raise ControllerUnreachable(
+                f"no answer from the controller at {self.url} within {timeout:g} s (connection file {path}); "
+                f"is it running? `ipphpc list` shows the clusters of this profile") from None
+        if welcome["t"] == "refused":
+            self.close()
+            raise ProtocolMismatch(welcome.get("why"))
+        with self._engine_cond:
+            self._engines.update({int(k): v for k, v in welcome.get("engines", {}).items()})
+
+    # -- I/O thread ----------------------------------------------------------------------------
+    def _io_main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._results = self._ctx.socket(zmq.DEALER)
+        self._results.setsockopt(zmq.LINGER, 0)
+        self._results.setsockopt(zmq.RCVHWM, 0)
+        self._results.connect(self.url)
+        self._io_stop = self._loop.create_future()
+
+        async def serve() -> None:
+            self._pump = Pump(self._results, self._on_frames)
+            self._ready.set()
+            await self._io_stop
+            self._pump.close()
+        try:
+            self._loop.run_until_complete(serve())
+        finally:
+            self._results.close(0)
+            self._loop.close()
+
+    def _on_frames(self, frames: list) -> None:
+        try:
+            _, h, payload = self.session.split(frames)
+        except AuthError as e:
+            log.warning("dropped a message from the controller: %s", e)
+            return
+        self._dispatch(h, payload)
+
+    def _dispatch(self, h: dict, payload: list) -> None:
+        t = h["t"]
+        if t == "result":
+            self._on_result(h, payload)
+        elif t == "engines":
+            with self._engine_cond:
+                for k, v in h.get("add", {}).items():
+                    self._engines[int(k)] = v
+                for k in h.get("rm", []):
+                    self._engines.pop(int(k), None)
+                self._engine_cond.notify_all()
+        else:
+            fut = self._requests.pop(h.get("p"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(h)
+
+    def _on_result(self, h: dict, payload: list) -> None:
+        p = self._pending.pop(h["p"], None)
+        if p is None:
+            return
+        err = h.get("err")
+        meta = None
+        value = error = None
+        if err is not None:
+            cls = _CONTROLLER_ERRORS.get(err["ename"], EngineError)
+            error = cls(err["evalue"])
+        else:
+            Session.check_payload(h, payload)
+            meta = json.loads(bytes(payload[0]))
+            if h["ok"]:
+                value = serialize.loads(payload[1:]) if len(payload) > 1 else None
+            else:
+                e = meta["error"]
+                error = RemoteError(e["ename"], e["evalue"], e["tb"], {"engine_id": h.get("eid")})
+        if error is not None and p.retries > 0 and p.resend is not None:
+            self._retry(p)
+            return
+        p.ar._child_done(p.index, value, error, build_metadata(h["p"], p.submitted, meta, h.get("eid")))
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _send_task(self, kind: str, payload: Sequence[Any], ar: AsyncResult, index: int, target: int | None = None,
+                   timeout: float | None = None, retries: int = 0, digest: str | None = None) -> str:
+        fields: dict[str, Any] = {"k": kind, "c": self.cid}
+        if target is not None:
+            fields["to"] = target
+        if timeout:
+            fields["tmo"] = timeout
+        if digest is None and payload:
+            digest = payload_digest(payload)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this client is closed")
+            seq = self.session.next_id()
+            mid = seq[1]
+            resend = (kind, payload, target, timeout, digest) if retries else None
+            self._pending[mid] = _Pending(ar, index, time.time(), target, resend, retries)
+            ar.msg_ids[index] = mid
+            self._submit.send_multipart(self.session.pack("task", fields, payload, seq=seq, digest=digest),
+                                        copy=False)
+        return mid
+
+    def _retry(self, p: _Pending) -> None:
+        kind, payload, target, timeout, digest = p.resend
+        self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries - 1, digest)
+
+    def _request(self, msg_type: str, fields: dict | None = None, timeout: float = 10.0,
+                 via_results: bool = False) -> dict:
+        """Send a request to the controller and wait for its reply (from any thread but the I/O thread)."""
+        fields = dict(fields or {}, c=self.cid)
+        fut: asyncio.Future
+
+        def send() -> asyncio.Future:
+            f = self._loop.create_future()
+            if via_results:
+                q, mid = self._rsession.next_id()
+                self._requests[mid] = f
+                self._pump.send(self._rsession.pack(msg_type, fields, seq=(q, mid)))
+            else:
+                with self._lock:  # sequence numbers must reach the controller in order
+                    q, mid = self.session.next_id()
+                    self._requests[mid] = f
+                    self._submit.send_multipart(self.session.pack(msg_type, fields, seq=(q, mid)))
+            return f
+
+        async def roundtrip() -> dict:
+            return await asyncio.wait_for(send(), timeout)
+
+        try:
+            return asyncio.run_coroutine_threadsafe(roundtrip(), self._loop).result(timeout + 1)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise TimeoutError(f"the controller at {self.url} did not answer {msg_type!r} within {timeout:g} s")
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def ids(self) -> list[int]:
+        with self._engine_cond:
+            return sorted(self._engines)
+
+    @property
+    def engines(self) -> dict[int, dict]:
+        """Engine id -> what it reported at registration (host, pid, job id, array index, MPI rank)."""
+        with self._engine_cond:
+            return dict(self._engines)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def wait_for_engines(self, n: int | None = None, timeout: float = -1, block: bool = True) -> None:
+        """Wait until at least `n` engines are registered."""
+        n = n if n is not None else 1
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        with self._engine_cond:
+            while len(self._engines) < n:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{len(self._engines)} of {n} engines registered after {timeout:g} s; "
+                                       f"see the engine logs in the profile's log/ folder")
+                self._engine_cond.wait(left if left is not None else 1.0)
+
+    def _resolve(self, targets: Any) -> list[int]:
+        ids = self.ids
+        if targets is None or targets == "all":
+            return ids
+        if isinstance(targets, int):
+            targets = [targets]
+        elif isinstance(targets, slice):
+            targets = ids[targets]
+        targets = list(targets)
+        missing = [t for t in targets if t not in self._engines]
+        if missing:
+            raise NoEnginesRegistered(f"engine(s) {missing} are not registered; registered: {ids}")
+        return targets
+
+    def direct_view(self, targets: Any = "all", **flags: Any):
+        from .view import DirectView
+        return DirectView(self, targets, **flags)
+
+    def load_balanced_view(self, targets: Any = None, **flags: Any):
+        from .view import LoadBalancedView
+        return LoadBalancedView(self, targets, **flags)
+
+    def __getitem__(self, key: Any):
+        if isinstance(key, int):
+            if key not in self._engines:
+                raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
+            return self.direct_view(key)
+        if isinstance(key, slice):
+            targets = self.ids[key]
+            if not targets:
+                raise NoEnginesRegistered(f"no engine selected by {key}; registered: {self.ids}")
+            return self.direct_view(targets)
+        return self.direct_view(list(key))
+
+    def executor(self, targets: Any = None, **flags: Any):
+        """A concurrent.futures.Executor that load-balances over the engines."""
+        return self.load_balanced_view(targets, **flags).executor
+
+    def queue_status(self) -> dict:
+        """What the controller knows: engines with their outstanding tasks, queued tasks, counters."""
+        return self._request("status")
+
+    def wait(self, jobs: Iterable[AsyncResult] | None = None, timeout: float = -1) -> bool:
+        if jobs is None:
+            jobs = {p.ar for p in list(self._pending.values())}
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        for ar in jobs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ar.wait(left):
+                return False
+        return True
+
+    @property
+    def outstanding(self) -> set[str]:
+        return set(self._pending)
+
+    def shutdown(self, targets: Any = "all", hub: bool = True, block: bool = True) -> None:
+        """Stop the engines, and the controller when `hub` (the default)."""
+        if hub:
+            self._request("shutdown", {"engines": True})
+        else:
+            self._request("stop_engines", {"targets": None if targets == "all" else self._resolve(targets)})
+
+    def close(self, linger: float = 1.0) -> None:
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+        if self._thread.is_alive():
+            try:
+                def stop():
+                    try:
+                        self._results.send_multipart(self._rsession.pack("bye", {"c": self.cid}))
+                    finally:
+                        if not self._io_stop.done():
+                            self._io_stop.set_result(None)
+                self._loop.call_soon_threadsafe(stop)
+            except RuntimeError:
+                pass
+            self._thread.join(5)
+        self._submit.close(int(linger * 1000))
+        self._ctx.term()
+        for p in list(self._pending.values()):
+            p.ar._child_done(p.index, None, TaskAborted("the client was closed before this task finished"), {})
+        self._pending.clear()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.cluster_id or self.url_file.name}: {len(self._engines)} engines>"

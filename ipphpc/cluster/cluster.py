@@ -1,0 +1,297 @@
+"""HPCCluster: a controller, engines and a client started and stopped together.
+
+Each cluster writes `security/cluster-<id>.json` so that `ipphpc list`, `ipphpc stop` and
+`HPCCluster.from_file()` can find and stop it from another process.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Float, Integer, List, Unicode
+from traitlets.config import Config, LoggingConfigurable
+
+from .. import connection, paths
+from .._async import run_sync
+from ..config import load_profile_config
+from ..errors import ControllerUnreachable
+from .launchers import find_launcher, ipphpc_command, launcher_from_dict
+
+
+def new_cluster_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+
+
+class HPCCluster(LoggingConfigurable):
+    """Start a cluster, connect a client, stop everything: `with HPCCluster(n=4) as rc: ...`"""
+
+    n = Integer(4, config=True, help="Number of engines.")
+    profile = Unicode("default", config=True)
+    profile_dir = Unicode("", config=True)
+    cluster_id = Unicode("", config=True, help="Cluster id (default: generated from the time).")
+    engines = Unicode("local", config=True, help="Where engines run: 'local', or a launcher name or import string.")
+    controller = Unicode("local", config=True, help="Where the controller runs.")
+    controller_ip = Unicode("", config=True, help="Controller interface ('*' for all).")
+    controller_location = Unicode("", config=True)
+    controller_args = List(Unicode(), [], config=True, help="Extra `ipphpc controller` arguments.")
+    engine_args = List(Unicode(), [], config=True, help="Extra `ipphpc engine` arguments.")
+    engine_timeout = Float(120.0, config=True, help="Seconds start_and_connect waits for the engines.")
+    shutdown_atexit = Bool(True, config=True, help="Stop the cluster when this Python process exits.")
+    created = Float(0.0)
+
+    def __init__(self, n: int | None = None, config: Config | None = None, **kwargs: Any):
+        prof = kwargs.get("profile") or (config.HPCCluster.get("profile") if config else None) or "default"
+        pdir_arg = kwargs.get("profile_dir") or (config.HPCCluster.get("profile_dir") if config else None)
+        pdir = paths.profile_dir(prof, pdir_arg or None)
+        cfg = load_profile_config(pdir, "cluster")
+        if config is not None:
+            cfg.merge(config)
+        if n is not None:
+            kwargs["n"] = n
+        super().__init__(config=cfg, **kwargs)
+        self.pdir = pdir
+        self.profile_dir = str(pdir)
+        self.cluster_id = self.cluster_id or new_cluster_id()
+        self.controller_launcher: Any = None
+        self.engine_sets: list[Any] = []
+        self.client: Any = None
+        self._atexit = False
+
+    # -- files -------------------------------------------------------------------------------
+    @property
+    def cluster_file(self) -> Path:
+        return paths.cluster_file(self.pdir, self.cluster_id)
+
+    @property
+    def client_file(self) -> Path:
+        return paths.connection_file(self.pdir, "client", self.cluster_id)
+
+    @property
+    def controller_pid(self) -> int | None:
+        return self.controller_launcher.pid if self.controller_launcher else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cluster": {"cluster_id": self.cluster_id, "profile_dir": self.profile_dir, "n": self.n,
+                            "engines": self.engines, "controller_ip": self.controller_ip, "created": self.created},
+                "controller": self.controller_launcher.to_dict() if self.controller_launcher else None,
+                "engine_sets": [e.to_dict() for e in self.engine_sets]}
+
+    def write_cluster_file(self) -> None:
+        connection.write(self.cluster_file, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> "HPCCluster":
+        c = d["cluster"]
+        self = cls(n=c["n"], profile_dir=c["profile_dir"], cluster_id=c["cluster_id"], engines=c["engines"],
+                   controller_ip=c.get("controller_ip", ""), shutdown_atexit=False, **kwargs)
+        self.created = c.get("created", 0.0)
+        self.controller_launcher = launcher_from_dict(d["controller"]) if d.get("controller") else None
+        self.engine_sets = [launcher_from_dict(e) for e in d.get("engine_sets", [])]
+        return self
+
+    @classmethod
+    def from_file(cls, cluster_id: str | None = None, profile: str = "default", profile_dir: str | None = None,
+                  **kwargs: Any) -> "HPCCluster":
+        """Re-attach to a running cluster (the newest of the profile when no id is given)."""
+        pdir = paths.profile_dir(profile, profile_dir)
+        if cluster_id is None:
+            found = list_cluster_files(pdir)
+            if not found:
+                raise FileNotFoundError(f"no cluster files in {pdir / 'security'}; start one with `ipphpc submit`")
+            path = found[-1]
+        else:
+            path = paths.cluster_file(pdir, cluster_id)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no cluster {cluster_id!r} in profile {pdir}: `ipphpc list` shows the "
+                                    f"clusters there") from None
+        return cls.from_dict(d, **kwargs)
+
+    # -- start -------------------------------------------------------------------------------
+    def _controller_cmd(self) -> list[str]:
+        cmd = ipphpc_command("controller", "--profile-dir", self.profile_dir, "--cluster-id", self.cluster_id)
+        if self.controller_ip:
+            cmd += ["--ip", self.controller_ip]
+        if self.controller_location:
+            cmd += ["--location", self.controller_location]
+        return cmd + list(self.controller_args)
+
+    def _engine_cmd(self, n: int) -> list[str]:
+        return ipphpc_command("engine", "-n", str(n), "--profile-dir", self.profile_dir,
+                              "--cluster-id", self.cluster_id, *self.engine_args)
+
+    async def start_controller(self) -> None:
+        for role in ("client", "engine"):
+            # a stale file of an earlier run with this id would send engines to a dead controller
+            paths.connection_file(self.pdir, role, self.cluster_id).unlink(missing_ok=True)
+        launcher = find_launcher(self.controller)("controller")
+        launcher.start(self._controller_cmd(), self.pdir / "log" / f"ipcontroller-{self.cluster_id}.out")
+        self.controller_launcher = launcher
+        self._register_atexit()
+        self.write_cluster_file()
+
+    async def start_engines(self, n: int | None = None) -> None:
+        n = n or self.n
+        launcher = find_launcher(self.engines)("engines", n)
+        launcher.start(self._engine_cmd(n), self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
+        self.engine_sets.append(launcher)
+        self._register_atexit()
+        self.write_cluster_file()
+
+    async def start_cluster(self, n: int | None = None) -> None:
+        """Controller and engines start together; engines wait for the connection file."""
+        if n is not None:
+            self.n = n
+        self.created = time.time()
+        await self.start_controller()
+        await self.start_engines(self.n)
+
+    async def connect_client(self, **kwargs: Any) -> Any:
+        from ..client.client import Client
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._wait_for_client_file, kwargs.pop("timeout", 30.0))
+        self.client = await loop.run_in_executor(None, lambda: Client(self.client_file, **kwargs))
+        self.client._cluster = self
+        return self.client
+
+    def _wait_for_client_file(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.client_file.exists():
+            launcher = self.controller_launcher
+            if launcher is not None and launcher.exit_code is not None:
+                raise ControllerUnreachable(f"the controller exited with status {launcher.exit_code} before "
+                                            f"writing {self.client_file}:\n{self._tail('ipcontroller')}")
+            if time.monotonic() > deadline:
+                raise ControllerUnreachable(f"the controller did not write {self.client_file} within {timeout:g} s:"
+                                            f"\n{self._tail('ipcontroller')}")
+            time.sleep(0.01)
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        path = self.pdir / "log" / f"{name}-{self.cluster_id}.out"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no output in {path})"
+
+    async def start_and_connect(self, n: int | None = None, activate: bool = False) -> Any:
+        await self.start_cluster(n)
+        rc = await self.connect_client()
+        await asyncio.get_running_loop().run_in_executor(None, self._wait_for_engines, rc, self.n)
+        return rc
+
+    def _wait_for_engines(self, rc: Any, n: int) -> None:
+        deadline = time.monotonic() + self.engine_timeout
+        while len(rc.ids) < n:
+            dead = [e for e in self.engine_sets if e.exit_code not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"engines exited with status {dead[0].exit_code} after {len(rc.ids)} of {n} "
+                                   f"registered:\n{self._tail('ipengine')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(rc.ids)} of {n} engines registered after {self.engine_timeout:g} s:\n"
+                                   f"{self._tail('ipengine')}")
+            try:
+                rc.wait_for_engines(n, timeout=0.25)
+            except TimeoutError:
+                pass
+
+    # -- stop --------------------------------------------------------------------------------
+    async def stop_engines(self) -> None:
+        for e in self.engine_sets:
+            e.stop()
+        self.engine_sets = []
+
+    async def stop_controller(self) -> None:
+        if self.controller_launcher is not None:
+            self.controller_launcher.stop()
+
+    async def stop_cluster(self) -> None:
+        """Ask the controller to stop its engines and itself, then make sure every process is gone."""
+        await asyncio.get_running_loop().run_in_executor(None, self._polite_shutdown)
+        await self.stop_engines()
+        await self.stop_controller()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        self.cluster_file.unlink(missing_ok=True)
+        self._atexit = False
+
+    def _polite_shutdown(self) -> None:
+        if self.controller_launcher is None or not self.controller_launcher.running:
+            return
+        try:
+            rc = self.client
+            if rc is None:
+                from ..client.client import Client
+                rc = Client(self.client_file, timeout=3)
+            rc._request("shutdown", {"engines": True}, timeout=3)
+            if rc is not self.client:
+                rc.close()
+        except Exception as e:  # noqa: BLE001 - signals below finish the job
+            self.log.debug("polite shutdown failed: %s", e)
+            return
+        deadline = time.monotonic() + 5
+        launchers = [self.controller_launcher, *self.engine_sets]
+        while time.monotonic() < deadline and any(x.running for x in launchers):
+            time.sleep(0.05)
+
+    def _register_atexit(self) -> None:
+        if self.shutdown_atexit and not self._atexit:
+            self._atexit = True
+            atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        if self._atexit:
+            run_sync(self.stop_cluster())
+
+    # -- sync API ----------------------------------------------------------------------------
+    def start_controller_sync(self) -> None:
+        run_sync(self.start_controller())
+
+    def start_engines_sync(self, n: int | None = None) -> None:
+        run_sync(self.start_engines(n))
+
+    def start_cluster_sync(self, n: int | None = None) -> None:
+        run_sync(self.start_cluster(n))
+
+    def connect_client_sync(self, **kwargs: Any) -> Any:
+        return run_sync(self.connect_client(**kwargs))
+
+    def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Any:
+        return run_sync(self.start_and_connect(n, activate))
+
+    def stop_engines_sync(self) -> None:
+        run_sync(self.stop_engines())
+
+    def stop_cluster_sync(self) -> None:
+        run_sync(self.stop_cluster())
+
+    def __enter__(self) -> Any:
+        return self.start_and_connect_sync()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_cluster_sync()
+
+    async def __aenter__(self) -> Any:
+        return await self.start_and_connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_cluster()
+
+    def __repr__(self) -> str:
+        return f"<HPCCluster {self.cluster_id}: {self.n} {self.engines} engines, profile {self.pdir.name}>"
+
+
+def list_cluster_files(pdir: Path) -> list[Path]:
+    """Cluster files of a profile, oldest first."""
+    def created(p: Path) -> float:
+        try:
+            return json.loads(p.read_text())["cluster"].get("created", 0.0) or p.stat().st_mtime
+        except (OSError, ValueError, KeyError):
+            return 0.0
+    return sorted((pdir / "security").glob("cluster-*.json"), key=created)

@@ -1,0 +1,61 @@
+"""traitlets configuration: profile config files, `c.Class.trait = value`, and CLI flags onto the same traits."""
+from __future__ import annotations
+
+import ast
+import logging
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from traitlets.config import Config, PyFileConfigLoader
+from traitlets.config.loader import ConfigFileNotFound
+
+COMMON_FILE = "ipphpc_config.py"
+
+
+def role_file(role: str) -> str:
+    return f"ipphpc_{role}_config.py"
+
+
+def load_profile_config(pdir: Path, role: str) -> Config:
+    """The common file then the role's file (controller, engine, cluster); later wins."""
+    cfg = Config()
+    for name in (COMMON_FILE, role_file(role)):
+        try:
+            cfg.merge(PyFileConfigLoader(name, path=str(pdir)).load_config())
+        except ConfigFileNotFound:
+            pass
+    return cfg
+
+
+def parse_kv_args(args: Iterable[str]) -> Config:
+    """`--Class.trait=value` pairs, as traitlets applications accept them."""
+    cfg = Config()
+    for a in args:
+        if not a.startswith("--") or "=" not in a or "." not in a.split("=", 1)[0]:
+            raise SystemExit(f"ipphpc: unrecognized argument {a!r}; configuration options are written "
+                             f"--Class.trait=value (for example --Controller.ip='*')")
+        key, value = a[2:].split("=", 1)
+        cls, trait = key.rsplit(".", 1)
+        try:
+            val = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            val = value
+        cfg[cls][trait] = val
+    return cfg
+
+
+def setup_logging(log_path: Path | None, level: str | int = "INFO", stream: bool = False) -> logging.Logger:
+    """Log to the profile's log/ file (and stderr when asked)."""
+    logger = logging.getLogger("ipphpc")
+    logger.setLevel(level)
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = []
+    if log_path is not None:
+        handlers.append(logging.FileHandler(log_path))
+    if stream or log_path is None:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger

@@ -1,0 +1,134 @@
+"""The controller process: sockets, connection files, heartbeats, lifecycle.
+
+Routing decisions live in `hub.Hub`; this module binds the sockets, runs the asyncio loop
+and owns the files other processes use to find it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import zmq
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
+from traitlets.config import LoggingConfigurable
+
+from .. import connection, paths
+from .._version import __version__
+from ..netutil import advertised_addresses, is_wildcard
+from ..wire import AuthError, Session, new_key
+from .hub import Hub
+
+PORT_NAMES = ("client", "engine", "hb_ping", "hb_pong")
+
+
+class Controller(LoggingConfigurable):
+    """Binds the ports engines and clients connect to, and routes their messages."""
+
+    ip = Unicode("127.0.0.1", config=True, help="Interface to listen on; '*' for all (needed when engines "
+                 "run on other hosts).")
+    location = Unicode("", config=True, help="Host name or address engines and clients should use to reach "
+                       "this controller; listed first in the connection files.")
+    ports = List(Integer(), [], config=True, help="Four ports: client, engine, hb_ping, hb_pong. Random free "
+                 "ports when empty.")
+    reuse = Bool(False, config=True, help="Reload ports and key from existing connection files, so engines "
+                 "and clients written against them keep working across a restart.")
+    cluster_id = Unicode("", config=True, help="Cluster id: part of file names, so clusters can share a profile.")
+    profile = Unicode("default", config=True)
+    profile_dir = Unicode("", config=True)
+    heartbeat_period = Float(1.0, config=True, help="Seconds between heartbeat pings to engines.")
+    heartbeat_misses = Integer(5, config=True, help="Pings an engine may miss before it is declared dead "
+                               "and its tasks fail with EngineError.")
+    prefetch_max = Integer(64, config=True, help="Most load-balanced tasks queued on one engine at once.")
+    prefetch_target = Float(0.005, config=True, help="Seconds of queued work each engine is given ahead, "
+                            "so short tasks never wait for a round trip while long ones stay balanced.")
+    replay_window = Float(600.0, config=True, help="Seconds a message from a new session may be old.")
+    extra_info = Dict({}, config=True, help="Extra fields for the connection files.")
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.pdir = paths.profile_dir(self.profile, self.profile_dir or None)
+        self.engine_file = paths.connection_file(self.pdir, "engine", self.cluster_id)
+        self.client_file = paths.connection_file(self.pdir, "client", self.cluster_id)
+        self.pid_file = paths.pid_file(self.pdir, "ipcontroller", self.cluster_id)
+        self.urls: dict[str, str] = {}
+
+    # -- files -----------------------------------------------------------------------------
+    def _load_reuse(self) -> tuple[str | None, list[int]]:
+        if not (self.reuse and self.engine_file.exists() and self.client_file.exists()):
+            return None, list(self.ports)
+        e, c = connection.read(self.engine_file), connection.read(self.client_file)
+        self.log.info("reusing key and ports from %s", self.engine_file)
+        return e["key"], [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
+
+    def _write_files(self, key: str, ports: dict[str, int]) -> None:
+        addrs = advertised_addresses(self.ip, self.location)
+        base = {"key": key, "signature_scheme": "hmac-sha256", "transport": "tcp", "addresses": addrs,
+                "bind_ip": self.ip, "location": self.location, "cluster_id": self.cluster_id,
+                "version": __version__, "pid": os.getpid(), **self.extra_info}
+        connection.write(self.engine_file, {**base, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},
+                                            "heartbeat_period": self.heartbeat_period})
+        connection.write(self.client_file, {**base, "ports": {k: ports[k] for k in connection.CLIENT_PORTS}})
+        self.pid_file.write_text(str(os.getpid()))
+
+    def _remove_files(self) -> None:
+        files = [self.pid_file] + ([] if self.reuse else [self.engine_file, self.client_file])
+        for f in files:
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- sockets ---------------------------------------------------------------------------
+    def _bind(self, ctx: zmq.Context, ports: list[int]) -> dict[str, zmq.Socket]:
+        host = "*" if is_wildcard(self.ip) else self.ip
+        kinds = {"client": zmq.ROUTER, "engine": zmq.ROUTER, "hb_ping": zmq.PUB, "hb_pong": zmq.ROUTER}
+        socks, bound = {}, {}
+        for i, name in enumerate(PORT_NAMES):
+            s = ctx.socket(kinds[name])
+            s.setsockopt(zmq.LINGER, 0)
+            if kinds[name] == zmq.ROUTER:
+                s.setsockopt(zmq.SNDHWM, 0)
+                s.setsockopt(zmq.RCVHWM, 0)
+                s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            try:
+                if i < len(ports) and ports[i]:
+                    s.bind(f"tcp://{host}:{ports[i]}")
+                    bound[name] = ports[i]
+                else:
+                    bound[name] = s.bind_to_random_port(f"tcp://{host}")
+            except zmq.ZMQError as e:
+                raise SystemExit(f"ipphpc controller: cannot listen on {host}:{ports[i] if i < len(ports) else '?'} "
+                                 f"for {name}: {e}; choose other --ports or stop the process using them") from None
+            socks[name] = s
+        self.ports_bound = bound
+        return socks
+
+    # -- run -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        key, ports = self._load_reuse()
+        key = key or new_key()
+        ctx = zmq.Context()
+        socks = self._bind(ctx, ports)
+        session = Session(key)
+        hub = Hub(session, socks, self, self.log)
+        self._write_files(key, self.ports_bound)
+        self.log.info("controller %s (ipphpc %s) listening on %s ports %s; files %s", self.cluster_id or "-",
+                      __version__, self.ip, self.ports_bound, self.engine_file.parent)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, hub.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await hub.serve()
+        finally:
+            self._remove_files()
+            for s in socks.values():
+                s.close(0)
+            ctx.term()
+            self.log.info("controller stopped")

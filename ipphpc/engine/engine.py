@@ -1,0 +1,225 @@
+"""The engine: a plain Python process that registers with the controller and runs tasks.
+
+Usable as soon as the controller answers its registration. A heartbeat echo runs in a C
+thread (a zmq device), so an engine busy in user code is not mistaken for a dead one; the
+engine itself exits when it has heard nothing from the controller for `controller_timeout`
+seconds, so a batch allocation is not burned by an orphan.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+from traitlets import Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+from zmq.devices import ThreadDevice
+
+from .. import connection, paths
+from ..wire import AuthError, Session, check_version
+from ..zmqpump import Pump
+from .executor import Executor
+from .origin import engine_origin
+
+
+class RegistrationFailed(RuntimeError):
+    pass
+
+
+class Engine(LoggingConfigurable):
+    """One engine process."""
+
+    profile = Unicode("default", config=True)
+    profile_dir = Unicode("", config=True)
+    cluster_id = Unicode("", config=True, help="Cluster to join (finds the connection file by name).")
+    file = Unicode("", config=True, help="Engine connection file; default: the profile's, by cluster id.")
+    wait_for_file = Float(300.0, config=True, help="Seconds to wait for the connection file to appear "
+                          "(on a shared filesystem the controller may start after the engines).")
+    register_timeout = Float(60.0, config=True, help="Seconds to wait for the controller to answer registration.")
+    controller_timeout = Float(120.0, config=True, help="Exit when the controller has been silent this long, "
+                               "so an allocation is not burned by orphaned engines.")
+    work_dir = Unicode("", config=True, help="Directory to change into before running anything.")
+    startup_script = Unicode("", config=True, help="Python file run in the engine namespace at start.")
+    startup_command = Unicode("", config=True, help="Python code run in the engine namespace at start.")
+    mpi = Unicode("", config=True, help="'mpi4py' to initialize MPI: engine id = COMM_WORLD rank, and "
+                  "comm, mpi_rank, mpi_size in the namespace.")
+    engine_id = Integer(-1, config=True, help="Engine id to ask for (default: the controller picks).")
+
+    def connection_path(self) -> Path:
+        if self.file:
+            return Path(self.file).expanduser()
+        pdir = paths.profile_dir(self.profile, self.profile_dir or None)
+        return paths.connection_file(pdir, "engine", self.cluster_id)
+
+    def prepare(self) -> dict:
+        """Everything that may run before forking sibling engines: work dir and connection file."""
+        if self.work_dir:
+            os.chdir(os.path.expanduser(self.work_dir))
+        path = self.connection_path()
+        self.log.info("waiting for connection file %s", path)
+        return connection.wait_for(path, self.wait_for_file)
+
+    # -- start -------------------------------------------------------------------------------
+    def _init_namespace(self) -> Executor:
+        ns: dict = {"__name__": "__main__"}
+        ex = Executor(ns)
+        if self.mpi:
+            from mpi4py import MPI  # noqa: PLC0415 - only when asked for
+            comm = MPI.COMM_WORLD
+            ns.update(comm=comm, mpi_rank=comm.Get_rank(), mpi_size=comm.Get_size(), MPI=MPI)
+            if self.engine_id < 0:
+                self.engine_id = comm.Get_rank()
+        if self.startup_script:
+            path = os.path.expanduser(self.startup_script)
+            with open(path) as f:
+                exec(compile(f.read(), path, "exec"), ns)
+        if self.startup_command:
+            exec(compile(self.startup_command, "<startup_command>", "exec"), ns)
+        return ex
+
+    async def run(self, info: dict) -> int:
+        """Serve until told to stop or the controller is gone; returns the exit status."""
+        self.info = info
+        self.session = Session(info["key"])
+        self.executor = self._init_namespace()
+        ctx = zmq.Context()
+        self.ctx = ctx
+        self.url = connection.urls(info, "engine")[0]
+        self.sock = ctx.socket(zmq.DEALER)  # the task path: read by a Pump
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(self.url)
+        self.ping = zmq.asyncio.Context.shadow(ctx).socket(zmq.SUB)
+        self.ping.setsockopt(zmq.SUBSCRIBE, b"")
+        self.ping.connect(connection.urls(info, "hb_ping")[0])
+        self.heart_id = os.urandom(8).hex()
+        self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
+        self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
+        self.heart.setsockopt_out(zmq.IDENTITY, self.heart_id.encode())
+        self.heart.connect_in(connection.urls(info, "hb_ping")[0])
+        self.heart.connect_out(connection.urls(info, "hb_pong")[0])
+        self.heart.daemon = True
+        self.heart.start()
+        self.last_heard = time.monotonic()
+        self.stopping = asyncio.Event()
+        self.pump: Pump | None = None
+        self.exit_code = 0
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stopping.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            self.register()
+            self.pump = pump = Pump(self.sock, self._on_message)
+            watcher = asyncio.ensure_future(self._watch_controller())
+            await self.stopping.wait()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            self._send("bye", {})
+            pump.close()
+        finally:
+            self.sock.close(linger=500)
+            self.ping.close(0)
+            ctx.term()
+        return self.exit_code
+
+    def _send(self, msg_type: str, fields: dict, payload=()) -> None:
+        frames = self.session.pack(msg_type, fields, payload)
+        if self.pump is not None:
+            self.pump.send(frames)
+        else:
+            self.sock.send_multipart(frames, copy=False)
+
+    def _send_register(self) -> None:
+        fields = {"info": self.origin, "hb": self.heart_id}
+        if self.engine_id >= 0:
+            fields["want_id"] = self.engine_id
+        self._send("register", fields)
+        self.register_sent = time.monotonic()
+
+    def _registered(self, h: dict) -> None:
+        self.id = h["eid"]
+        self.controller_session = h["s"]
+        self.last_heard = time.monotonic()
+        self.log.info("registered as engine %d with the controller at %s", self.id, self.url)
+
+    def register(self) -> None:
+        """The first registration: nothing else runs until it is answered."""
+        self.origin = origin = engine_origin()
+        self._send_register()
+        deadline = time.monotonic() + self.register_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(left * 1000):
+                raise RegistrationFailed(
+                    f"the controller at {self.url} did not answer registration within {self.register_timeout:g} s; "
+                    f"is it running (its pid is in {self.connection_path().parent.parent / 'pid'})? If it listens on "
+                    f"127.0.0.1 and this engine runs on another host ({origin['host']}), start it with --ip='*'")
+            frames = self.sock.recv_multipart(copy=False)
+            try:
+                _, h, _ = self.session.split(frames)
+            except AuthError as e:
+                self.log.warning("dropped a message while registering: %s", e)
+                continue
+            if h["t"] == "refused":
+                raise RegistrationFailed(f"the controller refused this engine: {h.get('why')}")
+            if h["t"] == "registered":
+                self._registered(h)
+                return
+
+    def _on_message(self, frames: list) -> None:
+        try:
+            _, h, payload = self.session.split(frames)
+            t = h["t"]
+            if t == "task":
+                Session.check_payload(h, payload)
+        except AuthError as e:
+            self.log.warning("dropped a message: %s", e)
+            return
+        self.last_heard = time.monotonic()
+        if t == "task":
+            ok, value, meta = self.executor.run(h["k"], payload)
+            meta["engine_id"] = self.id
+            dur = meta["completed"] - meta["started"]
+            body = [json.dumps(meta).encode(), *value]
+            self.pump.send(self.session.pack("result", {"p": h["id"], "ok": ok, "eid": self.id, "dur": dur}, body))
+        elif t == "stop":
+            self.log.info("stop requested by the controller")
+            self.stopping.set()
+        elif t == "registered":
+            self._registered(h)
+        elif t == "refused":
+            self.log.error("the controller refused this engine: %s", h.get("why"))
+            self.exit_code = 4
+            self.stopping.set()
+        elif t == "reregister":
+            self.log.info("the controller does not know this engine (restarted?); registering again")
+            self._send_register()
+
+    async def _watch_controller(self) -> None:
+        """Track pings: a new controller session means a restart; silence means it is gone."""
+        while True:
+            if await self.ping.poll(1000):
+                frames = await self.ping.recv_multipart(copy=False)
+                try:
+                    _, h, _ = self.session.split(frames)
+                except AuthError:
+                    continue
+                self.last_heard = time.monotonic()
+                if h["s"] != self.controller_session and time.monotonic() - self.register_sent > 2.0:
+                    self.log.info("controller restarted (new session); registering again")
+                    self._send_register()
+            silent = time.monotonic() - self.last_heard
+            if silent > self.controller_timeout:
+                self.log.error("no word from the controller at %s for %.0f s; exiting", self.url, silent)
+                self.exit_code = 3
+                self.stopping.set()
+                return

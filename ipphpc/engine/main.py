@@ -1,0 +1,63 @@
+"""`ipphpc engine`: start one or several engines in this process group.
+
+With `-n k`, the interpreter starts and imports once and then forks k-1 siblings; on a
+shared filesystem that is k times fewer imports hitting the metadata server.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from traitlets.config import Config
+
+from .. import paths
+from ..config import load_profile_config, setup_logging
+from .engine import Engine, RegistrationFailed
+
+
+def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_level: str = "INFO") -> int:
+    pdir = paths.profile_dir(config.Engine.get("profile", "default"), config.Engine.get("profile_dir") or None)
+    cfg = load_profile_config(pdir, "engine")
+    cfg.merge(config)
+    engine = Engine(config=cfg)
+    cid = engine.cluster_id
+    boot_log = setup_logging(None if log_to_stderr else paths.log_file(pdir, "ipengine", cid), log_level,
+                             stream=log_to_stderr)
+    engine.log = boot_log
+    try:
+        info = engine.prepare()
+    except Exception as e:  # noqa: BLE001 - the reason goes to the log and stderr, then a non-zero exit
+        boot_log.error("%s", e)
+        print(f"ipphpc engine: {e}", file=sys.stderr)
+        return 2
+    children: list[int] = []
+    for _ in range(n - 1):
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            _relog(pdir, cid, log_to_stderr, log_level)
+            break
+        children.append(pid)
+    engine.log = logging.getLogger("ipphpc")
+    try:
+        code = asyncio.run(engine.run(info))
+    except RegistrationFailed as e:
+        engine.log.error("%s", e)
+        print(f"ipphpc engine: {e}", file=sys.stderr)
+        code = 2
+    for pid in children:
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = code or os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            pass
+    return code
+
+
+def _relog(pdir, cid: str, log_to_stderr: bool, level: str) -> None:
+    logger = logging.getLogger("ipphpc")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    setup_logging(None if log_to_stderr else paths.log_file(pdir, "ipengine", cid), level, stream=log_to_stderr)

@@ -1,0 +1,39 @@
+"""Objects to frames and back.
+
+cloudpickle carries functions, lambdas and closures defined interactively; pickle
+protocol 5 moves large buffers (numpy arrays, bytes-likes) out of band as their own
+frames, which zmq sends without copying.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Any, Sequence
+
+import cloudpickle
+
+# buffers smaller than this stay inside the pickle: a frame of its own costs more than a copy
+OOB_THRESHOLD = 64 * 1024
+
+
+def dumps(obj: Any) -> list[Any]:
+    """[pickle bytes, out-of-band buffer, ...]"""
+    bufs: list[Any] = []
+
+    def keep(pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.nbytes < OOB_THRESHOLD:
+            return True
+        bufs.append(raw)
+        return False
+
+    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
+    return [data, *bufs]
+
+
+def loads(frames: Sequence[Any]) -> Any:
+    buffers = [_buf(f) for f in frames[1:]]
+    return pickle.loads(_buf(frames[0]), buffers=buffers)
+
+
+def _buf(frame: Any) -> Any:
+    return frame.buffer if hasattr(frame, "buffer") else frame
