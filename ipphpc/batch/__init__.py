@@ -1,0 +1,54 @@
+"""The batch layer: what to tell each scheduler, and how to read its answers.
+
+Everything here is pure: commands are returned as argument lists, scheduler
+output is parsed from text, scripts are rendered to strings. Running them is
+the caller's business.
+"""
+
+from .backend import Backend, BatchOutputError, expand_index_list, split_array
+from .registry import available_backends, get_backend
+from .render import (
+    JobSpec,
+    RenderedFile,
+    array_directive_missing,
+    detect_style,
+    parse_memory,
+    parse_walltime,
+    render_job,
+    render_template,
+    split_spec,
+    template_context,
+)
+from .states import (
+    JobRecord,
+    State,
+    exit_file_path,
+    read_exit_file,
+    short_job_id,
+    state_from_exit_code,
+)
+
+__all__ = [
+    "Backend",
+    "BatchOutputError",
+    "JobRecord",
+    "JobSpec",
+    "RenderedFile",
+    "State",
+    "array_directive_missing",
+    "available_backends",
+    "detect_style",
+    "exit_file_path",
+    "expand_index_list",
+    "get_backend",
+    "parse_memory",
+    "parse_walltime",
+    "read_exit_file",
+    "render_job",
+    "render_template",
+    "short_job_id",
+    "split_array",
+    "split_spec",
+    "state_from_exit_code",
+    "template_context",
+]
