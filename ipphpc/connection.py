@@ -68,5 +68,15 @@ def urls(info: dict[str, Any], port_name: str) -> list[str]:
     return [f"tcp://{_host(a)}:{port}" for a in info["addresses"]]
 
 
+def url(address: str, info: dict[str, Any], port_name: str) -> str:
+    return f"tcp://{_host(address)}:{info['ports'][port_name]}"
+
+
+def reachable_address(info: dict[str, Any], port_name: str, timeout: float, what: str) -> str:
+    """The first of the file's addresses that answers on `port_name` (all are tried at once)."""
+    from .netutil import pick_address
+    return pick_address(list(info["addresses"]), info["ports"][port_name], timeout, what)
+
+
 def _host(addr: str) -> str:
     return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr

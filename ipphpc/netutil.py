@@ -37,3 +37,76 @@ def advertised_addresses(ip: str, location: str = "") -> list[str]:
             addrs = [location] + [a for a in addrs if a != location]
         return addrs
     return [location, ip] if location and location != ip else [ip]
+
+
+class Unreachable(ConnectionError):
+    """None of a controller's addresses answered; the message lists them and why."""
+
+
+async def _try(addr: str, port: int, timeout: float) -> str:
+    import asyncio
+    _, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
+    writer.close()
+    return addr
+
+
+def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str = "controller") -> str:
+    """Try every address at once; return the first that accepts a TCP connection.
+
+    Retries until `timeout` (the controller may be restarting), then raises Unreachable
+    naming each address, why it failed, and the likely fix.
+    """
+    import asyncio
+    import time
+
+    async def race() -> tuple[str | None, dict[str, str]]:
+        errors: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            attempt = min(2.0, max(0.1, deadline - time.monotonic()))
+            tasks = {asyncio.ensure_future(_try(a, port, attempt)): a for a in addrs}
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.exception() is None:
+                        for p in pending:
+                            p.cancel()
+                        return t.result(), errors
+                    exc = t.exception()
+                    errors[tasks[t]] = ("timed out" if isinstance(exc, asyncio.TimeoutError)
+                                        else getattr(exc, "strerror", None) or str(exc))
+            if time.monotonic() + delay > deadline:
+                return None, errors
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    found, errors = asyncio.run(race()) if not _loop_running() else _in_thread(race)
+    if found is not None:
+        return found
+    tried = "; ".join(f"{a}:{port} ({errors.get(a, 'no answer')})" for a in addrs)
+    hint = ""
+    if all(a in LOOPBACK or a.startswith("127.") for a in addrs):
+        hint = (f" The {what} listens on loopback only, so only processes on its own host can reach it: "
+                f"start it with --ip='*' (and --location=<host> if needed) when engines or clients run elsewhere.")
+    else:
+        hint = (f" Check that the {what} is running and that this host can route to one of those addresses; "
+                f"if it cannot, reach it through an SSH tunnel (--ssh / sshserver=).")
+    raise Unreachable(f"cannot reach the {what} at any of its addresses within {timeout:g} s: {tried}.{hint}")
+
+
+def _loop_running() -> bool:
+    import asyncio
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _in_thread(coro_fn):
+    import asyncio
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_fn())).result()

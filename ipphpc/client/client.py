@@ -70,7 +70,11 @@ class Client:
         # the result socket signs with a session of its own: each session's sequence must arrive in order
         self._rsession = Session(info["key"])
         self.cid = self.session.id
-        self.url = connection.urls(info, "client")[0]
+        try:
+            addr = connection.reachable_address(info, "client", timeout, "controller")
+        except ConnectionError as e:
+            raise ControllerUnreachable(f"{e} (connection file {path})") from None
+        self.url = connection.url(addr, info, "client")
         self._ctx = zmq.Context()
         self._lock = threading.Lock()
         self._submit = self._ctx.socket(zmq.DEALER)

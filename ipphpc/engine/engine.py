@@ -91,19 +91,24 @@ class Engine(LoggingConfigurable):
         self.executor = self._init_namespace()
         ctx = zmq.Context()
         self.ctx = ctx
-        self.url = connection.urls(info, "engine")[0]
+        try:
+            addr = connection.reachable_address(info, "engine", self.register_timeout, "controller")
+        except ConnectionError as e:
+            raise RegistrationFailed(str(e)) from None
+        self.url = connection.url(addr, info, "engine")
+        self.log.info("controller reachable at %s (addresses in the file: %s)", addr, ", ".join(info["addresses"]))
         self.sock = ctx.socket(zmq.DEALER)  # the task path: read by a Pump
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(self.url)
         self.ping = zmq.asyncio.Context.shadow(ctx).socket(zmq.SUB)
         self.ping.setsockopt(zmq.SUBSCRIBE, b"")
-        self.ping.connect(connection.urls(info, "hb_ping")[0])
+        self.ping.connect(connection.url(addr, info, "hb_ping"))
         self.heart_id = os.urandom(8).hex()
         self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
         self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
         self.heart.setsockopt_out(zmq.IDENTITY, self.heart_id.encode())
-        self.heart.connect_in(connection.urls(info, "hb_ping")[0])
-        self.heart.connect_out(connection.urls(info, "hb_pong")[0])
+        self.heart.connect_in(connection.url(addr, info, "hb_ping"))
+        self.heart.connect_out(connection.url(addr, info, "hb_pong"))
         self.heart.daemon = True
         self.heart.start()
         self.last_heard = time.monotonic()
