@@ -4,7 +4,7 @@ from .errors import (CompositeError, ControllerUnreachable, EngineError, NoEngin
                      TaskAborted, TaskTimeout)
 
 __all__ = ["__version__", "Client", "HPCCluster", "RemoteError", "CompositeError", "EngineError", "TaskTimeout",
-           "TaskAborted", "NoEnginesRegistered", "ControllerUnreachable", "AsyncResult"]
+           "TaskAborted", "NoEnginesRegistered", "ControllerUnreachable", "AsyncResult", "Reference"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,9 @@ def __getattr__(name: str):
     if name == "AsyncResult":
         from .client.asyncresult import AsyncResult
         return AsyncResult
+    if name == "Reference":
+        from .client.remote import Reference
+        return Reference
     if name in ("DirectView", "LoadBalancedView"):
         from .client import view
         return getattr(view, name)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import serialize
 from ..errors import NoEnginesRegistered
 from .asyncresult import AsyncMapResult, AsyncResult
-from .remote import concat, map_chunk, partition
+from .remote import EngineNamespace, concat, map_chunk, mpi_bcast, partition
 
 
 class View:
@@ -113,7 +113,7 @@ class DirectView(View):
         block = self.block if block is None else block
         if block:
             value = ar.get()
-            return None if ar.fname in ("push", "execute") else value
+            return None if ar.fname in ("push", "execute", "mpi_bcast") else value
         return ar
 
     def __getitem__(self, name: str) -> Any:
@@ -161,6 +161,20 @@ class DirectView(View):
             self.client._send_task("apply", serialize.dumps((map_chunk, (f, *chunks), {})), ar, i, target=eid)
         block = self.block if block is None else block
         return ar.get() if block else ar
+
+    def mpi_bcast(self, name: str, value: Any, root: int | None = None, block: bool | None = None) -> Any:
+        """Set `name` on every engine, sending `value` once to the root engine and moving it through MPI.
+
+        The view must hold every rank of the engines' communicator (MPI engines: engine id = rank).
+        """
+        ids = self._ids()
+        root = ids[0] if root is None else root
+        self.client.direct_view(root).push({name: value}, block=True)
+        ar = AsyncResult(len(ids), "mpi_bcast", single=self._single)
+        payload = serialize.dumps((mpi_bcast, (EngineNamespace(), name, root), {}))
+        for i, eid in enumerate(ids):
+            self.client._send_task("apply", payload, ar, i, target=eid)
+        return self._finish(ar, block)
 
     def __len__(self) -> int:
         return len(self._ids())

@@ -122,9 +122,10 @@ class HPCCluster(LoggingConfigurable):
             cmd += ["--location", self.controller_location]
         return cmd + list(self.controller_args)
 
-    def _engine_cmd(self, n: int) -> list[str]:
-        return ipphpc_command("engine", "-n", str(n), "--profile-dir", self.profile_dir,
-                              "--cluster-id", self.cluster_id, *self.engine_args)
+    def _engine_cmd(self) -> list[str]:
+        """The command for one engine; launchers add how many and how (fork, mpiexec, job array)."""
+        return ipphpc_command("engine", "--profile-dir", self.profile_dir, "--cluster-id", self.cluster_id,
+                              *self.engine_args)
 
     async def start_controller(self) -> None:
         for role in ("client", "engine"):
@@ -139,7 +140,7 @@ class HPCCluster(LoggingConfigurable):
     async def start_engines(self, n: int | None = None) -> None:
         n = n or self.n
         launcher = find_launcher(self.engines)("engines", n)
-        launcher.start(self._engine_cmd(n), self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
+        launcher.start(self._engine_cmd(), self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
         self.engine_sets.append(launcher)
         self._register_atexit()
         self.write_cluster_file()

@@ -27,8 +27,9 @@ class LocalLauncher:
         self.proc = None
 
     def start(self, cmd: list[str], log_path: Path) -> None:
-        self.cmd = cmd
-        self.proc = spawn(cmd, log_path)
+        """`cmd` starts one process; an engine set runs it with `-n` to fork its siblings."""
+        self.cmd = cmd + (["-n", str(self.n)] if self.role == "engines" and self.n > 1 else [])
+        self.proc = spawn(self.cmd, log_path)
         self.pid = self.proc.pid
 
     @property
@@ -55,14 +56,19 @@ class LocalLauncher:
         return cls(d["role"], d.get("n", 1), d.get("pid"), d.get("cmd"))
 
 
-BUILTIN = {"local": LocalLauncher}
+def _mpi() -> type:
+    from .mpi import MPILauncher
+    return MPILauncher
+
+
+BUILTIN = {"local": lambda: LocalLauncher, "mpi": _mpi, "mpiexec": _mpi}
 
 
 def find_launcher(name: str) -> type:
     """A launcher class by short name (any case), import string, or entry point."""
     key = name.lower()
     if key in BUILTIN:
-        return BUILTIN[key]
+        return BUILTIN[key]()
     for ep in entry_points(group="ipphpc.launchers"):
         if ep.name.lower() == key:
             return ep.load()

@@ -9,6 +9,7 @@ import types
 from typing import Any
 
 from .. import serialize
+from ..client.remote import EngineNamespace, Reference
 
 
 class Executor:
@@ -59,7 +60,16 @@ class Executor:
 
     def _apply(self, payload: list) -> Any:
         f, args, kwargs = serialize.loads(payload)
+        args = tuple(self._resolve(a) for a in args)
+        kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
         return self._interactive(f)(*args, **kwargs)
+
+    def _resolve(self, arg: Any) -> Any:
+        if isinstance(arg, Reference):
+            return self._lookup(arg.name)
+        if isinstance(arg, EngineNamespace):
+            return self.user_ns
+        return arg
 
     def _execute(self, payload: list) -> None:
         code = bytes(payload[0]).decode()
