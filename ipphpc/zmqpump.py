@@ -4,7 +4,7 @@ zmq.asyncio creates and resolves a Future for every receive; on the routing hot 
 costs more than the routing itself. A Pump registers the socket's file descriptor with
 the loop once and drains every queued message in one callback. The descriptor is
 edge-triggered (it signals changes, not levels), and a send can consume a pending edge,
-so every send through the Pump schedules another drain.
+so every send through the Pump checks for messages that arrived meanwhile.
 """
 from __future__ import annotations
 
@@ -47,8 +47,11 @@ class Pump:
         self.kick()  # more may be queued: let other sockets and timers run first
 
     def send(self, frames: list) -> None:
-        self.sock.send_multipart(frames, copy=False)
-        self.kick()
+        sock = self.sock
+        sock.send_multipart(frames, copy=False)
+        # reading EVENTS re-arms the descriptor: only an already queued message needs a drain scheduled
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.kick()
 
     def close(self) -> None:
         try:
