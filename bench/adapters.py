@@ -1,0 +1,166 @@
+"""The interface every benchmarked system implements, plus the shared
+implementation for systems with the IPython Parallel client API.
+
+A system object drives one kind of cluster from inside the per-system runner
+process (side.py).  All timing is done by the runner; the methods here only
+perform the operations being timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from common import children, cmdline
+from workload import echo, inc, noop
+
+
+class System:
+    """One benchmarked system.  Subclasses fill in every method."""
+
+    name = "?"
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    # -- figure 4 ----------------------------------------------------------
+    def cold_start(self, n: int) -> float:
+        """Start a controller and ``n`` engines from nothing, wait until all are
+        registered, get one result back; return the seconds that took.  Must
+        stop everything it started (the stop is not timed)."""
+        raise NotImplementedError
+
+    # -- the long-lived cluster used by figures 1, 2, 3, 5 (and 6) ----------
+    def start(self, n: int) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        raise NotImplementedError
+
+    def apply_burst(self, n: int) -> list:
+        """Submit ``n`` no-op tasks one by one, then wait for all; return results."""
+        raise NotImplementedError
+
+    def map_burst(self, n: int) -> list:
+        """Map ``inc`` over ``range(n)``; return the results."""
+        raise NotImplementedError
+
+    def one_call(self):
+        """Return a zero-argument callable doing one no-op round trip to one engine."""
+        raise NotImplementedError
+
+    def echo(self, value):
+        """Send ``value`` to one engine and return what comes back."""
+        raise NotImplementedError
+
+    # -- figure 6 -----------------------------------------------------------
+    rss_on_main_cluster = True
+
+    @contextlib.contextmanager
+    def idle_processes(self, n: int):
+        """Yield ``{"engines": [{"engine": pid, "nanny": pid or None}, ...],
+        "controller": pid}`` for a cluster that is idle right now."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
+class IPStyle(System):
+    """Systems whose client follows the ipyparallel API (ipyparallel, ipphpc)."""
+
+    cluster = None
+    rc = None
+    lview = None
+
+    def make_cluster(self, n: int):
+        raise NotImplementedError
+
+    def controller_pid(self, cluster) -> int:
+        raise NotImplementedError
+
+    def nanny_pid(self, engine_pid: int):
+        return None
+
+    def _stop(self, cluster, rc):
+        errors = []
+        if cluster is not None:
+            try:
+                cluster.stop_cluster_sync()
+            except Exception as e:  # keep going: the client must be closed too
+                errors.append(e)
+        if rc is not None:
+            try:
+                rc.close()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def cold_start(self, n):
+        cluster = rc = None
+        t0 = time.perf_counter()
+        try:
+            cluster = self.make_cluster(n)
+            rc = cluster.start_and_connect_sync()
+            rc[0].apply_sync(noop)
+            elapsed = time.perf_counter() - t0
+            if len(rc.ids) < n:
+                raise RuntimeError(f"only {len(rc.ids)} of {n} engines registered")
+        finally:
+            self._stop(cluster, rc)
+        return elapsed
+
+    def start(self, n):
+        self.cluster = self.make_cluster(n)
+        self.rc = self.cluster.start_and_connect_sync()
+        if len(self.rc.ids) < n:
+            raise RuntimeError(f"only {len(self.rc.ids)} of {n} engines registered")
+        self.lview = self.rc.load_balanced_view()
+
+    def stop(self):
+        cluster, rc = self.cluster, self.rc
+        self.cluster = self.rc = self.lview = None
+        self._stop(cluster, rc)
+
+    def warmup(self):
+        for _ in range(3):
+            self.rc[:].apply_sync(noop)
+        ars = [self.lview.apply_async(noop) for _ in range(50)]
+        for ar in ars:
+            ar.get()
+        self.lview.map_sync(inc, range(20))
+        self.rc[0].apply_sync(echo, b"x" * 1_000_000)
+
+    def apply_burst(self, n):
+        lv = self.lview
+        ars = [lv.apply_async(noop) for _ in range(n)]
+        return [ar.get() for ar in ars]
+
+    def map_burst(self, n):
+        return self.lview.map_sync(inc, range(n))
+
+    def one_call(self):
+        view = self.rc[0]
+        return lambda: view.apply_sync(noop)
+
+    def echo(self, value):
+        return self.rc[0].apply_sync(echo, value)
+
+    @contextlib.contextmanager
+    def idle_processes(self, n):
+        pids = self.rc[:].apply_sync(os.getpid)
+        yield {
+            "engines": [{"engine": p, "nanny": self.nanny_pid(p)} for p in pids],
+            "controller": self.controller_pid(self.cluster),
+        }
+
+
+def nanny_child(engine_pid, marker):
+    """The child of ``engine_pid`` whose command line contains ``marker``."""
+    for child in children(engine_pid):
+        if marker in cmdline(child):
+            return child
+    return None

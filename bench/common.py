@@ -1,0 +1,271 @@
+"""Helpers shared by the benchmark driver (run.py) and the per-system runner (side.py).
+
+Only the standard library is used here, so importing this module is cheap in
+every process that touches it (including worker processes that re-import the
+runner's main module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import statistics
+import time
+
+# ---------------------------------------------------------------------------
+# what is measured
+# ---------------------------------------------------------------------------
+
+SYSTEMS = ("ipphpc", "ipyparallel", "dask")
+PEERS = ("ipyparallel", "dask")
+
+# figure name -> short description (the names are what --only accepts)
+FIGURES = {
+    "apply": "one apply_async per no-op task through the load-balanced view, then wait for all",
+    "map": "map of a trivial function over a range through the load-balanced view",
+    "latency": "sequential no-op round trips to one engine",
+    "coldstart": "nothing -> controller + 4 engines registered + one result",
+    "array": "100 MB numpy array sent to one engine and returned",
+    "rss": "resident memory of an idle engine and of the controller",
+}
+
+# Parameters of a full run and of a --quick run.
+FULL = {
+    "tasks": 10_000,
+    "latency_calls": 1_000,
+    "coldstart_runs": 3,
+    "coldstart_engines": 4,
+    "array_bytes": 100_000_000,
+    "array_runs": 5,
+    "engines": 2,
+}
+QUICK = {
+    "tasks": 2_000,
+    "latency_calls": 200,
+    "coldstart_runs": 1,
+    "coldstart_engines": 4,
+    "array_bytes": 100_000_000,
+    "array_runs": 3,
+    "engines": 2,
+}
+
+
+def table_rows(params):
+    """Rows of the result table: (figure, label, unit, better, getter).
+
+    ``better`` is "higher" or "lower"; ``getter`` extracts the number from one
+    system's figure dict (returns None when missing).
+    """
+    n = params["tasks"]
+    k = params["latency_calls"]
+    e = params["coldstart_engines"]
+    mb = params["array_bytes"] / 1e6
+
+    def get(key):
+        return lambda fig: fig.get(key)
+
+    return [
+        ("apply", f"1. apply_async throughput, {n:,} no-op tasks", "tasks/s", "higher", get("tasks_per_s")),
+        ("map", f"2. map throughput, {n:,} items, default chunking", "tasks/s", "higher", get("tasks_per_s")),
+        ("latency", f"3. no-op round trip, median of {k:,}", "ms", "lower", get("median_ms")),
+        ("latency", f"3. no-op round trip, p99 of {k:,}", "ms", "lower", get("p99_ms")),
+        ("coldstart", f"4. cold start, {e} engines + 1 result", "s", "lower", get("median_s")),
+        ("array", f"5. {mb:g} MB array there and back, median", "s", "lower", get("median_s")),
+        ("rss", "6. idle engine RSS (incl. nanny if any)", "MiB", "lower", get("engine_mib")),
+        ("rss", "6. controller RSS, main process", "MiB", "lower", get("controller_main_mib")),
+        ("rss", "6. controller + child processes, sum of PSS", "MiB", "lower", get("controller_tree_pss_mib")),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def percentile(values, q):
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+# ---------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------
+
+
+def _read(path, mode="r"):
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def rss_kib(pid):
+    """VmRSS of one process in KiB (None if gone)."""
+    status = _read(f"/proc/{pid}/status")
+    if status is None:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0  # zombie or kernel thread
+
+
+def pss_kib(pid):
+    """Proportional set size in KiB: shared pages are divided among the
+    processes sharing them, so PSS values of several processes can be summed."""
+    rollup = _read(f"/proc/{pid}/smaps_rollup")
+    if rollup is None:
+        return None
+    for line in rollup.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def ppid_of(pid):
+    status = _read(f"/proc/{pid}/status")
+    if status is None:
+        return None
+    for line in status.splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return None
+
+
+def cmdline(pid):
+    raw = _read(f"/proc/{pid}/cmdline", "rb")
+    if not raw:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def all_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def children(pid):
+    return [p for p in all_pids() if ppid_of(p) == pid]
+
+
+def descendants(pid):
+    """All processes below ``pid`` (not including it)."""
+    parents = {}
+    for p in all_pids():
+        pp = ppid_of(p)
+        if pp is not None:
+            parents.setdefault(pp, []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        for c in parents.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+TAG_VAR = "IPPHPC_BENCH_TAG"
+
+
+def tagged_pids(tag):
+    """Processes whose environment carries ``IPPHPC_BENCH_TAG=<tag>``.
+
+    Every process a benchmark run starts inherits this variable, even ones
+    that detach into a new process group, so this finds leftovers reliably.
+    """
+    needle = f"{TAG_VAR}={tag}".encode()
+    me = os.getpid()
+    found = []
+    for p in all_pids():
+        if p == me:
+            continue
+        env = _read(f"/proc/{p}/environ", "rb")
+        if env and needle in env.split(b"\0"):
+            found.append(p)
+    return found
+
+
+def wait_gone(tag, timeout):
+    """Give processes carrying ``tag`` up to ``timeout`` seconds to exit by themselves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [p for p in tagged_pids(tag) if _alive(p)]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def reap(tag, grace=3.0):
+    """Terminate every process carrying ``tag``; return [(pid, cmdline)] that were alive."""
+    pids = [p for p in tagged_pids(tag) if _alive(p)]
+    victims = [(p, cmdline(p)) for p in pids]
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    for p in pids:
+        if _alive(p):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+    return victims
+
+
+def _alive(pid):
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return False
+    # state field follows the ")" that closes the command name
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state != "Z"
+
+
+# ---------------------------------------------------------------------------
+# time limits
+# ---------------------------------------------------------------------------
+
+
+class FigureTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Raise FigureTimeout in the main thread if the block runs longer than ``seconds``."""
+
+    def handler(signum, frame):
+        raise FigureTimeout(f"gave up after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------------------
+# misc
+# ---------------------------------------------------------------------------
+
+
+def write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,21 @@
+"""Functions executed on engines/workers during the benchmarks.
+
+They live in their own small module so that every system can import them by
+name on the remote side: ``run.py`` puts this directory on ``PYTHONPATH`` for
+the benchmark process and everything it starts.
+"""
+
+
+def noop(*args, **kwargs):
+    """Do nothing; the cost measured is the system's own overhead."""
+    return None
+
+
+def inc(x):
+    """Trivial per-item function for the ``map`` figure."""
+    return x + 1
+
+
+def echo(x):
+    """Return the argument unchanged (for the large-array round trip)."""
+    return x
