@@ -54,6 +54,10 @@ class HPCCluster(LoggingConfigurable):
         if n is not None:
             kwargs["n"] = n
         super().__init__(config=cfg, **kwargs)
+        # Controller and Engine settings given here (not the profile's, which those processes read
+        # themselves) travel to them as --Class.trait=value arguments
+        self._passed = {cls: dict(config[cls]) for cls in ("Controller", "Engine")
+                        if config is not None and cls in config}
         self.pdir = pdir
         self.profile_dir = str(pdir)
         self.cluster_id = self.cluster_id or new_cluster_id()
@@ -120,12 +124,12 @@ class HPCCluster(LoggingConfigurable):
             cmd += ["--ip", self.controller_ip]
         if self.controller_location:
             cmd += ["--location", self.controller_location]
-        return cmd + list(self.controller_args)
+        return cmd + _as_args("Controller", self._passed.get("Controller", {})) + list(self.controller_args)
 
     def _engine_cmd(self) -> list[str]:
         """The command for one engine; launchers add how many and how (fork, mpiexec, job array)."""
         return ipphpc_command("engine", "--profile-dir", self.profile_dir, "--cluster-id", self.cluster_id,
-                              *self.engine_args)
+                              *_as_args("Engine", self._passed.get("Engine", {})), *self.engine_args)
 
     async def start_controller(self) -> None:
         for role in ("client", "engine"):
@@ -213,9 +217,16 @@ class HPCCluster(LoggingConfigurable):
 
     async def stop_cluster(self) -> None:
         """Ask the controller to stop its engines and itself, then make sure every process is gone."""
-        await asyncio.get_running_loop().run_in_executor(None, self._polite_shutdown)
-        await self.stop_engines()
-        await self.stop_controller()
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_all)
+
+    def _stop_all(self) -> None:
+        """Plain blocking code, so it also runs at interpreter exit, when thread pools are closed."""
+        self._polite_shutdown()
+        for e in self.engine_sets:
+            e.stop()
+        self.engine_sets = []
+        if self.controller_launcher is not None:
+            self.controller_launcher.stop()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -248,7 +259,7 @@ class HPCCluster(LoggingConfigurable):
 
     def _stop_at_exit(self) -> None:
         if self._atexit:
-            run_sync(self.stop_cluster())
+            self._stop_all()
 
     # -- sync API ----------------------------------------------------------------------------
     def start_controller_sync(self) -> None:
@@ -286,6 +297,13 @@ class HPCCluster(LoggingConfigurable):
 
     def __repr__(self) -> str:
         return f"<HPCCluster {self.cluster_id}: {self.n} {self.engines} engines, profile {self.pdir.name}>"
+
+
+_OWN = {"profile", "profile_dir", "cluster_id"}
+
+
+def _as_args(cls: str, values: dict[str, Any]) -> list[str]:
+    return [f"--{cls}.{k}={v!r}" for k, v in values.items() if k not in _OWN]
 
 
 def list_cluster_files(pdir: Path) -> list[Path]:

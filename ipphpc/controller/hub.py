@@ -28,7 +28,7 @@ class EngineRecord:
     session: str
     registered: float = field(default_factory=time.time)
     outstanding: dict = field(default_factory=dict)  # msg_id -> client ident
-    slots: int = 0  # entries of this engine in the hub's free-slot queue
+    queued: bool = False  # in the hub's round-robin queue of engines with room for another task
     last_pong: int = 0
     alive: bool = True
 
@@ -55,8 +55,10 @@ class Hub:
         self.by_ident: dict[bytes, EngineRecord] = {}
         self.by_heart: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
-        self.free: deque[EngineRecord] = deque()
+        self.free: deque[EngineRecord] = deque()  # engines with room, each at most once, round robin
         self.lb_queue: deque[QueuedTask] = deque()
+        # tasks with a timeout go only to idle engines, so they start at once or time out here
+        self.timed: deque[QueuedTask] = deque()
         self.next_eid = 0
         self.ping_seq = 0
         self.avg_task = None  # moving average of engine-reported task durations
@@ -150,7 +152,7 @@ class Hub:
             return
         tmo = h.get("tmo")
         task = QueuedTask(h["id"], client, body, time.monotonic() + tmo if tmo else None)
-        self.lb_queue.append(task)
+        (self.timed if tmo else self.lb_queue).append(task)
         if self.free:
             self._dispatch()
 
@@ -159,29 +161,34 @@ class Hub:
         self._out(self.engine_sock, [e.ident, *body])
 
     def _dispatch(self) -> None:
-        q, free = self.lb_queue, self.free
-        now = None
+        if self.timed:
+            self._dispatch_timed()
+        q, free, limit = self.lb_queue, self.free, self.limit
         while q and free:
             e = free.popleft()
-            if not e.alive:
-                continue
-            e.slots -= 1
-            if len(e.outstanding) >= self.limit:
+            e.queued = False
+            if not e.alive or len(e.outstanding) >= limit:
                 continue
             task = q.popleft()
-            if task.deadline is not None:
-                now = now or time.monotonic()
-                if now > task.deadline:
-                    self._fail(task.client, task.msg_id, "TaskTimeout", "task did not start within its timeout")
-                    free.appendleft(e)
-                    e.slots += 1
-                    continue
             self._to_engine(e, task.msg_id, task.client, task.frames)
+            if len(e.outstanding) < limit:
+                free.append(e)
+                e.queued = True
+
+    def _dispatch_timed(self) -> None:
+        now = time.monotonic()
+        idle = [e for e in self.engines.values() if not e.outstanding]
+        while self.timed and idle:
+            task = self.timed.popleft()
+            if now > task.deadline:
+                self._fail(task.client, task.msg_id, "TaskTimeout", "task did not start within its timeout")
+                continue
+            self._to_engine(idle.pop(), task.msg_id, task.client, task.frames)
 
     def _refill(self, e: EngineRecord) -> None:
-        while e.alive and len(e.outstanding) + e.slots < self.limit:
+        if e.alive and not e.queued and len(e.outstanding) < self.limit:
             self.free.append(e)
-            e.slots += 1
+            e.queued = True
 
     def _fail(self, client: bytes, msg_id: str, ename: str, evalue: str, eid: int | None = None) -> None:
         self._send(self.client_sock, client, "result", {
@@ -195,7 +202,7 @@ class Hub:
         if t == "status":
             reply.update(engines={str(e.eid): {**e.info, "outstanding": len(e.outstanding)}
                                   for e in self.engines.values()},
-                         queued=len(self.lb_queue), stats=self.stats, limit=self.limit,
+                         queued=len(self.lb_queue) + len(self.timed), stats=self.stats, limit=self.limit,
                          clients=len(self.clients), pid=os.getpid())
         elif t == "shutdown":
             self.log.info("shutdown requested by a client (engines too: %s)", bool(h.get("engines", True)))
@@ -270,7 +277,7 @@ class Hub:
             self.avg_task = avg
             self.limit = max(1, min(self.cfg.prefetch_max, int(self.cfg.prefetch_target / max(avg, 1e-6))))
         self._refill(e)
-        if self.lb_queue:
+        if self.lb_queue or self.timed:
             self._dispatch()
 
     def _unregister(self, e: EngineRecord, why: str) -> None:
@@ -338,13 +345,13 @@ class Hub:
                 e.last_pong = max(e.last_pong, h.get("n", 0))
 
     def _sweep_timeouts(self) -> None:
-        if not self.lb_queue or all(t.deadline is None for t in self.lb_queue):
+        if not self.timed:
             return
         now = time.monotonic()
         keep = deque()
-        for t in self.lb_queue:
-            if t.deadline is not None and now > t.deadline:
+        for t in self.timed:
+            if now > t.deadline:
                 self._fail(t.client, t.msg_id, "TaskTimeout", "task did not start within its timeout")
             else:
                 keep.append(t)
-        self.lb_queue = keep
+        self.timed = keep
