@@ -40,6 +40,11 @@ class HPCCluster(LoggingConfigurable):
     controller_location = Unicode("", config=True)
     controller_args = List(Unicode(), [], config=True, help="Extra `ipphpc controller` arguments.")
     engine_args = List(Unicode(), [], config=True, help="Extra `ipphpc engine` arguments.")
+    controller_cmd = List(Unicode(), [], config=True, help="Command that starts a controller (default: this "
+                          "Python with `-m ipphpc controller`); e.g. a site module's python, or a wrapper.")
+    engine_cmd = List(Unicode(), [], config=True, help="Command that starts an engine where engines run "
+                      "(default: this Python with `-m ipphpc engine`); set it when compute nodes use another "
+                      "Python or environment.")
     engine_timeout = Float(120.0, config=True, help="Seconds start_and_connect waits for the engines.")
     shutdown_atexit = Bool(True, config=True, help="Stop the cluster when this Python process exits.")
     created = Float(0.0)
@@ -119,7 +124,8 @@ class HPCCluster(LoggingConfigurable):
 
     # -- start -------------------------------------------------------------------------------
     def _controller_cmd(self) -> list[str]:
-        cmd = ipphpc_command("controller", "--profile-dir", self.profile_dir, "--cluster-id", self.cluster_id)
+        cmd = (list(self.controller_cmd) or ipphpc_command("controller")) + [
+            "--profile-dir", self.profile_dir, "--cluster-id", self.cluster_id]
         if self.controller_ip:
             cmd += ["--ip", self.controller_ip]
         if self.controller_location:
@@ -128,8 +134,9 @@ class HPCCluster(LoggingConfigurable):
 
     def _engine_cmd(self) -> list[str]:
         """The command for one engine; launchers add how many and how (fork, mpiexec, job array)."""
-        return ipphpc_command("engine", "--profile-dir", self.profile_dir, "--cluster-id", self.cluster_id,
-                              *_as_args("Engine", self._passed.get("Engine", {})), *self.engine_args)
+        return [*(self.engine_cmd or ipphpc_command("engine")), "--profile-dir", self.profile_dir,
+                "--cluster-id", self.cluster_id, *_as_args("Engine", self._passed.get("Engine", {})),
+                *self.engine_args]
 
     async def start_controller(self) -> None:
         for role in ("client", "engine"):
