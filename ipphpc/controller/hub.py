@@ -55,6 +55,7 @@ class Hub:
         self.by_ident: dict[bytes, EngineRecord] = {}
         self.by_heart: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
+        self.orphans: dict[str, list] = {}  # tasks of clients whose hello has not arrived yet
         self.free: deque[EngineRecord] = deque()  # engines with room, each at most once, round robin
         self.lb_queue: deque[QueuedTask] = deque()
         # tasks with a timeout go only to idle engines, so they start at once or time out here
@@ -128,6 +129,8 @@ class Hub:
             self.log.warning("refused client: %s", bad)
             return
         self.clients[h["c"]] = ident
+        for _, held_h, held_frames in self.orphans.pop(h["c"], []):
+            self.on_task(ident, held_h, held_frames)
         self._send(self.client_sock, ident, "welcome", {
             "p": h["id"], "engines": {str(e.eid): e.info for e in self.engines.values()},
             "cluster_id": self.cfg.cluster_id})
@@ -138,7 +141,10 @@ class Hub:
     def on_task(self, _submit_ident: bytes, h: dict, frames) -> None:
         client = self._client_ident(h)
         if client is None:
-            self.log.warning("task %s from unknown client %s dropped (no hello)", h["id"], h.get("c"))
+            # its hello travels on another connection and may arrive later (e.g. after a restart): hold it
+            held = self.orphans.setdefault(h.get("c"), [])
+            if len(held) < 100_000:
+                held.append((time.monotonic(), h, frames))
             return
         self.stats["tasks"] += 1
         body = frames[1:]
@@ -344,7 +350,15 @@ class Hub:
             if e is not None and h.get("s") == self.session.id:
                 e.last_pong = max(e.last_pong, h.get("n", 0))
 
+    def _sweep_orphans(self, older_than: float = 30.0) -> None:
+        now = time.monotonic()
+        for cid in [c for c, held in self.orphans.items() if now - held[0][0] > older_than]:
+            n = len(self.orphans.pop(cid))
+            self.log.warning("dropped %d tasks of client %s: it never said hello", n, cid)
+
     def _sweep_timeouts(self) -> None:
+        if self.orphans:
+            self._sweep_orphans()
         if not self.timed:
             return
         now = time.monotonic()
