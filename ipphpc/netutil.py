@@ -73,6 +73,7 @@ def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str =
                     if t.exception() is None:
                         for p in pending:
                             p.cancel()
+                        await asyncio.gather(*pending, return_exceptions=True)
                         return t.result(), errors
                     exc = t.exception()
                     errors[tasks[t]] = ("timed out" if isinstance(exc, asyncio.TimeoutError)

@@ -36,6 +36,9 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "wait_for_file": [("Engine", "wait_for_file", float)],
     "controller_timeout": [("Engine", "controller_timeout", float)],
     "engine_id": [("Engine", "engine_id", int)],
+    "ssh": [("Engine", "sshserver", str)],
+    "sshkey": [("Engine", "sshkey", str)],
+    "enginessh": [("Controller", "enginessh", str)],
     "n": [("HPCCluster", "n", int)],
     "engines": [("HPCCluster", "engines", str)],
 }
@@ -64,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--location", default=None, help="address engines and clients should use to reach it")
     p.add_argument("--ports", default=None, help="client,engine,hb_ping,hb_pong ports (default: random free)")
     p.add_argument("--reuse", action="store_true", help="reuse ports and key from existing connection files")
+    p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
+                   help="ssh server engines tunnel through (written into the engine connection file)")
     p.add_argument("--log-to-stderr", action="store_true")
 
     p = sub.add_parser("engine", help="run engine(s) that join a cluster")
@@ -79,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for-file", type=float, default=None, help="seconds to wait for the connection file")
     p.add_argument("--controller-timeout", type=float, default=None,
                    help="exit after this many seconds without word from the controller")
+    p.add_argument("--ssh", default=None, metavar="[USER@]HOST[:PORT]",
+                   help="reach the controller through an ssh tunnel via this server")
+    p.add_argument("--sshkey", default=None, help="private key file for the ssh tunnel")
     p.add_argument("--log-to-stderr", action="store_true")
 
     p = sub.add_parser("submit", help="start a cluster (controller + engines) in the background")

@@ -61,7 +61,8 @@ class Client:
 
     def __init__(self, url_file: str | os.PathLike | None = None, profile: str = "default",
                  profile_dir: str | None = None, cluster_id: str | None = None, timeout: float = 10.0,
-                 sshserver: str | None = None, **kwargs: Any):
+                 sshserver: str | None = None, sshkey: str | None = None, password: str | None = None,
+                 **kwargs: Any):
         path = Path(url_file) if url_file else find_client_file(profile, profile_dir, cluster_id)
         self.url_file = path
         self._info = info = connection.read(path)
@@ -70,9 +71,17 @@ class Client:
         # the result socket signs with a session of its own: each session's sequence must arrive in order
         self._rsession = Session(info["key"])
         self.cid = self.session.id
+        self._tunnel = None
+        server = sshserver or info.get("ssh", "")
         try:
+            if server:
+                from ..ssh import tunnel_info
+                self._tunnel, info = tunnel_info(info, connection.CLIENT_PORTS, server, sshkey or "",
+                                                 password=password, timeout=max(timeout, 10.0))
             addr = connection.reachable_address(info, "client", timeout, "controller")
         except ConnectionError as e:
+            if self._tunnel is not None:
+                self._tunnel.close()
             raise ControllerUnreachable(f"{e} (connection file {path})") from None
         self.url = connection.url(addr, info, "client")
         self._ctx = zmq.Context()
@@ -113,11 +122,18 @@ class Client:
         self._results.connect(self.url)
         self._io_stop = self._loop.create_future()
 
+        monitor = self._results.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._handshakes = 0
+
         async def serve() -> None:
             self._pump = Pump(self._results, self._on_frames)
+            watch = Pump(monitor, self._on_monitor)
             self._ready.set()
             await self._io_stop
             self._pump.close()
+            watch.close()
+            self._results.disable_monitor()
+            monitor.close(0)
         try:
             self._loop.run_until_complete(serve())
         finally:
@@ -131,6 +147,22 @@ class Client:
             log.warning("dropped a message from the controller: %s", e)
             return
         self._dispatch(h, payload)
+
+    def _on_monitor(self, frames: list) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+        if parse_monitor_message([bytes(f) for f in frames])["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return
+        self._handshakes += 1
+        if self._handshakes > 1:
+            self._reconnected()
+
+    def _reconnected(self) -> None:
+        """The controller came back (restarted with --reuse): what it held is gone; say hello again."""
+        lost = [self._pending.pop(mid) for mid in list(self._pending)]
+        log.warning("reconnected to the controller at %s; %d unfinished tasks failed", self.url, len(lost))
+        for p in lost:
+            p.ar._child_done(p.index, None, TaskAborted("the controller restarted before this task finished"), {})
+        self._pump.send(self._rsession.pack("hello", {"c": self.cid}))
 
     def _dispatch(self, h: dict, payload: list) -> None:
         t = h["t"]
@@ -147,6 +179,10 @@ class Client:
             fut = self._requests.pop(h.get("p"), None)
             if fut is not None and not fut.done():
                 fut.set_result(h)
+            elif t == "welcome":  # after a reconnection: the new controller's engines
+                with self._engine_cond:
+                    self._engines = {int(k): v for k, v in h.get("engines", {}).items()}
+                    self._engine_cond.notify_all()
 
     def _on_result(self, h: dict, payload: list) -> None:
         p = self._pending.pop(h["p"], None)
@@ -159,13 +195,18 @@ class Client:
             cls = _CONTROLLER_ERRORS.get(err["ename"], EngineError)
             error = cls(err["evalue"])
         else:
-            Session.check_payload(h, payload)
-            meta = json.loads(bytes(payload[0]))
-            if h["ok"]:
-                value = serialize.loads(payload[1:]) if len(payload) > 1 else None
-            else:
-                e = meta["error"]
-                error = RemoteError(e["ename"], e["evalue"], e["tb"], {"engine_id": h.get("eid")})
+            try:
+                Session.check_payload(h, payload)
+                meta = json.loads(bytes(payload[0]))
+                if h["ok"]:
+                    value = serialize.loads(payload[1:]) if len(payload) > 1 else None
+                else:
+                    e = meta["error"]
+                    error = RemoteError(e["ename"], e["evalue"], e["tb"], {"engine_id": h.get("eid")})
+            except Exception as e:  # noqa: BLE001 - the task must finish, with the reason it could not be read
+                error = e if isinstance(e, AuthError) else RemoteError(
+                    type(e).__name__, f"the result arrived but could not be deserialized here: {e}", "",
+                    {"engine_id": h.get("eid")})
         if error is not None and p.retries > 0 and p.resend is not None:
             self._retry(p)
             return
@@ -333,6 +374,8 @@ class Client:
             self._thread.join(5)
         self._submit.close(int(linger * 1000))
         self._ctx.term()
+        if self._tunnel is not None:
+            self._tunnel.close()
         for p in list(self._pending.values()):
             p.ar._child_done(p.index, None, TaskAborted("the client was closed before this task finished"), {})
         self._pending.clear()

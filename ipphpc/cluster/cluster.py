@@ -138,11 +138,21 @@ class HPCCluster(LoggingConfigurable):
                 "--cluster-id", self.cluster_id, *_as_args("Engine", self._passed.get("Engine", {})),
                 *self.engine_args]
 
+    def _launcher(self, name: str, role: str, n: int = 1) -> Any:
+        """Configurable launchers read their own section of this cluster's config (c.SSHEngineSetLauncher...)."""
+        cls = find_launcher(name)
+        return cls(role, n, **({"parent": self} if getattr(cls, "configurable", False) else {}))
+
+    @property
+    def engines_requested(self) -> int:
+        """What the engine sets will start (a launcher's own host list may differ from `n`)."""
+        return sum(e.n for e in self.engine_sets) or self.n
+
     async def start_controller(self) -> None:
         for role in ("client", "engine"):
             # a stale file of an earlier run with this id would send engines to a dead controller
             paths.connection_file(self.pdir, role, self.cluster_id).unlink(missing_ok=True)
-        launcher = find_launcher(self.controller)("controller")
+        launcher = self._launcher(self.controller, "controller")
         launcher.start(self._controller_cmd(), self.pdir / "log" / f"ipcontroller-{self.cluster_id}.out")
         self.controller_launcher = launcher
         self._register_atexit()
@@ -150,7 +160,7 @@ class HPCCluster(LoggingConfigurable):
 
     async def start_engines(self, n: int | None = None) -> None:
         n = n or self.n
-        launcher = find_launcher(self.engines)("engines", n)
+        launcher = self._launcher(self.engines, "engines", n)
         launcher.start(self._engine_cmd(), self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
         self.engine_sets.append(launcher)
         self._register_atexit()
@@ -194,7 +204,7 @@ class HPCCluster(LoggingConfigurable):
     async def start_and_connect(self, n: int | None = None, activate: bool = False) -> Any:
         await self.start_cluster(n)
         rc = await self.connect_client()
-        await asyncio.get_running_loop().run_in_executor(None, self._wait_for_engines, rc, self.n)
+        await asyncio.get_running_loop().run_in_executor(None, self._wait_for_engines, rc, self.engines_requested)
         return rc
 
     def _wait_for_engines(self, rc: Any, n: int) -> None:

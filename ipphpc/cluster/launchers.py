@@ -61,7 +61,17 @@ def _mpi() -> type:
     return MPILauncher
 
 
-BUILTIN = {"local": lambda: LocalLauncher, "mpi": _mpi, "mpiexec": _mpi}
+def _ssh() -> type:
+    from ..ssh.launcher import SSHLauncher
+    return SSHLauncher
+
+
+def _sshproxy() -> type:
+    from ..ssh.launcher import SSHProxyEngineSetLauncher
+    return SSHProxyEngineSetLauncher
+
+
+BUILTIN = {"local": lambda: LocalLauncher, "mpi": _mpi, "mpiexec": _mpi, "ssh": _ssh, "sshproxy": _sshproxy}
 
 
 def find_launcher(name: str) -> type:

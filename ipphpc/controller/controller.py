@@ -47,6 +47,9 @@ class Controller(LoggingConfigurable):
                             "so short tasks never wait for a round trip while long ones stay balanced.")
     replay_window = Float(600.0, config=True, help="Seconds a message from a new session may be old.")
     extra_info = Dict({}, config=True, help="Extra fields for the connection files.")
+    enginessh = Unicode("", config=True, help="[user@]host[:port] of an ssh server engines tunnel through to reach "
+                        "this controller; written into the engine connection file as 'ssh'.")
+    clientssh = Unicode("", config=True, help="The same for clients; written into the client connection file.")
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -65,14 +68,20 @@ class Controller(LoggingConfigurable):
         return e["key"], [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
 
     def _write_files(self, key: str, ports: dict[str, int]) -> None:
+        # the pid file first: whoever sees the connection files may look for it
+        tmp = self.pid_file.with_name(f".{self.pid_file.name}.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, self.pid_file)
         addrs = advertised_addresses(self.ip, self.location)
         base = {"key": key, "signature_scheme": "hmac-sha256", "transport": "tcp", "addresses": addrs,
                 "bind_ip": self.ip, "location": self.location, "cluster_id": self.cluster_id,
                 "version": __version__, "pid": os.getpid(), **self.extra_info}
-        connection.write(self.engine_file, {**base, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},
+        eng = {"ssh": self.enginessh} if self.enginessh else {}
+        cli = {"ssh": self.clientssh} if self.clientssh else {}
+        connection.write(self.engine_file, {**base, **eng, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},
                                             "heartbeat_period": self.heartbeat_period})
-        connection.write(self.client_file, {**base, "ports": {k: ports[k] for k in connection.CLIENT_PORTS}})
-        self.pid_file.write_text(str(os.getpid()))
+        connection.write(self.client_file, {**base, **cli, "ports": {k: ports[k] for k in connection.CLIENT_PORTS}})
+
 
     def _remove_files(self) -> None:
         files = [self.pid_file] + ([] if self.reuse else [self.engine_file, self.client_file])

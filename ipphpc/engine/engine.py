@@ -51,6 +51,9 @@ class Engine(LoggingConfigurable):
     mpi = Unicode("", config=True, help="'mpi4py' to initialize MPI: engine id = COMM_WORLD rank, and "
                   "comm, mpi_rank, mpi_size in the namespace.")
     engine_id = Integer(-1, config=True, help="Engine id to ask for (default: the controller picks).")
+    sshserver = Unicode("", config=True, help="[user@]host[:port] of an ssh server that can reach the controller "
+                        "when this host cannot; default: the connection file's 'ssh', if any.")
+    sshkey = Unicode("", config=True, help="Private key file for the ssh tunnel.")
 
     def connection_path(self) -> Path:
         if self.file:
@@ -91,7 +94,15 @@ class Engine(LoggingConfigurable):
         self.executor = self._init_namespace()
         ctx = zmq.Context()
         self.ctx = ctx
+        self.tunnel = None
+        server = self.sshserver or info.get("ssh", "")
         try:
+            if server:
+                from ..ssh import tunnel_info
+                self.tunnel, info = tunnel_info(info, connection.ENGINE_PORTS, server, self.sshkey,
+                                                timeout=self.register_timeout)
+                self.log.info("tunnel to the controller at %s through %s (ssh pid %s, up in %.2f s)",
+                              info["tunnel"]["to"], server, self.tunnel.pid, self.tunnel.setup_time)
             addr = connection.reachable_address(info, "engine", self.register_timeout, "controller")
         except ConnectionError as e:
             raise RegistrationFailed(str(e)) from None
@@ -134,6 +145,8 @@ class Engine(LoggingConfigurable):
             self.sock.close(linger=500)
             self.ping.close(0)
             ctx.term()
+            if self.tunnel is not None:
+                self.tunnel.close()
         return self.exit_code
 
     def _send(self, msg_type: str, fields: dict, payload=()) -> None:
@@ -145,8 +158,10 @@ class Engine(LoggingConfigurable):
 
     def _send_register(self) -> None:
         fields = {"info": self.origin, "hb": self.heart_id}
-        if self.engine_id >= 0:
-            fields["want_id"] = self.engine_id
+        # registering again (controller restarted) asks for the same id, so rc[i] keeps meaning this engine
+        want = self.engine_id if self.engine_id >= 0 else getattr(self, "id", -1)
+        if want >= 0:
+            fields["want_id"] = want
         self._send("register", fields)
         self.register_sent = time.monotonic()
 
@@ -181,6 +196,7 @@ class Engine(LoggingConfigurable):
                 return
 
     def _on_message(self, frames: list) -> None:
+        t = None
         try:
             _, h, payload = self.session.split(frames)
             t = h["t"]
@@ -188,6 +204,11 @@ class Engine(LoggingConfigurable):
                 Session.check_payload(h, payload)
         except AuthError as e:
             self.log.warning("dropped a message: %s", e)
+            if t == "task":
+                # the header is authentic, only the payload was damaged: say so instead of leaving a hang
+                meta = {"engine_id": self.id, "error": {"ename": "PayloadError", "evalue": str(e), "tb": ""}}
+                self.pump.send(self.session.pack("result", {"p": h["id"], "ok": False, "eid": self.id, "dur": 0.0},
+                                                 [json.dumps(meta).encode()]))
             return
         self.last_heard = time.monotonic()
         if t == "task":

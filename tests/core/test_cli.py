@@ -1,0 +1,151 @@
+"""The `ipphpc` command: submit, list, stop, profile create, configuration precedence."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from ipphpc import paths
+
+from .helpers import PY, alive, procs_matching, wait_until
+
+
+def ipphpc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "ipphpc", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def _cluster_record(pdir, cid) -> dict:
+    return json.loads(paths.cluster_file(pdir, cid).read_text())
+
+
+def test_submit_list_stop(ipphpc_dir):
+    """`submit -n 2` prints the cluster id and returns with the cluster running; `list` shows 2/2 engines;
+    `stop` stops it and no process is left."""
+    pdir = paths.profile_dir()
+    r = ipphpc("submit", "-n", "2")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    assert cid and "\n" not in cid
+    rec = _cluster_record(pdir, cid)
+    ctl_pid = rec["controller"]["pid"]
+    try:
+        assert alive(ctl_pid)
+        assert paths.connection_file(pdir, "client", cid).exists()
+
+        r = ipphpc("list")
+        assert r.returncode == 0, r.stderr
+        (row,) = [line for line in r.stdout.splitlines() if line.startswith(cid)]
+        assert "running" in row and "2/2" in row and str(ctl_pid) in row
+    finally:
+        r = ipphpc("stop")
+    assert r.returncode == 0, r.stderr
+    assert f"cluster {cid}: stopped" in r.stdout
+    assert not alive(ctl_pid)
+    assert procs_matching(str(pdir)) == []
+    assert not paths.cluster_file(pdir, cid).exists()
+    assert cid not in ipphpc("list").stdout
+
+
+def test_stop_unknown_cluster_lists_known_ones(ipphpc_dir):
+    """`stop bogus-id` fails and names the clusters that do exist."""
+    pdir = paths.profile_dir()
+    r = ipphpc("submit", "-n", "1", "--cluster-id", "real-one")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = ipphpc("stop", "bogus-id")
+        assert r.returncode != 0
+        assert "bogus-id" in r.stderr and "real-one" in r.stderr
+        assert alive(_cluster_record(pdir, "real-one")["controller"]["pid"])
+    finally:
+        assert ipphpc("stop", "real-one").returncode == 0
+    assert procs_matching(str(pdir)) == []
+
+
+def test_profile_create_writes_commented_config(ipphpc_dir):
+    """`profile create NAME` writes a commented config file per role, naming the traits."""
+    r = ipphpc("profile", "create", "mine")
+    assert r.returncode == 0, r.stderr
+    pdir = ipphpc_dir / "profile_mine"
+    for role in ("controller", "engine", "cluster"):
+        text = (pdir / f"ipphpc_{role}_config.py").read_text()
+        assert "c = get_config()" in text
+        code = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        assert code == ["c = get_config()  # noqa"], code  # everything else is commented out
+    ctl = (pdir / "ipphpc_controller_config.py").read_text()
+    assert "# c.Controller.heartbeat_period" in ctl and "# c.Controller.ip" in ctl
+    assert "# c.Engine.controller_timeout" in (pdir / "ipphpc_engine_config.py").read_text()
+    assert (pdir / "ipphpc_config.py").exists()
+    # running it again keeps edits
+    (pdir / "ipphpc_controller_config.py").write_text("c = get_config()\nc.Controller.heartbeat_period = 0.7\n")
+    assert ipphpc("profile", "create", "mine").returncode == 0
+    assert "0.7" in (pdir / "ipphpc_controller_config.py").read_text()
+    assert "mine" in ipphpc("profile", "list").stdout
+
+
+def _set_heartbeat_in_profile(ipphpc_dir, name: str, value: float):
+    assert ipphpc("profile", "create", name).returncode == 0
+    f = ipphpc_dir / f"profile_{name}" / "ipphpc_controller_config.py"
+    f.write_text(f.read_text() + f"\nc.Controller.heartbeat_period = {value}\n")
+    return ipphpc_dir / f"profile_{name}"
+
+
+def test_profile_config_and_flag_precedence_controller(spawner, ipphpc_dir):
+    """A value in the profile's controller config takes effect; a --Class.trait flag overrides it."""
+    pdir = _set_heartbeat_in_profile(ipphpc_dir, "hb", 0.3)
+    p, einfo, _ = spawner.controller(pdir, "from-profile")
+    assert einfo["heartbeat_period"] == 0.3
+    spawner.stop(p)
+    p, einfo, _ = spawner.controller(pdir, "from-flag", "--Controller.heartbeat_period=0.4")
+    assert einfo["heartbeat_period"] == 0.4
+
+
+def test_profile_config_and_flag_precedence_submit(ipphpc_dir):
+    """Through `ipphpc submit`, the profile's value reaches the controller, and a flag overrides it."""
+    pdir = _set_heartbeat_in_profile(ipphpc_dir, "hbsubmit", 0.3)
+    try:
+        r = ipphpc("submit", "--profile", "hbsubmit", "-n", "1", "--cluster-id", "prof")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(paths.connection_file(pdir, "engine", "prof").read_text())["heartbeat_period"] == 0.3
+        r = ipphpc("submit", "--profile", "hbsubmit", "-n", "1", "--cluster-id", "flag",
+                   "--Controller.heartbeat_period=0.4")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(paths.connection_file(pdir, "engine", "flag").read_text())["heartbeat_period"] == 0.4
+    finally:
+        ipphpc("stop", "--profile", "hbsubmit", "--all")
+        wait_until(lambda: procs_matching(str(pdir)) == [], 10, what="all clusters of the profile to stop")
+
+
+def test_unknown_argument_is_explained(ipphpc_dir):
+    """A malformed option is refused with a message showing the --Class.trait=value form."""
+    r = ipphpc("controller", "--heartbeat=1")
+    assert r.returncode != 0
+    assert "--Class.trait=value" in r.stderr
+
+
+def test_client_finds_newest_cluster_and_stop_after_controller_crash(ipphpc_dir):
+    """Client() with no arguments finds the submitted cluster; after the controller is SIGKILLed,
+    `list` reports it stopped and `stop` still removes the orphaned engines."""
+    import os
+    import signal
+
+    from ipphpc import Client
+    pdir = paths.profile_dir()
+    r = ipphpc("submit", "-n", "2")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    ctl_pid = _cluster_record(pdir, cid)["controller"]["pid"]
+    try:
+        with Client() as rc:
+            assert rc.cluster_id == cid
+            rc.wait_for_engines(2, timeout=10)
+            engine_pids = rc[:].apply_sync(os.getpid)
+        os.kill(ctl_pid, signal.SIGKILL)
+        wait_until(lambda: not alive(ctl_pid), 10, what="the controller to die")
+        (row,) = [line for line in ipphpc("list").stdout.splitlines() if line.startswith(cid)]
+        assert "stopped" in row
+        assert all(alive(p) for p in engine_pids)
+    finally:
+        r = ipphpc("stop", cid)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: not any(alive(p) for p in engine_pids), 10, what="the orphaned engines to stop")
+    assert procs_matching(str(pdir)) == []

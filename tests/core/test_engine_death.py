@@ -1,0 +1,98 @@
+"""Engine failure detection: a killed engine fails its tasks promptly with EngineError and the others keep
+working; a busy engine is not mistaken for a dead one."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from ipphpc import EngineError, HPCCluster
+
+from .helpers import alive, kill_matching, ship_by_value, wait_until
+
+ship_by_value(__name__)
+
+HEARTBEAT, MISSES = 0.2, 3
+
+
+def mark_then_sleep(marker: str, seconds: float) -> str:
+    import time as _t
+    open(marker, "w").close()
+    _t.sleep(seconds)
+    return "slept"
+
+
+@pytest.fixture
+def fast_cluster(tmp_path):
+    """Three engines in one process group, with a controller that declares an engine dead after 0.6 s."""
+    root = tmp_path.resolve()
+    c = HPCCluster(n=3, profile_dir=str(root / "profile"), shutdown_atexit=False,
+                   controller_args=[f"--Controller.heartbeat_period={HEARTBEAT}",
+                                    f"--Controller.heartbeat_misses={MISSES}"])
+    try:
+        c.start_and_connect_sync()
+        yield c
+    finally:
+        c.stop_cluster_sync()
+        left = kill_matching(str(root))
+        assert not left, f"processes left behind: {left}"
+
+
+def test_killed_engine_fails_its_task_promptly(fast_cluster, tmp_path):
+    """SIGKILL of an engine running a sleeping task raises EngineError within a few heartbeats."""
+    rc = fast_cluster.client
+    victim, *others = rc.ids
+    pid = rc[victim].apply_sync(os.getpid)
+    marker = str(tmp_path / "started")
+    ar = rc[victim].apply_async(mark_then_sleep, marker, 60)
+    lb = rc.load_balanced_view()
+    wait_until(lambda: os.path.exists(marker), 20, what="the task to start")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(EngineError, match=f"engine {victim}"):
+        ar.get(timeout=30)
+    took = time.monotonic() - t0
+    assert took < MISSES * HEARTBEAT + 4.0, f"EngineError after {took:.2f} s"
+    wait_until(lambda: victim not in rc.ids, 10, what="the dead engine to leave rc.ids")
+    assert not alive(pid)
+    assert rc.queue_status()["stats"]["engines_died"] >= 1
+    # the survivors keep working, directly and load-balanced
+    assert sorted(rc.ids) == sorted(others)
+    assert len(set(rc[:].apply_sync(os.getpid))) == len(others)
+    assert lb.map_sync(lambda x: x + 1, range(20)) == list(range(1, 21))
+
+
+def test_killed_engine_fails_load_balanced_task(fast_cluster, tmp_path):
+    """A load-balanced task running on an engine that dies fails with EngineError, not a hang."""
+    rc = fast_cluster.client
+    marker = str(tmp_path / "started")
+    ar = rc.load_balanced_view().apply(lambda m: (mark_then_sleep(m, 60), os.getpid())[1], marker)
+    wait_until(lambda: os.path.exists(marker), 20, what="the task to start")
+    busy = [i for i, info in rc.queue_status()["engines"].items() if info["outstanding"]]
+    assert len(busy) == 1
+    os.kill(rc.engines[int(busy[0])]["pid"], signal.SIGKILL)
+    with pytest.raises(EngineError):
+        ar.get(timeout=30)
+    assert rc.load_balanced_view().apply_sync(lambda: "ok") == "ok"
+
+
+def test_busy_engine_is_not_declared_dead(fast_cluster):
+    """An engine holding the GIL in a long C loop keeps answering heartbeats and is not unregistered."""
+    rc = fast_cluster.client
+    died = rc.queue_status()["stats"]["engines_died"]
+    eid = rc.ids[0]
+
+    def hog():
+        import time as _t
+        t0 = _t.monotonic()
+        total = 0
+        while _t.monotonic() - t0 < 1.5:
+            total += sum(range(10**7))  # a C loop that never releases the GIL
+        return _t.monotonic() - t0
+
+    took = rc[eid].apply_sync(hog)
+    assert took >= 1.5 > MISSES * HEARTBEAT * 2
+    assert eid in rc.ids
+    assert rc.queue_status()["stats"]["engines_died"] == died

@@ -1,0 +1,171 @@
+"""Message signing, payload digests, replay refusal and version checks."""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import pytest
+
+from ipphpc import serialize
+from ipphpc._version import PROTOCOL_VERSION
+from ipphpc.wire import DELIM, AuthError, ReplayGuard, Session, check_version, new_key, payload_digest
+
+KEY = new_key()
+
+
+class _TouchOnLoad:
+    """Unpickling this creates a file: proof of whether a payload was deserialized."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.path,)
+
+
+def _receive(session: Session, frames: list) -> object:
+    """What every receiver does: verify the header, then the payload digest, then deserialize."""
+    _, header, payload = session.split(frames)
+    Session.check_payload(header, payload)
+    return serialize.loads(payload)
+
+
+def test_sign_verify_roundtrip():
+    """A packed message verifies under the same key and returns routing ids, header and payload intact."""
+    a, b = Session(KEY), Session(KEY)
+    payload = serialize.dumps({"x": [1, 2, 3]})
+    frames = [b"route-1", b"route-2", *a.pack("task", {"k": "apply", "to": 3}, payload)]
+    idents, h, body = b.split(frames)
+    assert idents == [b"route-1", b"route-2"]
+    assert (h["t"], h["k"], h["to"], h["s"], h["q"]) == ("task", "apply", 3, a.id, 1)
+    assert h["v"] == list(PROTOCOL_VERSION)
+    assert h["d"] == payload_digest(payload)
+    Session.check_payload(h, body)
+    assert serialize.loads(body) == {"x": [1, 2, 3]}
+    # sequence numbers grow per session
+    assert b.split(a.pack("status"))[1]["q"] == 2
+
+
+def test_wrong_key_rejected():
+    """A message signed with another key fails verification."""
+    frames = Session(new_key()).pack("status", {"c": "x"})
+    with pytest.raises(AuthError, match="bad signature"):
+        Session(KEY).split(frames)
+
+
+def test_tampered_header_rejected_before_parsing():
+    """A changed header byte fails the signature check; the header is not even parsed as JSON."""
+    s = Session(KEY)
+    frames = s.pack("task", {"k": "apply"}, serialize.dumps(1))
+    i = frames.index(DELIM)
+    frames[i + 2] = frames[i + 2].replace(b'"apply"', b'"apply2"')
+    with pytest.raises(AuthError, match="bad signature"):
+        s.split(frames)
+    # not JSON at all: still an AuthError, so nothing was parsed before the signature check
+    garbage = frames[: i + 2] + [b"\x80not json"] + frames[i + 3:]
+    with pytest.raises(AuthError):
+        s.split(garbage)
+
+
+def test_tampered_payload_rejected_before_deserializing(tmp_path):
+    """A payload swapped under a valid header fails the digest check and is never unpickled."""
+    marker = tmp_path / "unpickled"
+    s = Session(KEY)
+    evil = serialize.dumps(_TouchOnLoad(marker))
+    # sanity: deserializing the evil payload does create the marker
+    serialize.loads(evil)
+    assert marker.exists()
+    marker.unlink()
+
+    frames = s.pack("task", {"k": "apply"}, serialize.dumps("harmless"))
+    swapped = frames[:3] + evil
+    with pytest.raises(AuthError, match="digest"):
+        _receive(s, swapped)
+    assert not marker.exists()
+
+    # one flipped byte in a payload frame
+    frames = s.pack("task", {"k": "apply"}, serialize.dumps(b"x" * 100))
+    body = bytearray(frames[3])
+    body[-5] ^= 0x01
+    with pytest.raises(AuthError, match="digest"):
+        _receive(s, frames[:3] + [bytes(body)])
+    # an extra frame appended, or a frame dropped
+    frames = s.pack("task", {}, [b"a", b"b"])
+    with pytest.raises(AuthError):
+        _receive(s, frames + [b"c"])
+    with pytest.raises(AuthError):
+        _receive(s, frames[:-1])
+    # payload frames attached to a header that declares none
+    frames = s.pack("status")
+    with pytest.raises(AuthError):
+        _receive(s, frames + evil)
+    assert not marker.exists()
+
+
+def test_missing_signature_rejected():
+    """No signature frame, an empty one, or no delimiter at all: AuthError."""
+    s = Session(KEY)
+    delim, sig, header = s.pack("status")
+    with pytest.raises(AuthError):
+        s.split([delim, header])
+    with pytest.raises(AuthError):
+        s.split([delim, b"", header])
+    with pytest.raises(AuthError):
+        s.split([sig, header])
+    with pytest.raises(AuthError):
+        s.split([b"ident", delim])
+
+
+def test_replay_guard_refuses_repeat_and_lower_sequence():
+    """Within a session the sequence must grow: a repeat or an older number is refused."""
+    s = Session(KEY)
+    guard = ReplayGuard(window=600)
+    headers = [s.split(s.pack("status"))[1] for _ in range(3)]
+    guard.check(headers[0])
+    guard.check(headers[2])
+    with pytest.raises(AuthError, match="replayed"):
+        guard.check(headers[2])
+    with pytest.raises(AuthError, match="replayed"):
+        guard.check(headers[1])
+    # other sessions are tracked independently
+    guard.check(Session(KEY).split(Session(KEY).pack("status"))[1])
+
+
+def test_replay_guard_refuses_stale_unknown_session():
+    """A session never seen before must be recent; a known session may keep going."""
+    guard = ReplayGuard(window=5)
+    old = {"s": "aaaa", "q": 1, "ts": time.time() - 60}
+    with pytest.raises(AuthError, match="stale"):
+        guard.check(old)
+    guard.check({"s": "bbbb", "q": 1, "ts": time.time()})
+    guard.check({"s": "bbbb", "q": 2, "ts": time.time() - 60})
+    # forgotten sessions are unknown again
+    guard.forget("bbbb")
+    with pytest.raises(AuthError, match="stale"):
+        guard.check({"s": "bbbb", "q": 3, "ts": time.time() - 60})
+    with pytest.raises(AuthError):
+        guard.check({"q": 1, "ts": time.time()})
+    with pytest.raises(AuthError):
+        guard.check({"s": "cccc", "q": "1", "ts": time.time()})
+
+
+def test_check_version_message():
+    """Same major version passes; another major (or none) gets a message naming both versions and the fix."""
+    major, minor = PROTOCOL_VERSION
+    assert check_version({"v": [major, minor]}, "this client") is None
+    assert check_version({"v": [major, minor + 7]}, "this client") is None
+    msg = check_version({"v": [major + 1, 0]}, "this engine")
+    assert msg is not None
+    assert "this engine" in msg and str([major + 1, 0]) in msg and str(list(PROTOCOL_VERSION)) in msg
+    assert "same ipphpc version" in msg
+    assert check_version({}, "this client") is not None
+
+
+def test_header_is_compact_json():
+    """Routers read only the header: it is plain JSON carrying type, session, sequence, time and version."""
+    s = Session(KEY)
+    _, _, hb = s.pack("ping", {"n": 4})
+    h = json.loads(hb)
+    assert set(h) >= {"t", "s", "q", "id", "ts", "v", "n"}
+    assert b" " not in hb

@@ -1,0 +1,153 @@
+"""Engines and clients through SSH tunnels, across the namespace hosts.
+
+ctl (10.201.1.1) runs the controller; compute (10.201.2.2) has no route to it and must go
+through the login node's sshd (login-int = 10.201.2.1 from compute). The filesystem is shared,
+so every host reads the same connection files.
+"""
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+
+import pytest
+
+from ipphpc import connection
+
+from .conftest import CTL_ADDR, Hosts, alive, netns_inode, proc_netns, wait_until
+
+pytestmark = pytest.mark.ssh
+
+CLIENT = textwrap.dedent("""
+    import json, os, sys
+    import ipphpc
+    from ipphpc import paths
+    pdir = paths.profile_dir(profile_dir=sys.argv[1] + "/profile")
+    kw = json.loads(os.environ.get("CLIENT_KW", "{{}}"))
+    rc = ipphpc.Client(paths.connection_file(pdir, "client", "{cid}"), timeout=15, **kw)
+    rc.wait_for_engines({n}, timeout=20)
+    out = rc[:].apply_sync(lambda: (os.getpid(), 6 * 7))
+    print(json.dumps({{"engines": out, "url": rc.url,
+                       "tunnel": rc._tunnel.pid if rc._tunnel is not None else None}}))
+    rc.close()
+""")
+
+
+def run_client(hosts: Hosts, node: str, cid: str, n: int = 1, **client_kw) -> dict:
+    env = hosts.env(CLIENT_KW=json.dumps(client_kw))
+    r = hosts.python(node, CLIENT.format(cid=cid, n=n), env=env)
+    assert r.returncode == 0, f"client on {node} failed:\n{r.stdout}\n{r.stderr}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def tunnel_from_log(hosts: Hosts, p) -> tuple[int, float]:
+    """The engine logs its tunnel: (ssh pid, set-up seconds)."""
+    def found():
+        return re.search(r"through \S+ \(ssh pid (\d+), up in ([\d.]+) s\)", hosts.output(p))
+    m = wait_until(lambda: found() or (p.poll() is not None and
+                                       pytest.fail(f"engine exited {p.returncode}:\n{hosts.output(p)}")),
+                   20, "the engine's tunnel")
+    return int(m.group(1)), float(m.group(2))
+
+
+def test_engine_on_compute_tunnels_through_login(hosts: Hosts) -> None:
+    ctl, einfo, _ = hosts.controller("c1")
+    assert einfo["addresses"][0] == CTL_ADDR and "ssh" not in einfo
+    eng = hosts.ipphpc("compute", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c1",
+                       "--ssh=login-int", "--log-to-stderr", name="engine")
+    ssh_pid, setup = tunnel_from_log(hosts, eng)
+    print(f"\nengine tunnel compute -> login-int -> {CTL_ADDR}: set up in {setup:.3f} s")
+    out = run_client(hosts, "ctl", "c1")
+    (pid, answer), = out["engines"]
+    assert answer == 42 and pid == eng.pid
+    assert proc_netns(pid) == netns_inode("compute")
+    # one ssh, in compute, forwarding the three engine ports to the controller's address
+    assert proc_netns(ssh_pid) == netns_inode("compute")
+    args = open(f"/proc/{ssh_pid}/cmdline", "rb").read().decode().split("\0")
+    forwards = [args[i + 1] for i, a in enumerate(args) if a == "-L"]
+    assert sorted(f.rsplit(":", 2)[1:] for f in forwards) == sorted(
+        [CTL_ADDR, str(einfo["ports"][k])] for k in connection.ENGINE_PORTS)
+    assert hosts.stop(eng) == 0
+    wait_until(lambda: not alive(ssh_pid), 5, "the engine's ssh to go with it")
+    hosts.stop(ctl)
+
+
+def test_ssh_from_connection_files(hosts: Hosts) -> None:
+    """`--enginessh` / `clientssh` in the files: engine and client on compute need no flag."""
+    ctl, einfo, cinfo = hosts.controller("c2", "--enginessh=login-int", "--Controller.clientssh=login-int")
+    assert einfo["ssh"] == "login-int" and cinfo["ssh"] == "login-int"
+    eng = hosts.ipphpc("compute", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c2",
+                       "--log-to-stderr", name="engine")
+    ssh_pid, _ = tunnel_from_log(hosts, eng)
+    out = run_client(hosts, "compute", "c2")
+    assert out["engines"][0][1] == 42 and out["tunnel"] and out["url"].startswith("tcp://127.0.0.1:")
+    wait_until(lambda: not alive(out["tunnel"]), 5, "the client's tunnel to close with the client")
+    hosts.stop(eng)
+    wait_until(lambda: not alive(ssh_pid), 5, "the engine's ssh to go")
+    hosts.stop(ctl)
+
+
+def test_client_sshserver_and_sshkey(hosts: Hosts) -> None:
+    """A client on compute with `sshserver='root@login-int:22', sshkey=...` and no ssh configuration."""
+    ctl, _, _ = hosts.controller("c3")
+    eng = hosts.ipphpc("login", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c3", name="engine")
+    bare = "/usr/bin/ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    env = hosts.env(IPPHPC_SSH=bare, CLIENT_KW=json.dumps({"sshserver": "root@login-int:22",
+                                                           "sshkey": hosts.ssh.key}))
+    r = hosts.python("compute", CLIENT.format(cid="c3", n=1), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["engines"][0] == [eng.pid, 42]
+    # the same client without the key cannot log in, and says what to do
+    env = hosts.env(IPPHPC_SSH=bare, CLIENT_KW=json.dumps({"sshserver": "root@login-int:22"}))
+    r = hosts.python("compute", CLIENT.format(cid="c3", n=1), env=env)
+    assert r.returncode != 0 and "Permission denied" in r.stderr and "--sshkey / sshkey=" in r.stderr
+    hosts.stop(eng)
+    hosts.stop(ctl)
+
+
+def test_engine_without_ssh_fails_fast(hosts: Hosts) -> None:
+    ctl, einfo, _ = hosts.controller("c4")
+    t0 = time.monotonic()
+    eng = hosts.ipphpc("compute", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c4",
+                       "--Engine.register_timeout=3", name="engine")
+    code = eng.wait(20)
+    took = time.monotonic() - t0
+    err = hosts.output(eng)
+    assert code == 2, err
+    assert "cannot reach the controller at any of its addresses" in err
+    assert f"{CTL_ADDR}:{einfo['ports']['engine']}" in err
+    assert "reach it through an SSH tunnel" in err
+    assert took < 8, f"the engine took {took:.1f} s to give up"
+    hosts.stop(ctl)
+
+
+def test_engine_tunnel_to_a_closed_port_explains(hosts: Hosts) -> None:
+    """The login node reaches the address but nothing listens there: the engine says so quickly."""
+    ctl, einfo, _ = hosts.controller("c5")
+    stale = hosts.root / "stale-engine.json"
+    connection.write(stale, {**einfo, "ports": {"engine": 9, "hb_ping": 10, "hb_pong": 11}})
+    t0 = time.monotonic()
+    eng = hosts.ipphpc("compute", "engine", "--file", str(stale), "--ssh=login-int", "--Engine.register_timeout=2",
+                       name="engine")
+    assert eng.wait(20) == 2
+    assert time.monotonic() - t0 < 8
+    err = hosts.output(eng)
+    assert f"ssh server login-int cannot connect to {CTL_ADDR}:9" in err and "--location" in err, err
+    hosts.stop(ctl)
+
+
+def test_engine_set_of_two_through_one_login(hosts: Hosts) -> None:
+    """`ipphpc engine -n 2 --ssh=...`: each forked engine gets its tunnel; all go with the engines."""
+    ctl, _, _ = hosts.controller("c6")
+    eng = hosts.ipphpc("compute", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c6", "-n", "2",
+                       "--ssh=login-int", "--log-to-stderr", name="engine")
+    out = run_client(hosts, "ctl", "c6", n=2)
+    pids = sorted(p for p, _ in out["engines"])
+    assert len(pids) == 2 and all(proc_netns(p) == netns_inode("compute") for p in pids)
+    ssh_pids = [int(m) for m in re.findall(r"ssh pid (\d+)", hosts.output(eng))]
+    assert len(set(ssh_pids)) == 2
+    assert hosts.stop(eng) == 0
+    wait_until(lambda: not any(alive(p) for p in ssh_pids + pids), 5, "engines and tunnels to go")
+    hosts.stop(ctl)
