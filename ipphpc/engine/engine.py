@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 from traitlets import Float, Integer, Unicode
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
 from .. import connection, paths
@@ -31,6 +31,19 @@ from .origin import engine_origin
 
 class RegistrationFailed(RuntimeError):
     pass
+
+
+class MPIConfig(Configurable):
+    """`c.MPI.use = 'mpi4py'`: engines started under mpiexec join COMM_WORLD."""
+
+    name = "MPI"
+    use = Unicode("", config=True, help="'mpi4py' to initialize MPI in every engine (same as `ipphpc engine --mpi`).")
+    init_script = Unicode("from mpi4py import MPI\n", config=True,
+                          help="Code run first to initialize MPI; it must leave `MPI` in the namespace.")
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        return ["MPI"]
 
 
 class Engine(LoggingConfigurable):
@@ -73,10 +86,15 @@ class Engine(LoggingConfigurable):
     def _init_namespace(self) -> Executor:
         ns: dict = {"__name__": "__main__"}
         ex = Executor(ns)
-        if self.mpi:
-            from mpi4py import MPI  # noqa: PLC0415 - only when asked for
-            comm = MPI.COMM_WORLD
-            ns.update(comm=comm, mpi_rank=comm.Get_rank(), mpi_size=comm.Get_size(), MPI=MPI)
+        mpi = MPIConfig(parent=self)
+        use = self.mpi or mpi.use
+        if use:
+            if use != "mpi4py":
+                raise ValueError(f"MPI.use={use!r} is not supported; use 'mpi4py'")
+            # the init script imports mpi4py and leaves MPI (and anything else it likes) in the namespace
+            exec(compile(mpi.init_script, "<MPI.init_script>", "exec"), ns)
+            comm = ns["MPI"].COMM_WORLD
+            ns.update(comm=comm, mpi_rank=comm.Get_rank(), mpi_size=comm.Get_size())
             if self.engine_id < 0:
                 self.engine_id = comm.Get_rank()
         if self.startup_script:

@@ -43,9 +43,12 @@ class Executor:
         return ok, frames, meta
 
     def _interactive(self, f: Any) -> Any:
-        """Functions defined in the client's __main__ run in the engine namespace, as in IPython Parallel,
-        with the globals they captured filling names the namespace lacks."""
-        if not isinstance(f, types.FunctionType) or f.__module__ != "__main__" or f.__globals__ is self.user_ns:
+        """Functions defined in the client's __main__ (or sent by value) run in the engine namespace, as in
+        IPython Parallel, with the globals they captured filling names the namespace lacks."""
+        if not isinstance(f, types.FunctionType) or f.__globals__ is self.user_ns:
+            return f
+        # defined interactively, or sent by value from a module this engine does not have
+        if f.__module__ != "__main__" and f.__module__ in sys.modules:
             return f
         ns, captured = self.user_ns, self._captured
         for k, v in f.__globals__.items():
