@@ -207,7 +207,8 @@ def run_command(
         if counter is not None:
             counter.record(argv, None, time.monotonic() - start)
         if cwd is not None and not Path(cwd).is_dir():
-            raise SchedulerCommandError(f"cannot run {argv[0]}: directory {cwd} does not exist", argv, "missing") from exc
+            message = f"cannot run {argv[0]}: directory {cwd} does not exist"
+            raise SchedulerCommandError(message, argv, "missing") from exc
         raise SchedulerCommandError(missing_command_message(argv[0], scheduler), argv, "missing") from exc
     except subprocess.TimeoutExpired as exc:
         if counter is not None:
@@ -257,6 +258,11 @@ async def run_command_async(
         raise SchedulerCommandError(
             f"`{shlex.join(argv)}` did not finish within {timeout:g} s", argv, "timeout"
         ) from exc
+    except asyncio.CancelledError:
+        # a stopped poller leaves no scheduler query behind
+        if proc.returncode is None:
+            proc.kill()
+        raise
     rc = proc.returncode if proc.returncode is not None else -1
     if counter is not None:
         counter.record(argv, rc, time.monotonic() - start)

@@ -17,14 +17,13 @@ import dataclasses
 import logging
 import os
 import shlex
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backend import Backend, BatchOutputError
-from .commands import SchedulerCommandError, failed_command_message, tail
+from .commands import SCHEDULER_LABELS, SchedulerCommandError, failed_command_message, tail
 from .poller import ElementStatus, Poller, shared_poller
 from .registry import available_backends, get_backend
 from .render import JobSpec, RenderedFile, array_directive_missing, render_job, render_template, split_spec
@@ -32,12 +31,51 @@ from .states import State, exit_dir, short_job_id
 
 log = logging.getLogger("ipphpc.batch")
 
-#: constructor options saved by to_dict, so another process can rebuild the launcher
-OPTION_NAMES: tuple[str, ...] = (
-    "queue", "account", "walltime", "engines_per_task", "cpus_per_engine", "memory_per_engine", "gpus",
-    "job_name", "extra_directives", "prologue", "epilogue", "environment", "template_file",
-    "batch_template", "max_array_size", "work_dir", "submit_args", "options", "stop_timeout",
-)
+
+
+_DEFAULTS: dict[str, Any] = {
+    "queue": "", "account": "", "walltime": "", "engines_per_task": 1, "cpus_per_engine": 1,
+    "memory_per_engine": "", "gpus": 0, "job_name": "", "extra_directives": [], "prologue": [],
+    "epilogue": [], "environment": {}, "template_file": "", "batch_template": "", "max_array_size": None,
+    "work_dir": "", "submit_args": [], "options": {}, "stop_timeout": 60.0,
+}
+_ROLE_WORDS = {"engines": "EngineSet", "controller": "Controller"}
+
+
+def _normalized(name: str, value: Any) -> Any:
+    default = _DEFAULTS[name]
+    if isinstance(default, list):
+        return list(value)
+    if isinstance(default, dict):
+        return dict(value)
+    return value
+
+
+def config_sections(role: str, scheduler: str) -> list[str]:
+    """The configuration sections a launcher reads, in order (later ones win)."""
+    label = SCHEDULER_LABELS.get(scheduler, scheduler.capitalize()).replace(" ", "")
+    word = _ROLE_WORDS[role]
+    return ["BatchLauncher", f"{label}Launcher", f"Batch{word}Launcher", f"{label}{word}Launcher"]
+
+
+def _configured(parent: Any, role: str, scheduler: str) -> dict[str, Any]:
+    """Launcher options found in ``parent.config`` (a traitlets Config)."""
+    config = getattr(parent, "config", None)
+    if not config or role not in _ROLE_WORDS:
+        return {}
+    found: dict[str, Any] = {}
+    for section in config_sections(role, scheduler):
+        if section not in config:
+            continue
+        for name, value in dict(config[section]).items():
+            if name not in _DEFAULTS and name != "scheduler":
+                log.warning("c.%s.%s is not a batch launcher option; known: %s", section, name,
+                            ", ".join(["scheduler", *_DEFAULTS]))
+                continue
+            if hasattr(value, "get_value"):  # c.X.extra_directives.append(...)
+                value = value.get_value(found.get(name, _DEFAULTS.get(name)))
+            found[name] = value
+    return found
 
 
 @dataclass
@@ -130,11 +168,25 @@ def read_tail(path: Path, lines: int = 20, max_bytes: int = 65536) -> str:
 
 
 class BatchLauncher:
-    """Engines or the controller as batch jobs of one scheduler (Slurm by default)."""
+    """Engines or the controller as batch jobs of one scheduler (Slurm by default).
+
+    Options not given to the constructor come from the configuration of the
+    ``parent`` (an HPCCluster), read from these sections, later ones winning:
+    ``BatchLauncher``, ``<Scheduler>Launcher`` (``SlurmLauncher``),
+    ``Batch<Role>Launcher`` (``BatchEngineSetLauncher``,
+    ``BatchControllerLauncher``) and ``<Scheduler><Role>Launcher``
+    (``SlurmEngineSetLauncher``, as IPython Parallel names them)::
+
+        c.BatchLauncher.account = "proj42"
+        c.SlurmEngineSetLauncher.queue = "short"
+        c.BatchControllerLauncher.walltime = "24:00:00"
+    """
 
     kind = "batch"
     #: the scheduler used when none is given (subclasses from :func:`scheduler_launcher` set it)
     default_scheduler = "slurm"
+    #: HPCCluster passes itself as ``parent``, so the launcher reads the cluster's configuration
+    configurable = True
 
     def __init__(
         self,
@@ -163,12 +215,20 @@ class BatchLauncher:
         options: Mapping[str, str] | None = None,
         stop_timeout: float = 60.0,
         poller: Poller | None = None,
+        parent: Any = None,
     ) -> None:
         if role not in ("engines", "controller"):
             raise ValueError(f"a batch launcher starts 'engines' or the 'controller', not {role!r}")
         self.role = role
         self.n = n
-        self.backend = get_backend(scheduler or self.default_scheduler)
+        provisional = get_backend(scheduler or self.default_scheduler)
+        configured = _configured(parent, role, provisional.name)
+        self.backend = get_backend(scheduler or configured.pop("scheduler", None) or provisional)
+        if self.backend is not provisional:  # c.BatchLauncher.scheduler chose another one
+            configured = _configured(parent, role, self.backend.name)
+            configured.pop("scheduler", None)
+        profile_dir = profile_dir or str(getattr(parent, "profile_dir", "") or "")
+        cluster_id = cluster_id or str(getattr(parent, "cluster_id", "") or "")
         self.scheduler = self.backend.name
         self.queue = queue
         self.account = account
@@ -197,6 +257,10 @@ class BatchLauncher:
         self.tag = os.urandom(2).hex()
         self._poller = poller
         self._tracked: set[str] = set()
+        for name, value in configured.items():
+            # configuration fills what the caller left at its default
+            if getattr(self, name) == _DEFAULTS[name]:
+                setattr(self, name, _normalized(name, value))
 
     # -- the protocol ----------------------------------------------------------------------------
     @property
@@ -222,6 +286,8 @@ class BatchLauncher:
 
     def start(self, cmd: list[str], log_path: Path) -> None:
         """Render, write and submit the job(s) running ``cmd``; one submit call per array chunk."""
+        if self.submissions:  # a second start must not overwrite the first one's scripts
+            self.tag = os.urandom(2).hex()
         self.cmd = list(cmd)
         self.log_path = str(log_path)
         self._locate(cmd, log_path)
@@ -231,6 +297,7 @@ class BatchLauncher:
         # schedulers fail jobs whose output directory is missing
         self.log_dir.mkdir(parents=True, exist_ok=True)
         poller = self.poller
+        submitted: list[str] = []
         for plan in plans:
             for rendered in plan.files:
                 rendered.path.write_text(rendered.text)
@@ -238,16 +305,17 @@ class BatchLauncher:
             try:
                 job_id = self._submit(plan)
             except Exception:
-                if self.submissions:
-                    log.warning("cancelling the %d job(s) already submitted", len(self.submissions))
-                    self._cancel(self.job_ids)
+                if submitted:  # all or nothing: no orphaned part of an engine set
+                    log.warning("cancelling the %d job(s) already submitted: %s", len(submitted),
+                                ", ".join(submitted))
+                    self._cancel(submitted)
                 raise
-            sub = Submission(job_id, plan.elements, plan.spec.array_start, str(plan.files[0].path), time.time())
-            self.submissions.append(sub)
-            poller.track(job_id, sub.elements, cluster_id=self.cluster_id, role=self.role,
-                         submitted_at=sub.submitted_at)
+            submitted.append(job_id)
+            job = poller.track(job_id, plan.elements, cluster_id=self.cluster_id, role=self.role)
             self._tracked.add(job_id)
-            log.info("submitted %s job %s (%d element(s)): %s", self.role, job_id, len(sub.elements),
+            self.submissions.append(
+                Submission(job_id, plan.elements, plan.spec.array_start, str(plan.files[0].path), job.submitted_at))
+            log.info("submitted %s job %s (%d element(s)): %s", self.role, job_id, len(plan.elements),
                      plan.command_line)
         poller.request_fast_poll()
 
@@ -326,7 +394,7 @@ class BatchLauncher:
             "cmd": self.cmd,
             "log_path": self.log_path,
             "tag": self.tag,
-            "options": {name: getattr(self, name) for name in OPTION_NAMES},
+            "options": {name: getattr(self, name) for name in _DEFAULTS},
             "submissions": [s.to_dict() for s in self.submissions],
         }
 
@@ -382,11 +450,13 @@ class BatchLauncher:
                 except OSError:
                     text = ""
                 err = path.with_suffix(".err")
-                if path.suffix == ".out" and err.exists():
+                if path.suffix == ".out" and err.exists():  # schedulers that keep stderr apart (HTCondor)
                     try:
-                        text = (text + "\n--- stderr ---\n" + read_tail(err, lines)).strip()
+                        err_text = read_tail(err, lines)
                     except OSError:
-                        pass
+                        err_text = ""
+                    if err_text.strip():
+                        text = f"{text}\n--- {err.name} ---\n{err_text}".strip()
             out.append({**status.to_dict(), "element": self._element_name(status),
                         "output_path": str(path) if path else None, "output_tail": text})
         return out
@@ -537,20 +607,26 @@ _CLASSES: dict[str, type[BatchLauncher]] = {}
 
 
 def is_scheduler_name(name: str) -> bool:
-    """True when ``name`` is a scheduler :func:`~ipphpc.batch.registry.get_backend` knows by name."""
-    return name.strip().lower() in available_backends()
+    """True when ``name`` selects a batch launcher: ``batch``, or a scheduler
+    :func:`~ipphpc.batch.registry.get_backend` knows by name (not an import string)."""
+    return name.strip().lower() in launcher_names()
 
 
 def scheduler_launcher(name: str) -> type[BatchLauncher]:
     """A :class:`BatchLauncher` subclass whose default scheduler is ``name`` (``slurm``, ``pbs``...).
 
     ``find_launcher("slurm")("engines", 64)`` then submits to Slurm without
-    further arguments; to_dict/from_dict go through the plain ``batch`` kind.
+    further arguments. ``batch`` is :class:`BatchLauncher` itself (the
+    scheduler then comes from ``c.BatchLauncher.scheduler``, Slurm by
+    default); it is also the ``kind`` to_dict writes, so from_dict goes
+    through it.
     """
+    if name.strip().lower() == BatchLauncher.kind:
+        return BatchLauncher
     backend = get_backend(name)
     cls = _CLASSES.get(backend.name)
     if cls is None:
-        label = "".join(part.capitalize() for part in backend.name.replace("-", "_").split("_"))
+        label = SCHEDULER_LABELS.get(backend.name, backend.name.capitalize()).replace(" ", "")
         cls = type(f"{label}Launcher", (BatchLauncher,), {
             "default_scheduler": backend.name,
             "__doc__": f"Engines or the controller as {backend.description or backend.name} jobs.",

@@ -49,7 +49,6 @@ from .commands import (
     DEFAULT_TIMEOUT,
     CommandCounter,
     CommandResult,
-    SchedulerCommandError,
     failed_command_message,
     run_command,
     run_command_async,
@@ -277,12 +276,16 @@ class Poller:
         if not elements:
             raise ValueError(f"job {job_id} has no elements to follow")
         job = TrackedJob(job_id, elements, cluster_id, role, submitted_at or now, wanted_at=now)
+        previous = self._jobs.get(job_id)
+        if previous is not None:
+            job.cancel_requested_at = previous.cancel_requested_at
         self._jobs[job_id] = job
         for index in elements:
             self._status.setdefault(
                 (job_id, index),
+                # updated=0: any word from a poll, even one older than this call, is better
                 ElementStatus(job_id, index, State.PENDING, reason="submitted; not seen by the scheduler yet",
-                              since=job.submitted_at, updated=job.submitted_at),
+                              since=job.submitted_at, updated=0.0),
             )
         if self.cache_path is not None:
             self._adopt(self._read_cache(), now)
@@ -439,7 +442,7 @@ class Poller:
             while True:
                 step = steps.send(value)
                 if isinstance(step, _Sleep):
-                    self._sleep(step.seconds)
+                    time.sleep(step.seconds)  # waiting for another process: real time, whatever the clock
                     value = None
                     continue
                 try:
@@ -603,7 +606,8 @@ class Poller:
                         continue
                     record = seen.get(key)
                     if record is not None:
-                        work.status[key] = updated = self._merge(current, record, "status", now)
+                        updated = self._cancel_aware(work.jobs[job_id], self._merge(current, record, "status", now))
+                        work.status[key] = updated
                         if updated.finished and not updated.resolved:
                             needs[key] = None
                     elif current.active:
@@ -635,7 +639,8 @@ class Poller:
             job = work.jobs[key[0]]
             record = accounted.get(key)
             if record is not None and (record.finished or current.active):
-                work.status[key] = self._merge(current, record, "accounting", now, resolved=record.finished)
+                work.status[key] = self._cancel_aware(
+                    job, self._merge(current, record, "accounting", now, resolved=record.finished))
                 continue
             code = self._exit_code(job, key[1])
             if code is not None:
@@ -723,6 +728,15 @@ class Poller:
         )
 
     @staticmethod
+    def _cancel_aware(job: TrackedJob, status: ElementStatus) -> ElementStatus:
+        """A job script that traps the cancel's SIGTERM exits 143 by itself: still a cancel."""
+        if (job.cancel_requested_at is None or status.state is not State.FAILED
+                or not ((status.exit_code or 0) > 128 or status.signal)):
+            return status
+        detail = status.reason or f"exit code {status.exit_code}"
+        return replace(status, state=State.CANCELLED, reason=f"cancelled ({detail})")
+
+    @staticmethod
     def _ended(current: ElementStatus, state: State, reason: str, source: str, now: float) -> ElementStatus:
         return replace(current, state=state, native_state="", reason=reason, source=source, updated=now,
                        since=current.since if state == current.state else now, resolved=True)
@@ -791,8 +805,11 @@ class Poller:
         if unresolved:
             return False
         entries = data.get("jobs", {})
-        oldest_ok = max(now - self.interval, self._fresh_after)
-        return all(entries.get(j, {}).get("polled_at", 0) >= oldest_ok for j in active)
+        horizon = now - self.interval
+        return all(
+            polled > horizon and polled >= self._fresh_after
+            for polled in (entries.get(j, {}).get("polled_at", 0) for j in active)
+        )
 
     def _adopt(self, data: Mapping[str, Any], now: float) -> None:
         """Take newer element states and the poll health that other pollers left in the cache."""
@@ -815,7 +832,7 @@ class Poller:
                     theirs = ElementStatus.from_dict(raw)
                 except (KeyError, TypeError, ValueError):
                     continue
-                if theirs.updated > mine.updated:
+                if theirs.updated >= mine.updated:
                     self._status[key] = theirs
         if data.get("written_at", 0) > self._health_at:
             # the newest poll of any process says how the scheduler is doing
@@ -937,7 +954,6 @@ def reset_shared_pollers() -> None:
 __all__ = [
     "ElementStatus",
     "Poller",
-    "SchedulerCommandError",
     "TrackedJob",
     "reset_shared_pollers",
     "shared_poller",

@@ -21,20 +21,30 @@ def _pdir(ns: argparse.Namespace) -> Path:
 
 
 def submit(ns: argparse.Namespace, cfg: Config) -> int:
-    """Start a detached cluster and print its id; wait for its engines unless --no-wait."""
+    """Start a detached cluster and print its id; with --wait, show progress until its engines are up."""
     cfg.HPCCluster.shutdown_atexit = False
-    cluster = HPCCluster(config=cfg)
     try:
+        cluster = HPCCluster(config=cfg)
+        if ns.dry_run:
+            print(cluster.dry_run())
+            return 0
         cluster.start_cluster_sync()
-    except ValueError as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"ipphpc submit: {e}", file=sys.stderr)
         return 2
+    batch = cluster.engines != "local"
     print(f"cluster {cluster.cluster_id}: controller pid {cluster.controller_pid}, {cluster.n} {cluster.engines} "
           f"engines, profile {cluster.pdir}", file=sys.stderr)
-    if not ns.no_wait:
+    for e in cluster.engine_sets:
+        ids = getattr(e, "job_ids", None)
+        if ids:
+            print(f"submitted {e.scheduler} job(s) {', '.join(ids)}", file=sys.stderr)
+    wait = ns.wait or (not batch and not ns.no_wait)
+    if wait:
+        timeout = ns.timeout or cluster.wait_timeout
         try:
             rc = cluster.connect_client_sync()
-            _wait_with_bar(cluster, rc, cluster.n, ns.timeout)
+            _wait_with_bar(cluster, rc, cluster.engines_requested, timeout)
             rc.close()
         except Exception as e:  # noqa: BLE001 - report, stop what was started, fail
             print(f"ipphpc submit: {e}", file=sys.stderr)
@@ -46,22 +56,70 @@ def submit(ns: argparse.Namespace, cfg: Config) -> int:
 
 def _wait_with_bar(cluster: HPCCluster, rc, n: int, timeout: float) -> None:
     from tqdm import tqdm
-    cluster.engine_timeout = timeout
     with tqdm(total=n, desc="engines", unit="engine", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         deadline = time.monotonic() + timeout
         while len(rc.ids) < n:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(rc.ids)} of {n} engines registered after {timeout:g} s; "
-                                   f"engine output:\n{cluster._tail('ipengine')}")
-            dead = [e for e in cluster.engine_sets if e.exit_code not in (None, 0)]
+                                   f"`ipphpc status` shows the jobs; engine output:\n{cluster._tail('ipengine')}")
+            dead = cluster.engines_failed()
             if dead:
-                raise RuntimeError(f"engines exited with status {dead[0].exit_code}:\n{cluster._tail('ipengine')}")
+                raise RuntimeError(f"{len(rc.ids)} of {n} engines registered, and no more will come:\n{dead}")
             try:
-                rc.wait_for_engines(n, timeout=0.2)
+                rc.wait_for_engines(n, timeout=0.5)
             except TimeoutError:
                 pass
             bar.update(len(rc.ids) - bar.n)
         bar.update(len(rc.ids) - bar.n)
+
+
+def status(ns: argparse.Namespace, cfg: Config) -> int:
+    """One table: each job or array element, its state and reason, how long, and its engines."""
+    pdir = _pdir(ns)
+    files = [paths.cluster_file(pdir, ns.cluster)] if ns.cluster else list_cluster_files(pdir)[-1:]
+    if not files or not files[0].exists():
+        print(f"no cluster {'named ' + repr(ns.cluster) + ' ' if ns.cluster else ''}in profile {pdir}",
+              file=sys.stderr)
+        return 1
+    c = HPCCluster.from_dict(json.loads(files[0].read_text()))
+    engines: dict = {}
+    if c.controller_launcher is not None and c.controller_launcher.running:
+        from ..client.client import Client
+        try:
+            with Client(c.client_file, timeout=3) as rc:
+                engines = rc.engines
+        except Exception as e:  # noqa: BLE001 - the table still shows the jobs
+            print(f"(controller not answering: {e})", file=sys.stderr)
+    by_element: dict = {}
+    for eid, info in engines.items():
+        key = (str(info.get("job_id") or "").split(".")[0].split("[")[0], info.get("array_index"))
+        by_element.setdefault(key, []).append(eid)
+    now = time.time()
+    rows = []
+    for launcher in [c.controller_launcher, *c.engine_sets]:
+        if launcher is None:
+            continue
+        role = getattr(launcher, "role", "")
+        if hasattr(launcher, "states"):
+            for st in launcher.states():
+                key = (st.job_id.split(".")[0].split("[")[0], st.array_index)
+                eids = by_element.get(key, []) if role == "engines" else []
+                rows.append([role, st.job_id, "" if st.array_index is None else st.array_index, st.state.value,
+                             st.native_state, st.reason, _ago(now - st.since) if st.since else "",
+                             st.host or "", ",".join(map(str, sorted(eids)))])
+        else:
+            alive = launcher.running
+            eids = sorted(engines) if role == "engines" else []
+            rows.append([role, f"pid {launcher.pid}", "", "RUNNING" if alive else "STOPPED", launcher.kind, "",
+                         "", "", ",".join(map(str, eids))])
+    print(f"cluster {c.cluster_id} ({c.engines}): {len(engines)} of {c.n} engines registered")
+    print(render(["ROLE", "JOB", "INDEX", "STATE", "NATIVE", "REASON", "FOR", "HOST", "ENGINES"], rows))
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _engines_registered(cluster: HPCCluster) -> int | None:

@@ -41,6 +41,18 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "enginessh": [("Controller", "enginessh", str)],
     "n": [("HPCCluster", "n", int)],
     "engines": [("HPCCluster", "engines", str)],
+    "scheduler": [("HPCCluster", "scheduler", str)],
+    "controller": [("HPCCluster", "controller", str)],
+    "queue": [("HPCCluster", "queue", str)],
+    "account": [("HPCCluster", "account", str)],
+    "walltime": [("HPCCluster", "walltime", str)],
+    "engines_per_task": [("HPCCluster", "engines_per_task", int)],
+    "cpus_per_engine": [("HPCCluster", "cpus_per_engine", int)],
+    "mem": [("HPCCluster", "memory_per_engine", str)],
+    "gpus": [("HPCCluster", "gpus", int)],
+    "job_name": [("HPCCluster", "job_name", str)],
+    "template": [("HPCCluster", "batch_template_file", str)],
+    "max_array_size": [("HPCCluster", "max_array_size", int)],
 }
 
 
@@ -92,11 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="start a cluster (controller + engines) in the background")
     _common(p)
     p.add_argument("-n", "--n", type=int, default=None, help="number of engines")
-    p.add_argument("--engines", default=None, help="where engines run: local (default)")
+    p.add_argument("--engines", default=None, help="where engines run: local (default), mpi, ssh, sshproxy, "
+                   "or a scheduler: slurm, pbs, torque, sge, lsf, htcondor")
+    p.add_argument("--scheduler", default=None, help="batch scheduler for the engines (job arrays)")
+    p.add_argument("--controller", default=None, choices=["local", "batch"],
+                   help="run the controller here (default) or as a batch job of the same scheduler")
+    p.add_argument("--queue", "-q", default=None, help="queue or partition")
+    p.add_argument("--account", "-A", default=None)
+    p.add_argument("--walltime", "-t", default=None, help="[[D-]HH:]MM:SS")
+    p.add_argument("--engines-per-task", type=int, default=None, help="engines per array element")
+    p.add_argument("--cpus-per-engine", type=int, default=None)
+    p.add_argument("--mem", default=None, help="memory per engine, e.g. 4G")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs per array element")
+    p.add_argument("--job-name", default=None)
+    p.add_argument("--template", default=None, help="batch template file (Jinja2 or IPython Parallel style)")
+    p.add_argument("--max-array-size", type=int, default=None)
     p.add_argument("--ip", default=None, help="controller interface ('*' for all)")
     p.add_argument("--location", default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the scripts and exact commands; submit nothing")
+    p.add_argument("--wait", action="store_true", help="show progress until the engines registered "
+                   "(the default for local engines)")
     p.add_argument("--no-wait", action="store_true", help="return once started, without waiting for engines")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the engines")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the engines")
+
+    p = sub.add_parser("status", help="jobs, array elements, their states and reasons, and their engines")
+    _common(p)
+    p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
 
     p = sub.add_parser("list", help="clusters of a profile: id, controller alive, engines")
     _common(p)

@@ -9,11 +9,12 @@ import asyncio
 import atexit
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .. import connection, paths
@@ -45,7 +46,25 @@ class HPCCluster(LoggingConfigurable):
     engine_cmd = List(Unicode(), [], config=True, help="Command that starts an engine where engines run "
                       "(default: this Python with `-m ipphpc engine`); set it when compute nodes use another "
                       "Python or environment.")
-    engine_timeout = Float(120.0, config=True, help="Seconds start_and_connect waits for the engines.")
+    engine_timeout = Float(0.0, config=True, help="Seconds start_and_connect waits for the engines "
+                           "(0: 120 s for local engines, an hour for batch jobs, which may queue).")
+    # -- batch jobs (engines='slurm' | 'pbs' | 'torque' | 'sge' | 'lsf' | 'htcondor') --------------
+    scheduler = Unicode("", config=True, help="Batch scheduler for the engines (same as engines=<name>).")
+    queue = Unicode("", config=True, help="Queue or partition.")
+    account = Unicode("", config=True, help="Account or project to charge.")
+    walltime = Unicode("", config=True, help="Wall-time limit, [[D-]HH:]MM:SS.")
+    engines_per_task = Integer(1, config=True, help="Engines per array element (one import, then fork).")
+    cpus_per_engine = Integer(1, config=True)
+    memory_per_engine = Unicode("", config=True, help="e.g. '4G'.")
+    gpus = Integer(0, config=True, help="GPUs per array element.")
+    job_name = Unicode("", config=True)
+    extra_directives = List(Unicode(), [], config=True, help="Raw scheduler directive lines added to the script.")
+    prologue = List(Unicode(), [], config=True, help="Shell lines run before the engines (module load, venv).")
+    epilogue = List(Unicode(), [], config=True, help="Shell lines run after the engines exit.")
+    environment = Dict({}, config=True, help="Environment variables exported in the job.")
+    batch_template = Unicode("", config=True, help="Template text (Jinja2, or IPython Parallel's {n} style).")
+    batch_template_file = Unicode("", config=True, help="Template file (Jinja2, or IPython Parallel's {n} style).")
+    max_array_size = Integer(0, config=True, help="Largest array the site allows (0: the scheduler's default).")
     shutdown_atexit = Bool(True, config=True, help="Stop the cluster when this Python process exits.")
     created = Float(0.0)
 
@@ -66,6 +85,14 @@ class HPCCluster(LoggingConfigurable):
         self.pdir = pdir
         self.profile_dir = str(pdir)
         self.cluster_id = self.cluster_id or new_cluster_id()
+        if self.scheduler and self.engines == "local":
+            self.engines = self.scheduler
+        if self.controller == "batch":
+            self.controller = self.engines
+        if not self.controller_ip and (self.engines != "local" or self.controller != "local") \
+                and self.engines.lower() not in ("mpi", "mpiexec"):
+            # engines on other hosts must be able to reach the controller: not loopback
+            self.controller_ip = "*"
         self.controller_launcher: Any = None
         self.engine_sets: list[Any] = []
         self.client: Any = None
@@ -86,7 +113,8 @@ class HPCCluster(LoggingConfigurable):
 
     def to_dict(self) -> dict[str, Any]:
         return {"cluster": {"cluster_id": self.cluster_id, "profile_dir": self.profile_dir, "n": self.n,
-                            "engines": self.engines, "controller_ip": self.controller_ip, "created": self.created},
+                            "engines": self.engines, "controller": self.controller,
+                            "controller_ip": self.controller_ip, "created": self.created},
                 "controller": self.controller_launcher.to_dict() if self.controller_launcher else None,
                 "engine_sets": [e.to_dict() for e in self.engine_sets]}
 
@@ -97,7 +125,8 @@ class HPCCluster(LoggingConfigurable):
     def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> "HPCCluster":
         c = d["cluster"]
         self = cls(n=c["n"], profile_dir=c["profile_dir"], cluster_id=c["cluster_id"], engines=c["engines"],
-                   controller_ip=c.get("controller_ip", ""), shutdown_atexit=False, **kwargs)
+                   controller=c.get("controller", "local"), controller_ip=c.get("controller_ip", ""),
+                   shutdown_atexit=False, **kwargs)
         self.created = c.get("created", 0.0)
         self.controller_launcher = launcher_from_dict(d["controller"]) if d.get("controller") else None
         self.engine_sets = [launcher_from_dict(e) for e in d.get("engine_sets", [])]
@@ -141,7 +170,36 @@ class HPCCluster(LoggingConfigurable):
     def _launcher(self, name: str, role: str, n: int = 1) -> Any:
         """Configurable launchers read their own section of this cluster's config (c.SSHEngineSetLauncher...)."""
         cls = find_launcher(name)
-        return cls(role, n, **({"parent": self} if getattr(cls, "configurable", False) else {}))
+        kwargs: dict[str, Any] = {"parent": self} if getattr(cls, "configurable", False) else {}
+        if getattr(cls, "kind", "") == "batch":
+            kwargs.update(self.batch_options())
+        return cls(role, n, **kwargs)
+
+    def batch_options(self) -> dict[str, Any]:
+        """This cluster's batch settings, as a batch launcher takes them (unset ones left out)."""
+        opts = {"queue": self.queue, "account": self.account, "walltime": self.walltime,
+                "engines_per_task": self.engines_per_task, "cpus_per_engine": self.cpus_per_engine,
+                "memory_per_engine": self.memory_per_engine, "gpus": self.gpus, "job_name": self.job_name,
+                "extra_directives": self.extra_directives, "prologue": self.prologue, "epilogue": self.epilogue,
+                "environment": self.environment, "batch_template": self.batch_template,
+                "template_file": self.batch_template_file, "max_array_size": self.max_array_size or None,
+                "profile_dir": self.profile_dir, "cluster_id": self.cluster_id}
+        return {k: v for k, v in opts.items() if v not in ("", 0, None, [], {}) or k == "engines_per_task"}
+
+    def dry_run(self) -> str:
+        """The scripts and exact commands `start_cluster` would run, without running them."""
+        out = []
+        ctl = self._launcher(self.controller, "controller")
+        if hasattr(ctl, "dry_run"):
+            out.append(ctl.dry_run(self._controller_cmd()))
+        else:
+            out.append("# controller (local process)\n" + shlex.join(self._controller_cmd()))
+        eng = self._launcher(self.engines, "engines", self.n)
+        if hasattr(eng, "dry_run"):
+            out.append(eng.dry_run(self._engine_cmd()))
+        else:
+            out.append(f"# {self.n} engines ({self.engines})\n" + shlex.join(self._engine_cmd()))
+        return "\n\n".join(out)
 
     @property
     def engines_requested(self) -> int:
@@ -177,7 +235,8 @@ class HPCCluster(LoggingConfigurable):
     async def connect_client(self, **kwargs: Any) -> Any:
         from ..client.client import Client
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._wait_for_client_file, kwargs.pop("timeout", 30.0))
+        default = 30.0 if self.controller == "local" else self.wait_timeout  # a batch controller may queue
+        await loop.run_in_executor(None, self._wait_for_client_file, kwargs.pop("timeout", default))
         self.client = await loop.run_in_executor(None, lambda: Client(self.client_file, **kwargs))
         self.client._cluster = self
         return self.client
@@ -207,16 +266,31 @@ class HPCCluster(LoggingConfigurable):
         await asyncio.get_running_loop().run_in_executor(None, self._wait_for_engines, rc, self.engines_requested)
         return rc
 
+    @property
+    def wait_timeout(self) -> float:
+        return self.engine_timeout or (120.0 if self.engines.lower() in ("local", "mpi", "mpiexec") else 3600.0)
+
+    def engines_failed(self) -> str | None:
+        """Why the engine sets cannot bring more engines (the scheduler's reason and output), or None."""
+        for e in self.engine_sets:
+            code = e.exit_code
+            if code in (None, 0):
+                continue
+            if hasattr(e, "failure_report"):
+                return e.failure_report()
+            return f"engines exited with status {code}:\n{self._tail('ipengine')}"
+        return None
+
     def _wait_for_engines(self, rc: Any, n: int) -> None:
-        deadline = time.monotonic() + self.engine_timeout
+        timeout = self.wait_timeout
+        deadline = time.monotonic() + timeout
         while len(rc.ids) < n:
-            dead = [e for e in self.engine_sets if e.exit_code not in (None, 0)]
+            dead = self.engines_failed()
             if dead:
-                raise RuntimeError(f"engines exited with status {dead[0].exit_code} after {len(rc.ids)} of {n} "
-                                   f"registered:\n{self._tail('ipengine')}")
+                raise RuntimeError(f"{len(rc.ids)} of {n} engines registered, and no more will come:\n{dead}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(rc.ids)} of {n} engines registered after {self.engine_timeout:g} s:\n"
-                                   f"{self._tail('ipengine')}")
+                raise TimeoutError(f"{len(rc.ids)} of {n} engines registered after {timeout:g} s "
+                                   f"(`ipphpc status` shows the jobs):\n{self._tail('ipengine')}")
             try:
                 rc.wait_for_engines(n, timeout=0.25)
             except TimeoutError:

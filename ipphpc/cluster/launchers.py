@@ -79,6 +79,11 @@ def find_launcher(name: str) -> type:
     key = name.lower()
     if key in BUILTIN:
         return BUILTIN[key]()
+    from ..batch.launcher import BatchLauncher, is_scheduler_name, scheduler_launcher
+    if key == "batch":
+        return BatchLauncher
+    if is_scheduler_name(key):
+        return scheduler_launcher(key)
     for ep in entry_points(group="ipphpc.launchers"):
         if ep.name.lower() == key:
             return ep.load()
@@ -88,7 +93,9 @@ def find_launcher(name: str) -> type:
             return getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot load launcher {name!r}: {e}") from None
-    valid = sorted(BUILTIN) + sorted(ep.name for ep in entry_points(group="ipphpc.launchers"))
+    from ..batch.launcher import launcher_names
+    valid = sorted(set(BUILTIN) | set(launcher_names())) + sorted(
+        ep.name for ep in entry_points(group="ipphpc.launchers"))
     raise ValueError(f"unknown launcher {name!r}; valid names: {', '.join(valid)} "
                      f"(or an import string such as 'mypkg.launchers:MyLauncher')")
 
