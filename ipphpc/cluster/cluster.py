@@ -90,7 +90,7 @@ class HPCCluster(LoggingConfigurable):
         if self.controller == "batch":
             self.controller = self.engines
         if not self.controller_ip and (self.engines != "local" or self.controller != "local") \
-                and self.engines.lower() not in ("mpi", "mpiexec"):
+                and self.engines.lower() not in ("mpi", "mpiexec", "srun"):
             # engines on other hosts must be able to reach the controller: not loopback
             self.controller_ip = "*"
         self.controller_launcher: Any = None
@@ -131,6 +131,18 @@ class HPCCluster(LoggingConfigurable):
         self.controller_launcher = launcher_from_dict(d["controller"]) if d.get("controller") else None
         self.engine_sets = [launcher_from_dict(e) for e in d.get("engine_sets", [])]
         return self
+
+    @classmethod
+    def from_allocation(cls, n: int | None = None, **kwargs: Any) -> "HPCCluster":
+        """Inside a batch job: the controller on this (batch) host, engines across the allocation,
+        with srun under Slurm and mpiexec elsewhere. Use it as `with HPCCluster.from_allocation() as rc:`."""
+        from .srun import allocation_size
+        launcher, slots = allocation_size()
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("JOB_ID") \
+            or os.environ.get("LSB_JOBID") or "job"
+        kwargs.setdefault("cluster_id", f"alloc-{job.split('.')[0]}-{os.urandom(2).hex()}")
+        kwargs.setdefault("controller_ip", "*")
+        return cls(n=n or slots, engines=launcher, **kwargs)
 
     @classmethod
     def from_file(cls, cluster_id: str | None = None, profile: str = "default", profile_dir: str | None = None,
@@ -268,7 +280,8 @@ class HPCCluster(LoggingConfigurable):
 
     @property
     def wait_timeout(self) -> float:
-        return self.engine_timeout or (120.0 if self.engines.lower() in ("local", "mpi", "mpiexec") else 3600.0)
+        return self.engine_timeout or (120.0 if self.engines.lower() in ("local", "mpi", "mpiexec", "srun")
+                                       else 3600.0)
 
     def engines_failed(self) -> str | None:
         """Why the engine sets cannot bring more engines (the scheduler's reason and output), or None."""

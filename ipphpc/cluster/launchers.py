@@ -71,7 +71,12 @@ def _sshproxy() -> type:
     return SSHProxyEngineSetLauncher
 
 
-BUILTIN = {"local": lambda: LocalLauncher, "mpi": _mpi, "mpiexec": _mpi, "ssh": _ssh, "sshproxy": _sshproxy}
+def _srun() -> type:
+    from .srun import SrunLauncher
+    return SrunLauncher
+
+
+BUILTIN = {"local": lambda: LocalLauncher, "srun": _srun, "mpi": _mpi, "mpiexec": _mpi, "ssh": _ssh, "sshproxy": _sshproxy}
 
 
 def find_launcher(name: str) -> type:
