@@ -16,6 +16,18 @@ import zmq
 
 log = logging.getLogger("ipphpc.pump")
 
+#: bytes shorter than this are copied into the message; longer ones and received frames go zero-copy
+COPY_BELOW = 65536
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """send_multipart, minus its per-call checks, copying small frames (a zero-copy send of a
+    small buffer costs more than the copy) and passing large buffers and received frames by reference."""
+    send, more = sock.send, zmq.SNDMORE | flags
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        send(f, more if i < last else flags, copy=f.__class__ is bytes and len(f) < COPY_BELOW)
+
 
 class Pump:
     def __init__(self, sock: zmq.Socket, handler: Callable[[list], Any], batch: int = 256):
@@ -48,7 +60,7 @@ class Pump:
 
     def send(self, frames: list) -> None:
         sock = self.sock
-        sock.send_multipart(frames, copy=False)
+        send_frames(sock, frames)
         # reading EVENTS re-arms the descriptor: only an already queued message needs a drain scheduled
         if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.kick()

@@ -22,7 +22,7 @@ from .. import connection, paths, serialize
 from ..errors import (ControllerUnreachable, EngineError, NoEnginesRegistered, ProtocolMismatch, RemoteError,
                       TaskAborted, TaskTimeout)
 from ..wire import AuthError, Session, payload_digest
-from ..zmqpump import Pump
+from ..zmqpump import Pump, send_frames
 from .asyncresult import AsyncResult, build_metadata
 
 log = logging.getLogger("ipphpc.client")
@@ -230,8 +230,7 @@ class Client:
             resend = (kind, payload, target, timeout, digest) if retries else None
             self._pending[mid] = _Pending(ar, index, time.time(), target, resend, retries)
             ar.msg_ids[index] = mid
-            self._submit.send_multipart(self.session.pack("task", fields, payload, seq=seq, digest=digest),
-                                        copy=False)
+            send_frames(self._submit, self.session.pack("task", fields, payload, seq=seq, digest=digest))
         return mid
 
     def _retry(self, p: _Pending) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from ..wire import AuthError, ReplayGuard, Session, check_version
-from ..zmqpump import Pump
+from ..zmqpump import Pump, send_frames
 
 
 @dataclass(eq=False)
@@ -326,7 +326,7 @@ class Hub:
         period = self.cfg.heartbeat_period
         while True:
             self.ping_seq += 1
-            self.ping_sock.send_multipart(self.session.pack("ping", {"n": self.ping_seq}), copy=False)
+            send_frames(self.ping_sock, self.session.pack("ping", {"n": self.ping_seq}))
             await asyncio.sleep(period)
             self._drain_pongs()
             self._sweep_timeouts()

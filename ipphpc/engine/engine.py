@@ -24,7 +24,7 @@ from zmq.devices import ThreadDevice
 
 from .. import connection, paths
 from ..wire import AuthError, Session, check_version
-from ..zmqpump import Pump
+from ..zmqpump import Pump, send_frames
 from .executor import Executor
 from .origin import engine_origin
 
@@ -172,7 +172,7 @@ class Engine(LoggingConfigurable):
         if self.pump is not None:
             self.pump.send(frames)
         else:
-            self.sock.send_multipart(frames, copy=False)
+            send_frames(self.sock, frames)
 
     def _send_register(self) -> None:
         fields = {"info": self.origin, "hb": self.heart_id}
