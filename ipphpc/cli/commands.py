@@ -94,6 +94,13 @@ def status(ns: argparse.Namespace, cfg: Config) -> int:
     for eid, info in engines.items():
         key = (str(info.get("job_id") or "").split(".")[0].split("[")[0], info.get("array_index"))
         by_element.setdefault(key, []).append(eid)
+    # what the scheduler says now: the shared cache may hold another process's poll from up to an
+    # interval ago (`submit --wait` returns as soon as the engines register, while its last poll
+    # still saw them PENDING); one query per scheduler covers every job of the cluster
+    pollers = {id(x.poller): x.poller for x in [c.controller_launcher, *c.engine_sets]
+               if x is not None and getattr(x, "submissions", None)}
+    for poller in pollers.values():
+        poller.poll_once(force=True)
     now = time.time()
     rows = []
     for launcher in [c.controller_launcher, *c.engine_sets]:

@@ -242,7 +242,8 @@ class HPCCluster(LoggingConfigurable):
             self.n = n
         self.created = time.time()
         await self.start_controller()
-        await self.start_engines(self.n)
+        if self.n > 0:  # n=0: a controller alone, for engines that users' own batch scripts start
+            await self.start_engines(self.n)
 
     async def connect_client(self, **kwargs: Any) -> Any:
         from ..client.client import Client
@@ -286,11 +287,15 @@ class HPCCluster(LoggingConfigurable):
     def engines_failed(self) -> str | None:
         """Why the engine sets cannot bring more engines (the scheduler's reason and output), or None."""
         for e in self.engine_sets:
+            if hasattr(e, "failure_report"):
+                # one failed array element is enough: its engines will never register
+                report = e.failure_report()
+                if report:
+                    return report
+                continue
             code = e.exit_code
             if code in (None, 0):
                 continue
-            if hasattr(e, "failure_report"):
-                return e.failure_report()
             return f"engines exited with status {code}:\n{self._tail('ipengine')}"
         return None
 
@@ -353,7 +358,7 @@ class HPCCluster(LoggingConfigurable):
             return
         deadline = time.monotonic() + 5
         launchers = [self.controller_launcher, *self.engine_sets]
-        while time.monotonic() < deadline and any(x.running for x in launchers):
+        while time.monotonic() < deadline and any(_obeys_shutdown(x) for x in launchers):
             time.sleep(0.05)
 
     def _register_atexit(self) -> None:
@@ -388,19 +393,39 @@ class HPCCluster(LoggingConfigurable):
         run_sync(self.stop_cluster())
 
     def __enter__(self) -> Any:
-        return self.start_and_connect_sync()
+        try:
+            return self.start_and_connect_sync()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: stop the controller and the jobs here
+            self.stop_cluster_sync()
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         self.stop_cluster_sync()
 
     async def __aenter__(self) -> Any:
-        return await self.start_and_connect()
+        try:
+            return await self.start_and_connect()
+        except BaseException:
+            await self.stop_cluster()
+            raise
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop_cluster()
 
     def __repr__(self) -> str:
         return f"<HPCCluster {self.cluster_id}: {self.n} {self.engines} engines, profile {self.pdir.name}>"
+
+
+def _obeys_shutdown(launcher: Any) -> bool:
+    """True while the shutdown message can still end something: a live process or a running batch element.
+
+    Queued and held elements have no engine to hear it; they are cancelled right after, not waited for.
+    """
+    if hasattr(launcher, "states"):
+        from ..batch.states import State
+        return any(s.state is State.RUNNING for s in launcher.states())
+    return launcher.running
 
 
 _OWN = {"profile", "profile_dir", "cluster_id"}

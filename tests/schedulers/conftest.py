@@ -1,0 +1,124 @@
+"""Shared pieces for tests that drive ipphpc through a real batch scheduler (test_<scheduler>.py).
+
+Nothing here knows one scheduler: jobs are submitted through :class:`BatchLauncher` or
+HPCCluster, and judged through their poller. A job inherits the environment of the process
+that submits it, so the private IPPHPC_DIR of :func:`ipphpc_home` reaches the engines too.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from ipphpc.batch.launcher import BatchLauncher, scheduler_launcher
+from ipphpc.batch.poller import Poller
+from ipphpc.batch.registry import get_backend
+from ipphpc.batch.states import State
+
+PY = sys.executable
+
+
+@pytest.fixture
+def ipphpc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private IPPHPC_DIR for this test, its `ipphpc` commands and the jobs they submit."""
+    home = (tmp_path / "ipphpc").resolve()
+    monkeypatch.setenv("IPPHPC_DIR", str(home))
+    return home
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Call `pred` until it returns something true, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last answer: {value!r}")
+        time.sleep(interval)
+
+
+def run_ipphpc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`ipphpc ARGS` as a user types it, in this environment (IPPHPC_DIR included)."""
+    return subprocess.run([PY, "-m", "ipphpc", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def procs_matching(marker: str) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes whose command line contains `marker`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and state != "Z":
+            found.append((int(d.name), cmd))
+    return found
+
+
+def quick_launcher(scheduler: str, profile: Path, n: int = 1, cluster_id: str = "states",
+                   **options: Any) -> BatchLauncher:
+    """An engines launcher whose poller looks every 0.2-1 s (a real one backs off to 30 s)."""
+    poller = Poller(scheduler, profile, min_interval=0.2, max_interval=1.0, lost_grace=30)
+    return scheduler_launcher(scheduler)("engines", n, profile_dir=str(profile), cluster_id=cluster_id,
+                                         poller=poller, **options)
+
+
+def start(launcher: BatchLauncher, cmd: list[str]) -> BatchLauncher:
+    launcher.start(cmd, Path(launcher.profile_dir) / "log" / f"ipengine-{launcher.cluster_id}.out")
+    return launcher
+
+
+#: element 1 fails with exit code 3 after a line on stderr; the others sleep a little and succeed
+WORK = ("echo element $IPPHPC_ELEMENT on $(hostname); sleep 2; "
+        "if [ $IPPHPC_ELEMENT = 1 ]; then echo bad input >&2; exit 3; fi")
+
+
+def check_run_and_end(launcher: BatchLauncher, timeout: float = 60) -> None:
+    """WORK as 3 elements: RUNNING (with a host), then COMPLETED twice and FAILED with exit
+    code 3, whose output tail the failure report shows."""
+    assert launcher.n == 3
+    start(launcher, ["bash", "-c", WORK])
+    poller = launcher.poller
+    assert poller.counter.count() == 1  # one submission for the whole array
+    assert poller.wait_until(lambda recs: any(r.state is State.RUNNING for r in recs), timeout), launcher.states()
+    running = [r for r in launcher.states() if r.state is State.RUNNING]
+    assert running and all(r.host for r in running), running
+    assert launcher.running and launcher.exit_code is None
+    assert poller.wait_until(lambda recs: all(r.finished for r in recs), timeout), launcher.states()
+    states = {r.array_index: r for r in launcher.states()}
+    base = get_backend(launcher.scheduler).array_index_base
+    assert (states[base].state, states[base].exit_code) == (State.COMPLETED, 0), states
+    assert states[base + 2].state is State.COMPLETED, states
+    assert (states[base + 1].state, states[base + 1].exit_code) == (State.FAILED, 3), states
+    assert launcher.exit_code == 3 and not launcher.running
+    report = launcher.failure_report()
+    assert f"element {base + 1}: FAILED, exit code 3" in report, report
+    assert "element 1 on" in report and "bad input" in report, report
+
+
+def check_cancel(launcher: BatchLauncher, timeout: float = 60) -> None:
+    """Running elements end CANCELLED after ONE cancel command, and stop() confirms it."""
+    cancel = get_backend(launcher.scheduler).cancel_command([])[0]
+    before = launcher.poller.counter.count(cancel)
+    assert launcher.stop(timeout=timeout) == []
+    assert launcher.poller.counter.count(cancel) == before + 1
+    assert {r.state for r in launcher.states()} == {State.CANCELLED}, launcher.states()
+    assert not launcher.running
+
+
+def check_timed_out(launcher: BatchLauncher, timeout: float) -> None:
+    """A job started with a walltime ends TIMEOUT (not FAILED, not LOST) within `timeout`."""
+    assert launcher.poller.wait_until(lambda recs: all(r.finished for r in recs), timeout), launcher.states()
+    records = launcher.states()
+    assert {r.state for r in records} == {State.TIMEOUT}, records
+    assert "TIMEOUT" in launcher.failure_report()
