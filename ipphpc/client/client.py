@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from ..zmqpump import Pump, send_frames
 from .asyncresult import AsyncResult, build_metadata
 
 log = logging.getLogger("ipphpc.client")
+_PYTHON = platform.python_version()
+_MINOR = _PYTHON.rsplit(".", 1)[0]
 _CONTROLLER_ERRORS = {"EngineError": EngineError, "TaskTimeout": TaskTimeout, "TaskAborted": TaskAborted}
 
 
@@ -93,6 +96,7 @@ class Client:
         self._pending: dict[str, _Pending] = {}
         self._requests: dict[str, asyncio.Future] = {}
         self._engines: dict[int, dict] = {}
+        self._other_python: dict[int, str] = {}  # engines whose Python cannot read this one's bytecode
         self._engine_cond = threading.Condition()
         self._closed = False
         self._loop = asyncio.new_event_loop()
@@ -112,6 +116,7 @@ class Client:
             raise ProtocolMismatch(welcome.get("why"))
         with self._engine_cond:
             self._engines.update({int(k): v for k, v in welcome.get("engines", {}).items()})
+            self._note_pythons()
 
     # -- I/O thread ----------------------------------------------------------------------------
     def _io_main(self) -> None:
@@ -174,6 +179,7 @@ class Client:
                     self._engines[int(k)] = v
                 for k in h.get("rm", []):
                     self._engines.pop(int(k), None)
+                self._note_pythons()
                 self._engine_cond.notify_all()
         else:
             fut = self._requests.pop(h.get("p"), None)
@@ -182,6 +188,7 @@ class Client:
             elif t == "welcome":  # after a reconnection: the new controller's engines
                 with self._engine_cond:
                     self._engines = {int(k): v for k, v in h.get("engines", {}).items()}
+                    self._note_pythons()
                     self._engine_cond.notify_all()
 
     def _on_result(self, h: dict, payload: list) -> None:
@@ -212,6 +219,27 @@ class Client:
             return
         p.ar._child_done(p.index, value, error, build_metadata(h["p"], p.submitted, meta, h.get("eid")))
 
+    def _note_pythons(self) -> None:
+        """Remember the engines on another Python minor version (called with _engine_cond held)."""
+        self._other_python = {eid: v["python"] for eid, v in self._engines.items()
+                              if v.get("python") and v["python"].rsplit(".", 1)[0] != _MINOR}
+
+    def _check_python(self, payload: Sequence[Any], targets: Iterable[int] | None) -> None:
+        """Refuse to send bytecode to an engine of another Python version: reading it there may crash the
+        engine (a segfault, not an exception), and the task would be lost with it."""
+        other = self._other_python
+        if targets is not None:
+            other = {t: other[t] for t in targets if t in other}
+        if not other or b"cloudpickle" not in payload[0]:  # only by-value functions and classes carry code
+            return
+        shown = ", ".join(f"engine {e}: Python {v}" for e, v in sorted(other.items())[:5])
+        raise RuntimeError(
+            f"this task carries a function or class by value (a lambda, or something defined in __main__), "
+            f"whose bytecode only Python {_MINOR} can read, and it may run on engines with another Python "
+            f"({shown}{', ...' if len(other) > 5 else ''}; this client: Python {_PYTHON}). Start the engines "
+            f"with the same Python version (HPCCluster(engine_cmd=...)), or send functions defined in a "
+            f"module that the engines can import")
+
     # -- sending ---------------------------------------------------------------------------------
     def _send_task(self, kind: str, payload: Sequence[Any], ar: AsyncResult, index: int, target: int | None = None,
                    timeout: float | None = None, retries: int = 0, digest: str | None = None) -> str:
@@ -220,6 +248,8 @@ class Client:
             fields["to"] = target
         if timeout:
             fields["tmo"] = timeout
+        if self._other_python and kind in ("apply", "push") and payload:
+            self._check_python(payload, None if target is None else [target])
         if digest is None and payload:
             digest = payload_digest(payload)
         with self._lock:

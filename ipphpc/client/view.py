@@ -83,6 +83,8 @@ class DirectView(View):
         from ..wire import payload_digest
         if len(ids) > 1 and payload:
             digest = payload_digest(payload)
+        if self.client._other_python and kind in ("apply", "push") and payload:
+            self.client._check_python(payload, ids)  # before any engine is sent anything
         for i, eid in enumerate(ids):
             self.client._send_task(kind, payload, ar, i, target=eid, digest=digest)
         return ar

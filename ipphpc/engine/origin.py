@@ -6,6 +6,7 @@ link an engine to the job (and array element) the poller tracks.
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from typing import Mapping
 
@@ -15,9 +16,11 @@ _SCHEDULERS = (
     ("lsf", ("LSB_JOBID",), ("LSB_JOBINDEX",)),
     ("pbs", ("PBS_ARRAY_ID", "PBS_JOBID"), ("PBS_ARRAY_INDEX", "PBS_ARRAYID")),
     ("sge", ("JOB_ID",), ("SGE_TASK_ID",)),
-    ("htcondor", ("CONDOR_CLUSTER_ID",), ("CONDOR_PROC_ID",)),
+    # HTCondor sets none of its own; ipphpc's submit files pass $(Cluster) and $(Process)
+    ("htcondor", ("IPPHPC_CONDOR_CLUSTER", "CONDOR_CLUSTER_ID"), ("IPPHPC_CONDOR_PROCESS", "CONDOR_PROC_ID")),
 )
-_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "SLURM_PROCID")
+# global ranks only: MPICH's MPI_LOCALRANKID and its kin number the ranks of one node
+_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
 
 
@@ -58,7 +61,9 @@ def engine_origin(env: Mapping[str, str] | None = None) -> dict:
     env = os.environ if env is None else env
     info = {"host": socket.gethostname(), "pid": os.getpid(), "scheduler": None, "job_id": None,
             "array_index": None, "mpi_rank": _int(_first(env, _RANK_VARS)),
-            "mpi_size": _int(_first(env, _SIZE_VARS))}
+            "mpi_size": _int(_first(env, _SIZE_VARS)),
+            # functions sent by value carry bytecode, which only the same Python minor version can read
+            "python": platform.python_version()}
     for name, job_vars, idx_vars in _SCHEDULERS:
         job = _first(env, job_vars)
         if job is None and name == "htcondor":
