@@ -1,0 +1,59 @@
+"""Small helpers the real-scheduler tests (SGE, HTCondor) share."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll `pred` until it returns something true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def process_environment(pid: int) -> dict[str, str]:
+    """The environment a running process was started with (as the scheduler set it up)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def run_ipphpc(*args: str, timeout: float = 300, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """`ipphpc ARGS...` as a user types it, with this interpreter."""
+    return subprocess.run([sys.executable, "-m", "ipphpc", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """The rows of an `ipphpc status` table, as dicts keyed by the column headers.
+
+    Columns are found from the dashes under the header, so empty cells stay in place.
+    """
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("ROLE"))
+    spans, pos = [], 0
+    for dashes in lines[head + 1].split("  "):
+        spans.append((pos, pos + len(dashes)))
+        pos += len(dashes) + 2
+    names = [lines[head][a:b].strip() for a, b in spans]
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, spans)} for line in lines[head + 2:] if line.strip()]
+
+
+def tracked_job_ids(profile: Path, scheduler: str) -> list[str]:
+    """Job ids the pollers of a profile followed (from their shared cache), to clean up after
+    code that submits jobs without handing out their ids."""
+    try:
+        data = json.loads((profile / "pid" / f"batch-cache-{scheduler}.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return list(data.get("jobs", {}))
