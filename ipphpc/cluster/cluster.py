@@ -93,6 +93,9 @@ class HPCCluster(LoggingConfigurable):
                 and self.engines.lower() not in ("mpi", "mpiexec", "srun"):
             # engines on other hosts must be able to reach the controller: not loopback
             self.controller_ip = "*"
+        # a wrong name must fail here, before a controller is started and left waiting for engines
+        find_launcher(self.engines)
+        find_launcher(self.controller)
         self.controller_launcher: Any = None
         self.engine_sets: list[Any] = []
         self.client: Any = None

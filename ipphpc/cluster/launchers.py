@@ -5,6 +5,7 @@ A launcher is found by a short case-insensitive name, by an import string
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from importlib.metadata import entry_points
@@ -101,7 +102,9 @@ def find_launcher(name: str) -> type:
     from ..batch.launcher import launcher_names
     valid = sorted(set(BUILTIN) | set(launcher_names())) + sorted(
         ep.name for ep in entry_points(group="ipphpc.launchers"))
-    raise ValueError(f"unknown launcher {name!r}; valid names: {', '.join(valid)} "
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown launcher {name!r}{hint}; valid names: {', '.join(valid)} "
                      f"(or an import string such as 'mypkg.launchers:MyLauncher')")
 
 

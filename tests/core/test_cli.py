@@ -122,6 +122,19 @@ def test_unknown_argument_is_explained(ipphpc_dir):
     assert "--Class.trait=value" in r.stderr
 
 
+def test_wrong_scheduler_name_starts_nothing(ipphpc_dir):
+    """A misspelt scheduler is refused before anything starts: the error suggests the right name and
+    lists the valid ones, and no controller, cluster file or connection file is left."""
+    pdir = paths.profile_dir()
+    r = ipphpc("submit", "--scheduler", "slurmm", "-n", "2", "--cluster-id", "typo")
+    assert r.returncode != 0
+    assert "unknown launcher 'slurmm' (did you mean 'slurm'?)" in r.stderr
+    assert all(name in r.stderr for name in ("pbs", "sge", "lsf", "htcondor", "local"))
+    assert procs_matching(str(pdir)) == []
+    assert list((pdir / "security").glob("*typo*")) == []
+    assert "no clusters" in ipphpc("list").stdout
+
+
 def test_client_finds_newest_cluster_and_stop_after_controller_crash(ipphpc_dir):
     """Client() with no arguments finds the submitted cluster; after the controller is SIGKILLed,
     `list` reports it stopped and `stop` still removes the orphaned engines."""
