@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from traitlets import TraitError
 from traitlets.config import Config
 
 from .. import config as cfgmod
@@ -29,7 +30,7 @@ def submit(ns: argparse.Namespace, cfg: Config) -> int:
             print(cluster.dry_run())
             return 0
         cluster.start_cluster_sync()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, TraitError) as e:
         print(f"ipphpc submit: {e}", file=sys.stderr)
         return 2
     batch = cluster.engines != "local"

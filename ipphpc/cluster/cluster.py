@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Config, LoggingConfigurable
 
 from .. import connection, paths
@@ -67,6 +67,18 @@ class HPCCluster(LoggingConfigurable):
     max_array_size = Integer(0, config=True, help="Largest array the site allows (0: the scheduler's default).")
     shutdown_atexit = Bool(True, config=True, help="Stop the cluster when this Python process exits.")
     created = Float(0.0)
+
+    @validate("n")
+    def _valid_n(self, proposal: Any) -> int:
+        if proposal.value < 0:
+            raise TraitError(f"n={proposal.value}: the number of engines cannot be negative")
+        return proposal.value
+
+    @validate("engines_per_task", "cpus_per_engine")
+    def _valid_positive(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise TraitError(f"{proposal.trait.name}={proposal.value}: must be at least 1")
+        return proposal.value
 
     def __init__(self, n: int | None = None, config: Config | None = None, **kwargs: Any):
         prof = kwargs.get("profile") or (config.HPCCluster.get("profile") if config else None) or "default"
@@ -246,7 +258,12 @@ class HPCCluster(LoggingConfigurable):
         self.created = time.time()
         await self.start_controller()
         if self.n > 0:  # n=0: a controller alone, for engines that users' own batch scripts start
-            await self.start_engines(self.n)
+            try:
+                await self.start_engines(self.n)
+            except BaseException:
+                # a refused submission or a bad option: no controller may be left waiting for engines
+                await self.stop_cluster()
+                raise
 
     async def connect_client(self, **kwargs: Any) -> Any:
         from ..client.client import Client

@@ -135,6 +135,21 @@ def test_wrong_scheduler_name_starts_nothing(ipphpc_dir):
     assert "no clusters" in ipphpc("list").stdout
 
 
+def test_bad_options_and_refused_submissions_leave_nothing_running(ipphpc_dir):
+    """Each bad value is named with what would be right, and no controller outlives the refusal
+    (for a bad walltime the controller has already started when the script is rendered)."""
+    pdir = paths.profile_dir()
+    for args, why in [(["-n", "-3"], "n=-3: the number of engines cannot be negative"),
+                      (["--scheduler", "slurm", "--engines-per-task", "0"], "engines_per_task=0: must be at least 1"),
+                      (["--scheduler", "slurm", "--walltime", "abc"], "bad walltime 'abc'; use HH:MM:SS"),
+                      (["--scheduler", "pbs", "--mem", "4X"], "bad memory size '4X'; use e.g. 4G")]:
+        r = ipphpc("submit", "-n", "2", *args, "--no-wait")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert why in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert procs_matching(str(pdir)) == [], args
+        assert "no clusters" in ipphpc("list").stdout, args
+
+
 def test_client_finds_newest_cluster_and_stop_after_controller_crash(ipphpc_dir):
     """Client() with no arguments finds the submitted cluster; after the controller is SIGKILLed,
     `list` reports it stopped and `stop` still removes the orphaned engines."""
