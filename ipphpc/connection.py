@@ -75,7 +75,8 @@ def url(address: str, info: dict[str, Any], port_name: str) -> str:
 def reachable_address(info: dict[str, Any], port_name: str, timeout: float, what: str) -> str:
     """The first of the file's addresses that answers on `port_name` (all are tried at once)."""
     from .netutil import pick_address
-    return pick_address(list(info["addresses"]), info["ports"][port_name], timeout, what)
+    return pick_address(list(info["addresses"]), info["ports"][port_name], timeout, what,
+                        owner=(info.get("host"), info.get("pid")))
 
 
 def _host(addr: str) -> str:

@@ -1,6 +1,7 @@
 """Addresses of this host, for connection files that explain where the controller listens."""
 from __future__ import annotations
 
+import errno
 import re
 import socket
 import subprocess
@@ -50,7 +51,23 @@ async def _try(addr: str, port: int, timeout: float) -> str:
     return addr
 
 
-def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str = "controller") -> str:
+def _stale(owner: tuple[str | None, int | None]) -> int | None:
+    """The pid of a controller that wrote the file on this host and is no longer running, else None."""
+    import os
+    host, pid = owner
+    if not host or not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:
+        return None
+    return None
+
+
+def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str = "controller",
+                 owner: tuple[str | None, int | None] = (None, None)) -> str:
     """Try every address at once; return the first that accepts a TCP connection.
 
     Retries until `timeout` (the controller may be restarting), then raises Unreachable
@@ -77,6 +94,8 @@ def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str =
                         return t.result(), errors
                     exc = t.exception()
                     errors[tasks[t]] = ("timed out" if isinstance(exc, asyncio.TimeoutError)
+                                        else "connection refused: nothing listens there"
+                                        if getattr(exc, "errno", None) == errno.ECONNREFUSED
                                         else getattr(exc, "strerror", None) or str(exc))
             if time.monotonic() + delay > deadline:
                 return None, errors
@@ -88,7 +107,11 @@ def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str =
         return found
     tried = "; ".join(f"{a}:{port} ({errors.get(a, 'no answer')})" for a in addrs)
     hint = ""
-    if all(a in LOOPBACK or a.startswith("127.") for a in addrs):
+    dead = _stale(owner)
+    if dead is not None:
+        hint = (f" The {what} that wrote this connection file (pid {dead} on this host) is no longer running: "
+                f"the file is stale. `ipphpc list` shows the clusters that are; start a new one with `ipphpc submit`.")
+    elif all(a in LOOPBACK or a.startswith("127.") for a in addrs):
         hint = (f" The {what} listens on loopback only, so only processes on its own host can reach it: "
                 f"start it with --ip='*' (and --location=<host> if needed) when engines or clients run elsewhere.")
     else:

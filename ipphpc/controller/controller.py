@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import signal
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ class Controller(LoggingConfigurable):
         addrs = advertised_addresses(self.ip, self.location)
         base = {"key": key, "signature_scheme": "hmac-sha256", "transport": "tcp", "addresses": addrs,
                 "bind_ip": self.ip, "location": self.location, "cluster_id": self.cluster_id,
-                "version": __version__, "pid": os.getpid(), **self.extra_info}
+                "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), **self.extra_info}
         eng = {"ssh": self.enginessh} if self.enginessh else {}
         cli = {"ssh": self.clientssh} if self.clientssh else {}
         connection.write(self.engine_file, {**base, **eng, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import stat
 import struct
@@ -193,3 +194,34 @@ def test_busy_port_fails_clearly(spawner, pdir):
     assert code != 0
     assert str(port) in err and "--ports" in err
     assert not paths.connection_file(pdir, "client", "busy").exists()
+
+
+def test_unreachable_controller_is_explained(spawner, pdir):
+    """A client or engine that cannot reach the controller names the address, why it failed, and the fix:
+    a stale file of a controller that died here says so; a loopback-only controller says --ip='*'."""
+    import json
+
+    from ipphpc.errors import ControllerUnreachable
+
+    p, einfo, cinfo = spawner.controller(pdir, "gone")
+    saved = {role: paths.connection_file(pdir, role, "gone").read_text() for role in ("client", "engine")}
+    spawner.stop(p, signal.SIGKILL)  # no clean shutdown: the files stay behind, as after a crash
+    for role, text in saved.items():
+        paths.connection_file(pdir, role, "gone").write_text(text)
+    port = cinfo["ports"]["client"]
+    with pytest.raises(ControllerUnreachable) as info:
+        Client(paths.connection_file(pdir, "client", "gone"), timeout=1)
+    msg = str(info.value)
+    assert f"127.0.0.1:{port} (connection refused: nothing listens there)" in msg
+    assert f"pid {p.pid} on this host) is no longer running: the file is stale" in msg
+
+    engine = spawner.engine(pdir, "gone", "--Engine.register_timeout=1", "--log-to-stderr")
+    assert engine.wait(30) != 0
+    _, err = spawner.output(engine)
+    assert f"127.0.0.1:{einfo['ports']['engine']} (connection refused" in err and "the file is stale" in err
+
+    # written on another host: the loopback address cannot be the controller's, so the fix is --ip='*'
+    path = paths.connection_file(pdir, "client", "gone")
+    path.write_text(json.dumps({**json.loads(saved["client"]), "host": "elsewhere"}))
+    with pytest.raises(ControllerUnreachable, match=r"listens on loopback only.*--ip='\*'"):
+        Client(path, timeout=1)
