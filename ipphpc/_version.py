@@ -1,3 +1,3 @@
 __version__ = "0.1.0"
 # the wire protocol version: peers with a different major refuse each other with a clear message
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (2, 0)

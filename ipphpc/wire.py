@@ -5,7 +5,7 @@ A message on the wire is ``[routing ids..., DELIM, signature, header, payload...
 * ``header`` is compact JSON: message type ``t``, sender session ``s``, sequence ``q``,
   send time ``ts``, protocol version ``v`` and routing fields. Routers read only this.
 * ``signature`` is HMAC-SHA256 of the header under the connection file's key.
-* When there is a payload, the header carries ``d``, a SHA-256 digest over the payload
+* When there is a payload, the header carries ``d``, a BLAKE3 digest over the payload
   frames. The header is authenticated, so a receiver that checks ``d`` before it
   deserializes anything has an authenticated payload, while a router that never
   deserializes can check the header alone and forward large buffers untouched.
@@ -23,6 +23,8 @@ import logging
 import os
 import time
 from typing import Any, Iterable, Sequence
+
+from blake3 import blake3
 
 from ._version import PROTOCOL_VERSION
 
@@ -45,10 +47,12 @@ def _raw(frame: Any) -> Any:
 
 
 def payload_digest(frames: Iterable[Any]) -> str:
-    h = hashlib.sha256()
+    """BLAKE3 over every frame, each prefixed by its length: a cryptographic hash that runs at several
+    times SHA-256's speed, which is most of the cost of moving a large array otherwise."""
+    h = blake3()
     for f in frames:
         b = memoryview(_raw(f))
-        h.update(len(b).to_bytes(8, "little"))
+        h.update(b.nbytes.to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
 
