@@ -104,6 +104,7 @@ def status(ns: argparse.Namespace, cfg: Config) -> int:
         poller.poll_once(force=True)
     now = time.time()
     rows = []
+    shown: set[int] = set()
     for launcher in [c.controller_launcher, *c.engine_sets]:
         if launcher is None:
             continue
@@ -112,15 +113,31 @@ def status(ns: argparse.Namespace, cfg: Config) -> int:
             for st in launcher.states():
                 key = (st.job_id.split(".")[0].split("[")[0], st.array_index)
                 eids = by_element.get(key, []) if role == "engines" else []
+                shown.update(eids)
                 rows.append([role, st.job_id, "" if st.array_index is None else st.array_index, st.state.value,
                              st.native_state, st.reason, _ago(now - st.since) if st.since else "",
                              st.host or "", ",".join(map(str, sorted(eids)))])
         else:
             alive = launcher.running
             eids = sorted(engines) if role == "engines" else []
+            shown.update(eids)
             rows.append([role, f"pid {launcher.pid}", "", "RUNNING" if alive else "STOPPED", launcher.kind, "",
                          "", "", ",".join(map(str, eids))])
-    print(f"cluster {c.cluster_id} ({c.engines}): {len(engines)} of {c.n} engines registered")
+    # engines this cluster did not start: `ipphpc engine` lines in users' own batch scripts, or by hand
+    joined: dict = {}
+    for eid in sorted(set(engines) - shown):
+        info = engines[eid]
+        where = (info.get("job_id") or f"pid {info.get('pid')}", info.get("array_index"), info.get("scheduler"),
+                 info.get("host"))
+        joined.setdefault(where, []).append(eid)
+    for (job, index, scheduler, host), eids in joined.items():
+        rows.append(["joined", job, "" if index is None else index, "RUNNING", scheduler or "", "", "",
+                     host or "", ",".join(map(str, eids))])
+    if c.engine_sets:
+        print(f"cluster {c.cluster_id} ({c.engines}): {len(engines)} of {c.n} engines registered")
+    else:
+        print(f"cluster {c.cluster_id}: {len(engines)} engines registered, all started outside it "
+              f"(`ipphpc engine` in batch scripts or by hand)")
     print(render(["ROLE", "JOB", "INDEX", "STATE", "NATIVE", "REASON", "FOR", "HOST", "ENGINES"], rows))
     return 0
 

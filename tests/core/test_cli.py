@@ -177,3 +177,27 @@ def test_client_finds_newest_cluster_and_stop_after_controller_crash(ipphpc_dir)
     assert r.returncode == 0, r.stderr
     wait_until(lambda: not any(alive(p) for p in engine_pids), 10, what="the orphaned engines to stop")
     assert procs_matching(str(pdir)) == []
+
+
+def test_status_lists_engines_started_outside_the_cluster(ipphpc_dir):
+    """`submit -n 0` starts a controller alone; engines started by hand (as a user's own batch script
+    does) show in `status` as joined rows with their pids, and `stop` stops them too."""
+    import subprocess as sp
+
+    from .helpers import PY
+    pdir = paths.profile_dir()
+    assert ipphpc("submit", "-n", "0", "--cluster-id", "own").returncode == 0
+    engine = sp.Popen([PY, "-m", "ipphpc", "engine", "--cluster-id", "own", "-n", "2"],
+                      stdin=sp.DEVNULL, stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+    try:
+        def both_joined():
+            r = ipphpc("status")
+            return r.stdout.count("\njoined ") == 2 and r
+        r = wait_until(both_joined, 60, interval=0.5, what="two joined engines in `ipphpc status`")
+        assert "cluster own: 2 engines registered, all started outside it" in r.stdout
+        pids = {int(line.split()[2]) for line in r.stdout.splitlines() if line.startswith("joined")}
+        assert engine.pid in pids and len(pids) == 2
+    finally:
+        assert ipphpc("stop", "own").returncode == 0
+    assert engine.wait(30) == 0
+    assert procs_matching(str(pdir)) == []
