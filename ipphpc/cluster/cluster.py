@@ -105,9 +105,6 @@ class HPCCluster(LoggingConfigurable):
                 and self.engines.lower() not in ("mpi", "mpiexec", "srun"):
             # engines on other hosts must be able to reach the controller: not loopback
             self.controller_ip = "*"
-        # a wrong name must fail here, before a controller is started and left waiting for engines
-        find_launcher(self.engines)
-        find_launcher(self.controller)
         self.controller_launcher: Any = None
         self.engine_sets: list[Any] = []
         self.client: Any = None
@@ -256,6 +253,10 @@ class HPCCluster(LoggingConfigurable):
         if n is not None:
             self.n = n
         self.created = time.time()
+        # a wrong name must fail here, before a controller is started and left waiting for engines
+        # (not in __init__: `ipphpc stop` from another process must not need a user's launcher class)
+        find_launcher(self.engines)
+        find_launcher(self.controller)
         await self.start_controller()
         if self.n > 0:  # n=0: a controller alone, for engines that users' own batch scripts start
             try:
