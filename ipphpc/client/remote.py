@@ -53,21 +53,53 @@ class EngineNamespace:
     """An argument replaced on the engine by its namespace dict (for helpers that read or set names)."""
 
 
+def _raw_view(a: Any) -> Any:
+    """The bytes of a C-contiguous array as a flat integer array: MPI moves it whatever the dtype
+    (datetime, strings, records, non-native byte order have no MPI datatype)."""
+    import numpy
+    flat = a.reshape(-1).view(numpy.uint8)
+    # whole words where possible: fewer elements keep large arrays under MPI's int count limit
+    return flat.view(numpy.uint64) if flat.size % 8 == 0 else flat
+
+
 def mpi_bcast(ns: dict, name: str, root: int) -> None:
-    """Broadcast ns[name] from MPI rank `root` to every rank; arrays move as raw buffers."""
+    """Broadcast ns[name] from MPI rank `root` to every rank; arrays move as raw buffers.
+
+    The root decides everything that can fail before the first collective and broadcasts a
+    failure instead of raising alone, so the other ranks raise too rather than wait forever.
+    """
     comm = ns["comm"]
     rank = comm.Get_rank()
-    obj = ns.get(name) if rank == root else None
-    meta = None
+    meta: Any = None
+    blob = None
     if rank == root:
-        is_array = type(obj).__module__ == "numpy" and getattr(obj, "flags", None) is not None \
-            and obj.flags.c_contiguous and obj.dtype.hasobject is False
-        meta = ("array", obj.shape, obj.dtype.str) if is_array else ("object",)
+        obj = ns.get(name)
+        try:
+            if name not in ns:
+                raise NameError(f"name {name!r} is not defined")
+            # only plain ndarrays: a subclass (np.matrix) would arrive as a plain array
+            if type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy" \
+                    and obj.flags.c_contiguous and not obj.dtype.hasobject:
+                meta = ("array", obj.shape, obj.dtype)
+            else:
+                # cloudpickle, as for push: lambdas and local classes that plain pickle refuses
+                import cloudpickle
+                blob = cloudpickle.dumps(obj, protocol=5)
+                meta = ("object", len(blob))
+        except Exception as e:
+            meta = ("error", f"{type(e).__name__}: {e}")
     meta = comm.bcast(meta, root=root)
+    if meta[0] == "error":
+        raise RuntimeError(f"mpi_bcast: rank {root} cannot send {name!r}: {meta[1]}")
     if meta[0] == "array":
         import numpy
         buf = obj if rank == root else numpy.empty(meta[1], dtype=meta[2])
-        comm.Bcast(buf, root=root)
+        comm.Bcast(_raw_view(buf), root=root)
         ns[name] = buf
     else:
-        ns[name] = comm.bcast(obj, root=root)
+        # the pickle moves as one raw buffer too, not pickled again by mpi4py's bcast
+        data = blob if rank == root else bytearray(meta[1])
+        comm.Bcast(data, root=root)
+        if rank != root:
+            import pickle
+            ns[name] = pickle.loads(data)

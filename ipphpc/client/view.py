@@ -59,6 +59,10 @@ class View:
         raise NotImplementedError
 
 
+#: mpi_bcast without a value: broadcast what the root engine already holds
+_ON_ROOT = object()
+
+
 class DirectView(View):
     """Work sent to specific engines: `rc[:]`, `rc[0]`, `rc.direct_view([0, 2])`."""
 
@@ -164,14 +168,18 @@ class DirectView(View):
         block = self.block if block is None else block
         return ar.get() if block else ar
 
-    def mpi_bcast(self, name: str, value: Any, root: int | None = None, block: bool | None = None) -> Any:
-        """Set `name` on every engine, sending `value` once to the root engine and moving it through MPI.
+    def mpi_bcast(self, name: str, value: Any = _ON_ROOT, root: int | None = None,
+                  block: bool | None = None) -> Any:
+        """Set `name` on every engine through MPI, not through the controller.
 
+        With `value`, it is sent once, to the root engine, and MPI copies it to the others; without,
+        the root engine's own `name` (a result computed or read there) is what every engine gets.
         The view must hold every rank of the engines' communicator (MPI engines: engine id = rank).
         """
         ids = self._ids()
         root = ids[0] if root is None else root
-        self.client.direct_view(root).push({name: value}, block=True)
+        if value is not _ON_ROOT:
+            self.client.direct_view(root).push({name: value}, block=True)
         ar = AsyncResult(len(ids), "mpi_bcast", single=self._single)
         payload = serialize.dumps((mpi_bcast, (EngineNamespace(), name, root), {}))
         for i, eid in enumerate(ids):

@@ -93,6 +93,9 @@ class Engine(LoggingConfigurable):
                 raise ValueError(f"MPI.use={use!r} is not supported; use 'mpi4py'")
             # the init script imports mpi4py and leaves MPI (and anything else it likes) in the namespace
             exec(compile(mpi.init_script, "<MPI.init_script>", "exec"), ns)
+            if "MPI" not in ns:
+                raise RuntimeError("MPI.init_script must leave mpi4py's `MPI` module in the namespace "
+                                   "(end it with `from mpi4py import MPI`)")
             comm = ns["MPI"].COMM_WORLD
             ns.update(comm=comm, mpi_rank=comm.Get_rank(), mpi_size=comm.Get_size())
             if self.engine_id < 0:

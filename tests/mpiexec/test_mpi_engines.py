@@ -17,7 +17,7 @@ from ..services import require
 # engines cannot import this test package: its functions travel by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = [pytest.mark.mpi, require("mpi", "run `bash .ci/services/mpi.sh` first")]
+pytestmark = [pytest.mark.mpiexec, require("mpi", "run `bash .ci/services/mpi.sh` first")]
 
 
 @pytest.fixture
@@ -57,6 +57,20 @@ def test_mpi_bcast_moves_an_array_and_an_object(mpi_cluster):
     assert sums == [float(x.sum())] * 4
     rc[:].mpi_bcast("cfg", {"alpha": 3, "name": "run"}, root=2)
     assert rc[:]["cfg"] == [{"alpha": 3, "name": "run"}] * 4
+
+
+def test_mpi_bcast_of_what_one_engine_holds(mpi_cluster):
+    """Without a value, mpi_bcast spreads the root engine's own array (computed there): nothing
+    goes through the controller, and a name the root lacks fails on every engine instead of hanging."""
+    _, rc = mpi_cluster
+    rc[1].execute("import numpy as np; grid = np.arange(250_000, dtype='float64') * mpi_rank")
+    before = rc.queue_status()["stats"]["tasks"]
+    rc[:].mpi_bcast("grid", root=1, block=True)
+    assert rc.queue_status()["stats"]["tasks"] - before == 4  # one small apply per engine, no push
+    assert rc[:].apply_sync(lambda: float(grid[-1])) == [249_999.0] * 4  # noqa: F821 - rank 1's values
+    with pytest.raises(ipphpc.CompositeError, match="nothing_here"):
+        rc[:].mpi_bcast("nothing_here", root=2, block=True)
+    assert rc[:].apply_sync(lambda: mpi_rank) == [0, 1, 2, 3]  # noqa: F821 - every engine still answers
 
 
 def test_engine_mpi_flag_by_hand(ipphpc_dir, tmp_path):
