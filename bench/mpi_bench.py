@@ -12,6 +12,12 @@ id = rank) serves every run.  Timed, each from the call until it returned
 * ``rc[:].push({"a": arr})``: the controller forwards the (once serialized)
   array to each of the 4 engines;
 
+the same array held by one engine (rank 0) and wanted by all, timed from the call until it returned:
+
+* ``rc[:].mpi_bcast("a", root=0)``: ``MPI.Bcast`` from rank 0, nothing through the controller;
+* ``rc[1:].push({"a": rc[0].pull("a")})``: up to the client and down to the 3 others through the
+  controller;
+
 and, to show where the broadcast's time goes, its two steps on their own
 (``rc[0].push`` and the ``mpi_bcast`` apply on all ranks).  One unrecorded
 transfer of each kind comes first (the engines' first 100 MB allocation is
@@ -105,12 +111,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "push_root": lambda: root.push({"a": arr}, block=True),
             "bcast_step": lambda: dv.apply_sync(mpi_bcast, EngineNamespace(), "a", ids[0]),
         }
-        samples: dict[str, list[float]] = {k: [] for k in steps}
+        others = rc.direct_view(ids[1:])
+        held = {
+            "engine_mpi": lambda: dv.mpi_bcast("a", root=ids[0], block=True),
+            "engine_controller": lambda: others.push({"a": root.pull("a", block=True)}, block=True),
+        }
+
+        def on_root_only() -> None:
+            dv.apply_sync(forget, "a")
+            root.push({"a": arr}, block=True)
+
+        samples: dict[str, list[float]] = {k: [] for k in [*steps, *held]}
         wrong: list[str] = []
         progress(f"warm-up: one unrecorded {args.mb:g} MB transfer of each kind")
         for name, step in steps.items():
             if name != "bcast_step":
                 dv.apply_sync(forget, "a")
+            step()
+        for name, step in held.items():
+            on_root_only()
             step()
         dv.apply_sync(forget, "a")
         for i in range(args.runs):
@@ -121,6 +140,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 samples[name].append(timed(steps[name]))
                 got = dv.apply_sync(crc_of, "a")
                 if any(tuple(g) != expect for g in got):
+                    wrong.append(f"{name} run {i + 1}")
+            for name in (["engine_mpi", "engine_controller"] if i % 2 == 0 else ["engine_controller", "engine_mpi"]):
+                on_root_only()
+                samples[name].append(timed(held[name]))
+                if any(tuple(g) != expect for g in dv.apply_sync(crc_of, "a")):
                     wrong.append(f"{name} run {i + 1}")
             dv.apply_sync(forget, "a")
             samples["push_root"].append(timed(steps["push_root"]))
@@ -166,10 +190,14 @@ def main(argv: list[str] | None = None) -> int:
          ratio(min(s["mpi_bcast"]), min(s["push"]))],
         [f"{mb:g} MB to {n} engines, data rate into the engines (median)", "MB/s",
          fmt(n * mb / bcast), fmt(n * mb / push), ratio(push, bcast)],
+        [f"{mb:g} MB held by one engine, to all {n}, median of {args.runs}", "s", fmt(median(s["engine_mpi"])),
+         fmt(median(s["engine_controller"])), ratio(median(s["engine_mpi"]), median(s["engine_controller"]))],
+        [f"{mb:g} MB held by one engine, to all {n}, best of {args.runs}", "s", fmt(min(s["engine_mpi"])),
+         fmt(min(s["engine_controller"])), ratio(min(s["engine_mpi"]), min(s["engine_controller"]))],
     ]
     print(f"\nResults ({info['date'][:10]}, {info['cores']} cores, {result['mpi']} {result['mpiexec']}, "
           f"{n} engines, load average at the end {[round(x, 2) for x in os.getloadavg()]})\n")
-    print(render_table(["figure", "unit", "mpi_bcast", "push", "mpi_bcast/push"], rows))
+    print(render_table(["figure", "unit", "mpi_bcast", "through the controller", "ratio"], rows))
     print()
     steps = [
         ["step 1: rc[0].push (to rank 0 through the controller)", "s", fmt(median(s["push_root"]))],

@@ -62,6 +62,19 @@ def _raw_view(a: Any) -> Any:
     return flat.view(numpy.uint64) if flat.size % 8 == 0 else flat
 
 
+def _gather_quietly(comm: Any, pause: float = 0.0005) -> None:
+    """Wait until every rank has arrived, sleeping between checks.
+
+    The engines receive their part of a collective one after another; a rank that waits inside a
+    blocking MPI call spins on a core, and with more ranks than cores the spinning starves the ranks
+    (and the controller) still on their way. Once all are here, the collective itself runs at speed.
+    """
+    import time
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(pause)
+
+
 def mpi_bcast(ns: dict, name: str, root: int) -> None:
     """Broadcast ns[name] from MPI rank `root` to every rank; arrays move as raw buffers.
 
@@ -70,6 +83,7 @@ def mpi_bcast(ns: dict, name: str, root: int) -> None:
     """
     comm = ns["comm"]
     rank = comm.Get_rank()
+    _gather_quietly(comm)
     meta: Any = None
     blob = None
     if rank == root:
@@ -94,6 +108,11 @@ def mpi_bcast(ns: dict, name: str, root: int) -> None:
     if meta[0] == "array":
         import numpy
         buf = obj if rank == root else numpy.empty(meta[1], dtype=meta[2])
+        if rank != root:
+            # touch every page now, all ranks at once: faulting them in one by one inside the
+            # broadcast stalls its pipeline at each fault while the other ranks wait
+            _raw_view(buf)[:] = 0
+        _gather_quietly(comm)
         comm.Bcast(_raw_view(buf), root=root)
         ns[name] = buf
     else:
