@@ -19,6 +19,7 @@ from ipphpc.batch.launcher import BatchLauncher, scheduler_launcher
 from ipphpc.batch.poller import Poller
 from ipphpc.batch.registry import get_backend
 from ipphpc.batch.states import State
+from ..core.helpers import procs_matching  # noqa: F401 - used here and by importers
 
 PY = sys.executable
 
@@ -48,21 +49,6 @@ def run_ipphpc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", "ipphpc", *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
-
-def procs_matching(marker: str) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes whose command line contains `marker`."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmd and state != "Z":
-            found.append((int(d.name), cmd))
-    return found
 
 
 def quick_launcher(scheduler: str, profile: Path, n: int = 1, cluster_id: str = "states",

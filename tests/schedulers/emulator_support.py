@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from ..core.helpers import procs_matching  # noqa: F401 - used here and by importers
+from ..core.helpers import wait_until as _wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 EMULATORS = REPO / "tests" / "emulators"
@@ -30,30 +32,8 @@ FLAVORS = {
 
 def wait_until(pred: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> Any:
     """Poll `pred` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return _wait_until(pred, timeout, interval, what)
 
-
-def procs_matching(marker: str) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes whose command line contains `marker`."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmd and state != "Z":
-            found.append((int(d.name), cmd))
-    return found
 
 
 def group_alive(pgid: int) -> bool:

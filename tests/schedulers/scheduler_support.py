@@ -9,17 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.helpers import wait_until as _wait_until
+
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     """Poll `pred` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return _wait_until(pred, timeout, interval, what)
 
 
 def process_environment(pid: int) -> dict[str, str]:

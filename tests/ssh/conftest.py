@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ..core.helpers import procs_matching  # noqa: F401 - used here and by importers
 
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
@@ -50,21 +51,6 @@ class SSHEnv:
     def path(self) -> str:
         return f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
 
-
-def procs_matching(marker: str) -> list[tuple[int, str]]:
-    """Live processes whose command line contains `marker` (zombies count as gone)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmd and state != "Z":
-            found.append((int(d.name), cmd))
-    return found
 
 
 def alive(pid: int) -> bool:
