@@ -52,3 +52,14 @@ def tracked_job_ids(profile: Path, scheduler: str) -> list[str]:
     except (OSError, ValueError):
         return []
     return list(data.get("jobs", {}))
+
+
+def running_status(*args: str) -> Callable[[], subprocess.CompletedProcess | None]:
+    """A probe for wait_until: `ipphpc status ARGS` once it shows every engines element RUNNING
+    (it may lag the engines by a poll)."""
+    def probe() -> subprocess.CompletedProcess | None:
+        out = run_ipphpc("status", *args)
+        assert out.returncode == 0, out.stderr
+        rows = [r for r in parse_table(out.stdout) if r["ROLE"] == "engines"]
+        return out if rows and all(r["STATE"] == "RUNNING" for r in rows) else None
+    return probe

@@ -35,7 +35,7 @@ from ipphpc.batch.states import State
 from ..batch.test_launcher import _e2e
 from ..services import require
 from .htcondor_support import CHROOT, ENGINE_CMD, JOB_PYTHON, JOB_UID, SHARED_DIR, ensure_project_in_chroot
-from .scheduler_support import parse_table, process_environment, run_ipphpc, tracked_job_ids, wait_until
+from .scheduler_support import running_status, parse_table, process_environment, run_ipphpc, tracked_job_ids, wait_until
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow,
               require("htcondor", "run `bash .ci/services/htcondor.sh` first")]
@@ -275,14 +275,7 @@ def test_the_command_line_submit_status_stop(workdir, condor_jobs) -> None:
         condor_jobs.append(job_id)
         assert sorted(queued(job_id)) == [f"{job_id}.0", f"{job_id}.1"]
 
-        def status_when_running() -> subprocess.CompletedProcess | None:
-            """`ipphpc status` once it shows every element RUNNING (it may lag the engines by a poll)."""
-            out = run_ipphpc("status", *common)
-            assert out.returncode == 0, out.stderr
-            rows = [r for r in parse_table(out.stdout) if r["ROLE"] == "engines"]
-            return out if rows and all(r["STATE"] == "RUNNING" for r in rows) else None
-
-        status = wait_until(status_when_running, 60, "`ipphpc status` to show the elements RUNNING", interval=1)
+        status = wait_until(running_status(*common), 60, "`ipphpc status` to show the elements RUNNING", interval=1)
         assert "cluster cli (htcondor): 2 of 2 engines registered" in status.stdout
         rows = parse_table(status.stdout)
         (controller,) = [r for r in rows if r["ROLE"] == "controller"]

@@ -25,7 +25,7 @@ from ipphpc.batch.states import State
 
 from ..batch.test_launcher import _e2e
 from ..services import require
-from .scheduler_support import parse_table, process_environment, run_ipphpc, tracked_job_ids, wait_until
+from .scheduler_support import running_status, parse_table, process_environment, run_ipphpc, tracked_job_ids, wait_until
 
 pytestmark = [pytest.mark.sge, pytest.mark.slow, require("sge", "run `bash .ci/services/sge.sh` first")]
 
@@ -209,14 +209,7 @@ def test_the_command_line_submit_status_stop(workdir, sge_jobs) -> None:
         sge_jobs.append(job_id)
         assert job_id in queued_jobs()
 
-        def status_when_running() -> subprocess.CompletedProcess | None:
-            """`ipphpc status` once it shows every element RUNNING (it may lag the engines by a poll)."""
-            out = run_ipphpc("status", *common)
-            assert out.returncode == 0, out.stderr
-            rows = [r for r in parse_table(out.stdout) if r["ROLE"] == "engines"]
-            return out if rows and all(r["STATE"] == "RUNNING" for r in rows) else None
-
-        status = wait_until(status_when_running, 60, "`ipphpc status` to show the elements RUNNING", interval=1)
+        status = wait_until(running_status(*common), 60, "`ipphpc status` to show the elements RUNNING", interval=1)
         assert "cluster cli (sge): 2 of 2 engines registered" in status.stdout
         rows = parse_table(status.stdout)
         (controller,) = [r for r in rows if r["ROLE"] == "controller"]
