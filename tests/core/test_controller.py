@@ -141,6 +141,8 @@ def test_client_connected_before_reuse_restart_keeps_working(spawner, pdir):
             assert ar.get(timeout=5) == eng.pid
         except TimeoutError:
             pytest.fail("a task from a client connected before the restart got no answer at all")
+        # the synchronous channel of before the restart is replaced by one the new controller knows
+        assert old[eid].apply_sync(os.getpid) == eng.pid
 
 
 def test_ip_wildcard_lists_host_addresses(spawner, pdir):

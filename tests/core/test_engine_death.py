@@ -96,3 +96,19 @@ def test_busy_engine_is_not_declared_dead(fast_cluster):
     assert took >= 1.5 > MISSES * HEARTBEAT * 2
     assert eid in rc.ids
     assert rc.queue_status()["stats"]["engines_died"] == died
+
+
+def test_killed_engine_fails_a_synchronous_call_promptly(fast_cluster, tmp_path):
+    """A blocking apply_sync on an engine that dies raises EngineError promptly, and others keep serving."""
+    import threading
+    rc = fast_cluster.client
+    victim = rc.ids[0]
+    pid = rc[victim].apply_sync(os.getpid)
+    marker = str(tmp_path / "started")
+    threading.Thread(target=lambda: (wait_until(lambda: os.path.exists(marker), 20, what="the task to start"),
+                                     os.kill(pid, signal.SIGKILL)), daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match=f"engine {victim}"):
+        rc[victim].apply_sync(mark_then_sleep, marker, 60)
+    assert time.monotonic() - t0 < MISSES * HEARTBEAT + 6.0
+    assert rc.load_balanced_view().apply_sync(lambda: "still served") == "still served"
