@@ -124,11 +124,12 @@ class Client:
         self._results = self._ctx.socket(zmq.DEALER)
         self._results.setsockopt(zmq.LINGER, 0)
         self._results.setsockopt(zmq.RCVHWM, 0)
-        self._results.connect(self.url)
-        self._io_stop = self._loop.create_future()
-
+        # the monitor before the connection: a first handshake it missed would make the first
+        # reconnection look like the first connection, and the client would not say hello again
         monitor = self._results.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._handshakes = 0
+        self._results.connect(self.url)
+        self._io_stop = self._loop.create_future()
 
         async def serve() -> None:
             self._pump = Pump(self._results, self._on_frames)
