@@ -12,6 +12,10 @@ from .asyncresult import AsyncMapResult, AsyncResult
 from .remote import EngineNamespace, concat, map_chunk, mpi_bcast, partition
 
 
+#: a synchronous apply that is not one plain task (several engines, retries, a timeout)
+_NOT_ONE = object()
+
+
 class View:
     """Common flags and the apply family."""
 
@@ -44,7 +48,14 @@ class View:
         return self._apply(f, args, kwargs)
 
     def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+        target = self._sync_target()
+        if target is not _NOT_ONE:  # one task: its result comes back to this thread directly
+            return self.client._call_sync("apply", serialize.dumps((f, args, kwargs)), target)
         return self._apply(f, args, kwargs).get()
+
+    def _sync_target(self) -> Any:
+        """The engine id (None: any engine) when a synchronous apply is one plain task, else _NOT_ONE."""
+        return _NOT_ONE
 
     def map_sync(self, f: Callable, *seqs: Iterable, **kw: Any) -> list:
         return self.map(f, *seqs, block=True, **kw)
@@ -79,6 +90,13 @@ class DirectView(View):
     @property
     def _single(self) -> bool:
         return isinstance(self._targets, int)
+
+    def _sync_target(self) -> Any:
+        if not self._single:
+            return _NOT_ONE
+        if self._targets not in self.client._engines:
+            self._ids()  # raises, naming the engines there are
+        return self._targets
 
     def _send_all(self, kind: str, payload: list, fname: str) -> AsyncResult:
         ids = self._ids()
@@ -205,6 +223,9 @@ class LoadBalancedView(View):
         if targets is not None:
             raise NotImplementedError("a load-balanced view over a subset of engines is not supported yet; "
                                       "use targets=None")
+
+    def _sync_target(self) -> Any:
+        return None if not self.retries and not self.timeout else _NOT_ONE
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict) -> AsyncResult:
         ar = AsyncResult(1, getattr(f, "__name__", "apply"))

@@ -55,6 +55,7 @@ class Hub:
         self.by_ident: dict[bytes, EngineRecord] = {}
         self.by_heart: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
+        self.quiet: set[bytes] = set()  # result sockets that want no registry notes
         self.orphans: dict[str, list] = {}  # tasks of clients whose hello has not arrived yet
         self.free: deque[EngineRecord] = deque()  # engines with room, each at most once, round robin
         self.lb_queue: deque[QueuedTask] = deque()
@@ -138,8 +139,13 @@ class Hub:
     def _client_ident(self, h: dict) -> bytes | None:
         return self.clients.get(h.get("c"))
 
-    def on_task(self, _submit_ident: bytes, h: dict, frames) -> None:
+    def on_task(self, submit_ident: bytes, h: dict, frames) -> None:
         client = self._client_ident(h)
+        if client is None and h.get("sync"):
+            # a caller's own channel for synchronous calls: its results go back where the task came
+            # from, and it wants no registry notes; known from its first task, so a restart loses nothing
+            self.clients[h["c"]] = client = submit_ident
+            self.quiet.add(submit_ident)
         if client is None:
             # its hello travels on another connection and may arrive later (e.g. after a restart): hold it
             held = self.orphans.setdefault(h.get("c"), [])
@@ -219,7 +225,7 @@ class Hub:
                 if e:
                     self._send(self.engine_sock, e.ident, "stop", {})
         elif t == "bye":
-            self.clients.pop(h.get("c"), None)
+            self.quiet.discard(self.clients.pop(h.get("c"), b""))
             return
         else:
             reply.update(error=f"unknown request {t!r}")
@@ -318,7 +324,8 @@ class Hub:
         self.note_scheduled = False
         notes, self.pending_notes = self.pending_notes, {"add": {}, "rm": []}
         for ident in self.clients.values():
-            self._send(self.client_sock, ident, "engines", notes)
+            if ident not in self.quiet:
+                self._send(self.client_sock, ident, "engines", notes)
 
     # -- heartbeats -----------------------------------------------------------------------------
     async def _heartbeat(self) -> None:

@@ -365,3 +365,25 @@ def test_undeserializable_result_fails_instead_of_hanging(rc):
     assert not isinstance(err.value, TimeoutError), "the result never completed"
     assert "engine_only_module" in str(err.value)
     assert rc[eid].apply_sync(lambda: "next task fine") == "next task fine"
+
+
+def test_synchronous_calls_from_many_threads(cluster):
+    """Each thread's apply_sync gets its own result (direct and load-balanced) on its own channel;
+    the channels say goodbye when the client closes, and asynchronous calls are unaffected."""
+    with Client(cluster.client_file) as base:
+        before = base.queue_status()["clients"]
+        rc = Client(cluster.client_file)
+        ids = rc.ids
+
+        def work(k: int) -> list:
+            lb = rc.load_balanced_view()
+            return [(rc[ids[i % len(ids)]].apply_sync(lambda x: x * 3, k * 1000 + i),
+                     lb.apply_sync(lambda x: -x, k * 1000 + i)) for i in range(40)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(work, range(4)))
+        for k, pairs in enumerate(results):
+            assert pairs == [(3 * (k * 1000 + i), -(k * 1000 + i)) for i in range(40)]
+        assert rc[ids[0]].apply_async(lambda: "async").get(10) == "async"
+        assert base.queue_status()["clients"] == before + 1 + 4  # the client and the threads' channels
+        rc.close()
+        wait_until(lambda: base.queue_status()["clients"] == before, 10, what="the channels' goodbyes")
