@@ -41,7 +41,7 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float =
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last answer: {value!r}")
         time.sleep(interval)
 
 

@@ -6,10 +6,8 @@ that submits it, so the private IPPHPC_DIR of :func:`ipphpc_home` reaches the en
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +17,7 @@ from ipphpc.batch.launcher import BatchLauncher, scheduler_launcher
 from ipphpc.batch.poller import Poller
 from ipphpc.batch.registry import get_backend
 from ipphpc.batch.states import State
-from ..core.helpers import procs_matching  # noqa: F401 - used here and by importers
+from ..core.helpers import procs_matching, wait_until  # noqa: F401 - procs_matching: used by importers
 
 PY = sys.executable
 
@@ -34,14 +32,7 @@ def ipphpc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Call `pred` until it returns something true, and return that; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last answer: {value!r}")
-        time.sleep(interval)
+    return wait_until(pred, timeout, interval, what)
 
 
 def run_ipphpc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,3 +62,10 @@ def running_status(*args: str) -> Callable[[], subprocess.CompletedProcess | Non
         rows = [r for r in parse_table(out.stdout) if r["ROLE"] == "engines"]
         return out if rows and all(r["STATE"] == "RUNNING" for r in rows) else None
     return probe
+
+
+def stop_if_running(cluster: Any) -> None:
+    """Stop what a test's HPCCluster still runs (a failed start may have stopped it already)."""
+    ctl = cluster.controller_launcher
+    if cluster.engine_sets or (ctl is not None and ctl.running):
+        cluster.stop_cluster_sync()

@@ -35,7 +35,8 @@ from ipphpc.batch.states import State
 from ..batch.test_launcher import _e2e
 from ..services import require
 from .htcondor_support import CHROOT, ENGINE_CMD, JOB_PYTHON, JOB_UID, SHARED_DIR, ensure_project_in_chroot
-from .scheduler_support import running_status, parse_table, process_environment, run_ipphpc, tracked_job_ids, wait_until
+from .scheduler_support import (parse_table, process_environment, run_ipphpc, running_status, stop_if_running,
+                                tracked_job_ids, wait_until)
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow,
               require("htcondor", "run `bash .ci/services/htcondor.sh` first")]
@@ -112,12 +113,6 @@ def condor_jobs():
     left = [j for j in jobs if queued(j)]
     if left:
         subprocess.run(["condor_rm", *left], capture_output=True, timeout=60)
-
-
-def stop_if_running(cluster: HPCCluster) -> None:
-    ctl = cluster.controller_launcher
-    if cluster.engine_sets or (ctl is not None and ctl.running):
-        cluster.stop_cluster_sync()
 
 
 def test_a_cluster_runs_tasks_on_one_htcondor_cluster(workdir, condor_jobs) -> None:

@@ -25,7 +25,8 @@ from ipphpc.batch.states import State
 
 from ..batch.test_launcher import _e2e
 from ..services import require
-from .scheduler_support import running_status, parse_table, process_environment, run_ipphpc, tracked_job_ids, wait_until
+from .scheduler_support import (parse_table, process_environment, run_ipphpc, running_status, stop_if_running,
+                                tracked_job_ids, wait_until)
 
 pytestmark = [pytest.mark.sge, pytest.mark.slow, require("sge", "run `bash .ci/services/sge.sh` first")]
 
@@ -65,12 +66,6 @@ def sge_jobs():
     left = [j for j in jobs if j in queued_jobs()]
     if left:
         subprocess.run(["qdel", *left], capture_output=True, timeout=60)
-
-
-def stop_if_running(cluster: HPCCluster) -> None:
-    ctl = cluster.controller_launcher
-    if cluster.engine_sets or (ctl is not None and ctl.running):
-        cluster.stop_cluster_sync()
 
 
 def test_a_cluster_runs_tasks_on_one_sge_array(workdir, sge_jobs) -> None:

@@ -258,6 +258,16 @@ def test_controller_as_a_batch_job(tmp_path: Path) -> None:
     accounted(list(rows), {"COMPLETED", "CANCELLED"})
 
 
+def start_fails_promptly(cluster: HPCCluster) -> str:
+    """Start `cluster` and expect it to give up within a minute (not at its timeout); the reason."""
+    began = time.monotonic()
+    with pytest.raises(RuntimeError) as info:
+        with cluster:
+            pass
+    assert time.monotonic() - began < 60
+    return str(info.value)
+
+
 def test_bad_engine_command_fails_start_promptly(tmp_path: Path) -> None:
     """Engines that cannot start: start_and_connect fails within seconds (not at its timeout) with
     the scheduler's state, the exit code and the tail of each element's output."""
@@ -265,12 +275,7 @@ def test_bad_engine_command_fails_start_promptly(tmp_path: Path) -> None:
     cluster = HPCCluster(scheduler="slurm", n=2, walltime="0:10:00", profile_dir=str(tmp_path / "profile"),
                          engine_cmd=[str(missing), "-m", "ipphpc", "engine"], engine_timeout=300,
                          shutdown_atexit=False)
-    began = time.monotonic()
-    with pytest.raises(RuntimeError) as info:
-        with cluster:
-            pass
-    assert time.monotonic() - began < 60
-    text = str(info.value)
+    text = start_fails_promptly(cluster)
     assert "0 of 2 engines registered, and no more will come" in text, text
     # the first failed element is enough to give up: the report names each one seen failed so far
     failed = re.findall(r"job (\d+) element (\d+): FAILED, exit code 127", text)
@@ -288,12 +293,7 @@ def test_one_failing_element_fails_start_promptly(tmp_path: Path) -> None:
     cluster = HPCCluster(scheduler="slurm", n=3, walltime="0:10:00", profile_dir=str(tmp_path / "profile"),
                          engine_cmd=["bash", "-c", broken, "engine", *engine], engine_timeout=300,
                          shutdown_atexit=False)
-    began = time.monotonic()
-    with pytest.raises(RuntimeError) as info:
-        with cluster:
-            pass
-    assert time.monotonic() - began < 60
-    text = str(info.value)
+    text = start_fails_promptly(cluster)
     assert "of 3 engines registered, and no more will come" in text, text
     assert re.search(r"job \d+ element 1: FAILED, exit code 3", text) and "element 1 is broken" in text, text
     assert "element 0:" not in text and "element 2:" not in text, text
