@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -77,7 +78,8 @@ def test_array_of_four_runs_with_pbs_environment(pbs, wait) -> None:
         assert env["queue"] == "workq"
         assert env["workdir"] == str(pbs.work)
         assert Path(env["nodefile"]).read_text().strip()
-        assert env["startdir"] == os.path.expanduser("~")  # PBS starts jobs in $HOME
+        # PBS starts jobs in the user's home from the password database, whatever $HOME says here
+        assert env["startdir"] == pwd.getpwuid(os.getuid()).pw_dir
         out = pbs.work / f"envjob.o{seq}.{i}"
         assert out.read_text() == f"stdout of {i}\n"
         assert (pbs.work / f"envjob.e{seq}.{i}").exists()
