@@ -1,6 +1,6 @@
 """ipphpc: parallel Python on HPC clusters, with IPython Parallel's client API."""
 from ._version import __version__
-from .errors import (CompositeError, ControllerUnreachable, EngineError, NoEnginesRegistered, RemoteError,
+from .error import (CompositeError, ControllerUnreachable, EngineError, NoEnginesRegistered, RemoteError,
                      TaskAborted, TaskTimeout)
 
 __all__ = ["__version__", "Client", "HPCCluster", "RemoteError", "CompositeError", "EngineError", "TaskTimeout",

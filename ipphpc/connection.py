@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConnectionFileError
+from .error import ConnectionFileError
 
 ENGINE_PORTS = ("engine", "hb_ping", "hb_pong")
 CLIENT_PORTS = ("client",)

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from ..errors import CompositeError, RemoteError
+from ..error import CompositeError, RemoteError
 
 
 class Metadata(dict):

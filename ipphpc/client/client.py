@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import zmq
 
 from .. import connection, paths, serialize
-from ..errors import (ControllerUnreachable, EngineError, NoEnginesRegistered, ProtocolMismatch, RemoteError,
+from ..error import (ControllerUnreachable, EngineError, NoEnginesRegistered, ProtocolMismatch, RemoteError,
                       TaskAborted, TaskTimeout)
 from ..wire import AuthError, Session, payload_digest
 from ..zmqpump import Pump, send_frames

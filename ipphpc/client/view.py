@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import serialize
-from ..errors import NoEnginesRegistered
+from ..error import NoEnginesRegistered
 from .asyncresult import AsyncMapResult, AsyncResult
 from .remote import EngineNamespace, concat, map_chunk, mpi_bcast, partition
 

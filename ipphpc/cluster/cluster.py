@@ -20,7 +20,7 @@ from traitlets.config import Config, LoggingConfigurable
 from .. import connection, paths
 from .._async import run_sync
 from ..config import load_profile_config
-from ..errors import ControllerUnreachable
+from ..error import ControllerUnreachable
 from .launchers import find_launcher, ipphpc_command, launcher_from_dict
 
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
-from ..errors import IpphpcError
+from ..error import IpphpcError
 
 PasswordSource = Union[str, Callable[[str], str], None]
 PASSWORD_ENV = "IPPHPC_SSH_PASSWORD"

@@ -203,7 +203,7 @@ def test_unreachable_controller_is_explained(spawner, pdir):
     a stale file of a controller that died here says so; a loopback-only controller says --ip='*'."""
     import json
 
-    from ipphpc.errors import ControllerUnreachable
+    from ipphpc.error import ControllerUnreachable
 
     p, einfo, cinfo = spawner.controller(pdir, "gone")
     saved = {role: paths.connection_file(pdir, role, "gone").read_text() for role in ("client", "engine")}

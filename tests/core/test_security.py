@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from ipphpc import Client, connection, paths, serialize, wire
-from ipphpc.errors import ProtocolMismatch
+from ipphpc.error import ProtocolMismatch
 from ipphpc.wire import Session, new_key
 
 from .helpers import ship_by_value, wait_until
