@@ -31,6 +31,10 @@ class NoEnginesRegistered(KernelError):
     """Work was sent to a view that has no engine to run it."""
 
 
+class UnknownEngine(NoEnginesRegistered, IndexError):
+    """Targets name an engine that is not registered (an IndexError, as IPython Parallel raises)."""
+
+
 class TaskAborted(KernelError):
     """A task was dropped before it ran (abort, or the controller shut down)."""
 
@@ -181,7 +185,7 @@ def collect_exceptions(results: list | dict, method: str = "unspecified") -> lis
     return results
 
 
-__all__ = ["IPythonError", "KernelError", "EngineError", "NoEnginesRegistered", "TaskAborted", "TaskTimeout",
+__all__ = ["IPythonError", "KernelError", "EngineError", "NoEnginesRegistered", "UnknownEngine", "TaskAborted", "TaskTimeout",
            "TimeoutError", "UnmetDependency", "ImpossibleDependency", "DependencyTimeout", "InvalidDependency",
            "TaskRejectError", "RemoteError", "CompositeError", "ControllerUnreachable", "ConnectionFileError",
            "ProtocolMismatch", "collect_exceptions"]

@@ -14,6 +14,25 @@ import cloudpickle
 # buffers smaller than this stay inside the pickle: a frame of its own costs more than a copy
 OOB_THRESHOLD = 64 * 1024
 
+#: the pickler objects go through: cloudpickle (functions by value), or plain pickle, or dill
+_pickler: Any = cloudpickle
+_PICKLERS = ("cloudpickle", "pickle", "dill")
+
+
+def use(name: str) -> None:
+    """Choose how objects are pickled in this process: 'cloudpickle' (default), 'pickle' or 'dill'."""
+    global _pickler
+    if name not in _PICKLERS:
+        raise ValueError(f"unknown pickler {name!r}; use one of {', '.join(_PICKLERS)}")
+    if name == "dill":
+        try:
+            import dill
+        except ImportError:
+            raise ImportError("use_dill() needs dill: pip install dill (on the client and the engines)") from None
+        _pickler = dill
+    else:
+        _pickler = cloudpickle if name == "cloudpickle" else pickle
+
 
 def dumps(obj: Any) -> list[Any]:
     """[pickle bytes, out-of-band buffer, ...]"""
@@ -26,7 +45,7 @@ def dumps(obj: Any) -> list[Any]:
         bufs.append(raw)
         return False
 
-    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
+    data = _pickler.dumps(obj, protocol=5, buffer_callback=keep)
     return [data, *bufs]
 
 

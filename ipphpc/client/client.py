@@ -7,6 +7,7 @@ completes each task's Future.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -20,16 +21,18 @@ from typing import Any, Iterable, Sequence
 import zmq
 
 from .. import connection, paths, serialize
-from ..error import (ControllerUnreachable, EngineError, NoEnginesRegistered, ProtocolMismatch, RemoteError,
-                      TaskAborted, TaskTimeout)
+from ..error import (ControllerUnreachable, EngineError, ImpossibleDependency, NoEnginesRegistered,
+                      ProtocolMismatch, RemoteError, TaskAborted, TaskTimeout, UnknownEngine)
 from ..wire import AuthError, Session, payload_digest
 from ..zmqpump import Pump, send_frames
-from .asyncresult import AsyncResult, build_metadata
+from .asyncresult import AsyncResult, Metadata, build_metadata
+from .held import Held, HeldTask
 
 log = logging.getLogger("ipphpc.client")
 _PYTHON = platform.python_version()
 _MINOR = _PYTHON.rsplit(".", 1)[0]
-_CONTROLLER_ERRORS = {"EngineError": EngineError, "TaskTimeout": TaskTimeout, "TaskAborted": TaskAborted}
+_CONTROLLER_ERRORS = {"EngineError": EngineError, "TaskTimeout": TaskTimeout, "TaskAborted": TaskAborted,
+                      "ImpossibleDependency": ImpossibleDependency}
 
 
 @dataclass
@@ -38,9 +41,22 @@ class _Pending:
     index: int
     submitted: float
     target: int | None
-    # kept only for tasks that may be retried
+    # kept only for tasks that may be retried or sent to another engine
     resend: tuple | None = None
     retries: int = 0
+    tried: set | None = None  # engines that said UnmetDependency
+
+
+def _copy_child(ar: AsyncResult, i: int, src: AsyncResult, mid: str) -> None:
+    j = src.msg_ids.index(mid)
+    ar._child_done(i, src._values[j], src._errors[j], {})
+
+
+def _send_tracked(sock: zmq.Socket, frames: list) -> zmq.MessageTracker:
+    """Send without copying and track it: `ar.wait_for_send()` tells when buffers may be changed again."""
+    last = len(frames) - 1
+    trackers = [sock.send(f, zmq.SNDMORE if i < last else 0, copy=False, track=True) for i, f in enumerate(frames)]
+    return zmq.MessageTracker(*trackers)
 
 
 def find_client_file(profile: str = "default", profile_dir: str | None = None, cluster_id: str | None = None) -> Path:
@@ -61,6 +77,8 @@ def find_client_file(profile: str = "default", profile_dir: str | None = None, c
 
 class Client:
     """A connection to one cluster's controller; `rc[:]`, `rc.load_balanced_view()` send it work."""
+
+    _latest: "Client | None" = None  # the most recently connected client (magics, joblib use it)
 
     def __init__(self, url_file: str | os.PathLike | None = None, profile: str = "default",
                  profile_dir: str | None = None, cluster_id: str | None = None, timeout: float = 10.0,
@@ -88,7 +106,7 @@ class Client:
             raise ControllerUnreachable(f"{e} (connection file {path})") from None
         self.url = connection.url(addr, info, "client")
         self._ctx = zmq.Context()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held tasks are sent from inside it
         self._submit = self._ctx.socket(zmq.DEALER)
         self._submit.setsockopt(zmq.LINGER, 1000)
         self._submit.setsockopt(zmq.SNDHWM, 0)
@@ -102,6 +120,12 @@ class Client:
         self._channels: set[_SyncChannel] = set()
         self._generation = 0  # grows when the controller restarts: channels of before are stale
         self._closed = False
+        # IPython Parallel's client-side records, keyed by msg_id
+        self.block = False  # views made afterwards start with this
+        self.results: dict[str, Any] = {}
+        self.metadata: dict[str, Metadata] = {}
+        self.history: list[str] = []
+        self._held = Held(self)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._io_main, name="ipphpc-client-io", daemon=True)
@@ -120,6 +144,7 @@ class Client:
         with self._engine_cond:
             self._engines.update({int(k): v for k, v in welcome.get("engines", {}).items()})
             self._note_pythons()
+        Client._latest = self
 
     # -- I/O thread ----------------------------------------------------------------------------
     def _io_main(self) -> None:
@@ -178,6 +203,8 @@ class Client:
         t = h["t"]
         if t == "result":
             self._on_result(h, payload)
+        elif t in ("stream", "data"):
+            self._on_output(t, h, payload)
         elif t == "engines":
             with self._engine_cond:
                 for k, v in h.get("add", {}).items():
@@ -197,14 +224,56 @@ class Client:
                     self._engine_cond.notify_all()
 
     def _on_result(self, h: dict, payload: list) -> None:
-        p = self._pending.pop(h["p"], None)
+        mid = h["p"]
+        p = self._pending.pop(mid, None)
         if p is None:
             return
         value, error, meta = self._decode(h, payload)
-        if error is not None and p.retries > 0 and p.resend is not None:
-            self._retry(p)
+        if error is not None and p.resend is not None:
+            if getattr(error, "ename", "") == "UnmetDependency" and self._elsewhere(p, h.get("eid")):
+                return
+            if p.retries > 0:
+                self._retry(p)
+                return
+        self._record_done(mid, value, error)
+        p.ar._child_done(p.index, value, error, build_metadata(mid, p.submitted, meta, h.get("eid")))
+        if self._held:
+            with self._lock:
+                self._held.done(mid)
+
+    def _record_done(self, mid: str, value: Any, error: BaseException | None) -> None:
+        self.results[mid] = error if error is not None else value
+
+    def _on_output(self, t: str, h: dict, payload: list) -> None:
+        """Output printed, or data published, by a task still running."""
+        p = self._pending.get(h.get("p"))
+        if p is None:
             return
-        p.ar._child_done(p.index, value, error, build_metadata(h["p"], p.submitted, meta, h.get("eid")))
+        try:
+            Session.check_payload(h, payload)
+            if t == "stream":
+                p.ar._on_stream(p.index, h["n"], h.get("o", 0), bytes(payload[0]).decode("utf-8", "replace"))
+            else:
+                p.ar._on_data(p.index, serialize.loads(payload))
+        except Exception as e:  # noqa: BLE001 - live output is a courtesy: never let it break results
+            log.warning("dropped live output of task %s: %s", h.get("p"), e)
+
+    def _elsewhere(self, p: _Pending, eid: Any) -> bool:
+        """An engine could not meet the task's dependency: send it to one that has not tried (True),
+        or fail it with ImpossibleDependency when every engine has (False, after failing it)."""
+        p.tried = (p.tried or set()) | {eid}
+        kind, payload, target, timeout, digest, among = p.resend
+        left = (set(self.ids) if among is None else set(among)) - p.tried
+        if not left:
+            error = ImpossibleDependency(f"no engine could meet this task's dependencies (tried engines "
+                                         f"{sorted(e for e in p.tried if e is not None)})")
+            mid = p.ar.msg_ids[p.index]
+            self._record_done(mid, None, error)
+            p.ar._child_done(p.index, None, error, {})
+            return True
+        self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries, digest, among=frozenset(left),
+                        tried=p.tried)
+        return True
 
     @staticmethod
     def _decode(h: dict, payload: list) -> tuple[Any, BaseException | None, dict | None]:
@@ -270,12 +339,18 @@ class Client:
 
     # -- sending ---------------------------------------------------------------------------------
     def _send_task(self, kind: str, payload: Sequence[Any], ar: AsyncResult, index: int, target: int | None = None,
-                   timeout: float | None = None, retries: int = 0, digest: str | None = None) -> str:
+                   timeout: float | None = None, retries: int = 0, digest: str | None = None,
+                   among: frozenset | None = None, msg_id: str | None = None, label: str | None = None,
+                   track: bool = False, resend: bool = False, tried: set | None = None) -> str:
+        """Send one task; `among` limits a load-balanced task to some engines, `resend` keeps its payload
+        so that an engine that cannot meet its dependencies hands it to another."""
         fields: dict[str, Any] = {"k": kind, "c": self.cid}
         if target is not None:
             fields["to"] = target
         if timeout:
             fields["tmo"] = timeout
+        if among is not None:
+            fields["among"] = sorted(among)
         if self._other_python and kind in ("apply", "push") and payload:
             self._check_python(payload, None if target is None else [target])
         if digest is None and payload:
@@ -284,16 +359,57 @@ class Client:
             if self._closed:
                 raise RuntimeError("this client is closed")
             seq = self.session.next_id()
+            if msg_id is not None:
+                seq = (seq[0], msg_id)
             mid = seq[1]
-            resend = (kind, payload, target, timeout, digest) if retries else None
-            self._pending[mid] = _Pending(ar, index, time.time(), target, resend, retries)
-            ar.msg_ids[index] = mid
-            send_frames(self._submit, self.session.pack("task", fields, payload, seq=seq, digest=digest))
+            keep = (kind, payload, target, timeout, digest, among) if retries or resend or tried else None
+            now = time.time()
+            self._pending[mid] = _Pending(ar, index, now, target, keep, retries, tried)
+            if ar.msg_ids[index] != mid:
+                ar.msg_ids[index] = mid
+                self._note_submitted(mid, ar, index, now, target, label)
+            frames = self.session.pack("task", fields, payload, seq=seq, digest=digest)
+            if track:
+                ar._trackers.append(_send_tracked(self._submit, frames))
+            else:
+                send_frames(self._submit, frames)
         return mid
 
+    def _note_submitted(self, mid: str, ar: AsyncResult, index: int, now: float, target: int | None,
+                        label: str | None) -> None:
+        md = ar._meta[index]
+        md.update(msg_id=mid, submitted=datetime.datetime.fromtimestamp(now), engine_id=target)
+        ar._rc = self
+        if label is not None:
+            md["label"] = label
+        self.metadata[mid] = md
+        self.history.append(mid)
+
+    def _reserve_id(self) -> str:
+        """A msg_id for a task sent later (held for its dependencies); others may depend on it now."""
+        with self._lock:
+            q, _ = self.session.next_id()
+        return f"{self.session.id}-h{q}"
+
+    # -- what the client knows of its tasks ---------------------------------------------------
+    def _known(self, mid: str) -> bool:
+        return mid in self.metadata or mid in self._pending or mid in self._held.tasks
+
+    def _task_state(self, mid: str) -> str | None:
+        """'pending', 'ok' or 'error' for a task of this client; None if unknown."""
+        if mid in self._pending or mid in self._held.tasks:
+            return "pending"
+        if mid in self.results:
+            return "error" if isinstance(self.results[mid], BaseException) else "ok"
+        return "pending" if mid in self.metadata else None
+
+    def _engine_of(self, mid: str) -> int | None:
+        md = self.metadata.get(mid)
+        return md.get("engine_id") if md is not None else None
+
     def _retry(self, p: _Pending) -> None:
-        kind, payload, target, timeout, digest = p.resend
-        self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries - 1, digest)
+        kind, payload, target, timeout, digest, among = p.resend
+        self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries - 1, digest, among=among)
 
     def _request(self, msg_type: str, fields: dict | None = None, timeout: float = 10.0,
                  via_results: bool = False) -> dict:
@@ -350,67 +466,267 @@ class Client:
                 self._engine_cond.wait(left if left is not None else 1.0)
 
     def _resolve(self, targets: Any) -> list[int]:
+        """Engine ids of `targets`: 'all'/None, an id (negative counts from the end), a slice, or ids."""
         ids = self.ids
         if targets is None or targets == "all":
             return ids
         if isinstance(targets, int):
+            if targets < 0:
+                if -targets > len(ids):
+                    raise UnknownEngine(f"no engine {targets}: {len(ids)} registered ({ids})")
+                return [ids[targets]]
             targets = [targets]
         elif isinstance(targets, slice):
             targets = ids[targets]
+        elif isinstance(targets, str):
+            raise TypeError(f"targets={targets!r}: use 'all', an engine id, a slice or a list of ids")
         targets = list(targets)
         missing = [t for t in targets if t not in self._engines]
         if missing:
-            raise NoEnginesRegistered(f"engine(s) {missing} are not registered; registered: {ids}")
+            raise UnknownEngine(f"engine(s) {missing} are not registered; registered: {ids}")
         return targets
 
+    def _view_flags(self, flags: dict) -> dict:
+        flags.setdefault("block", self.block)
+        return flags
+
     def direct_view(self, targets: Any = "all", **flags: Any):
+        """Work sent to chosen engines; 'all' follows engines as they come and go."""
         from .view import DirectView
-        return DirectView(self, targets, **flags)
+        return DirectView(self, targets, **self._view_flags(flags))
+
+    def broadcast_view(self, targets: Any = "all", is_coalescing: bool = False, **flags: Any):
+        """Like direct_view, but a task for many engines leaves this client once; the controller copies it."""
+        from .view import BroadcastView
+        return BroadcastView(self, targets, is_coalescing=is_coalescing, **self._view_flags(flags))
 
     def load_balanced_view(self, targets: Any = None, **flags: Any):
+        """Work sent to whichever engine is free (among `targets`, when given)."""
         from .view import LoadBalancedView
-        return LoadBalancedView(self, targets, **flags)
+        return LoadBalancedView(self, targets, **self._view_flags(flags))
 
     def __getitem__(self, key: Any):
         if isinstance(key, int):
-            if key not in self._engines:
-                raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
+            self._resolve(key)  # an engine that is not there fails here, naming the ones there are
             return self.direct_view(key)
         if isinstance(key, slice):
-            targets = self.ids[key]
-            if not targets:
+            if not self.ids[key]:
                 raise NoEnginesRegistered(f"no engine selected by {key}; registered: {self.ids}")
-            return self.direct_view(targets)
-        return self.direct_view(list(key))
+            return self.direct_view(key)
+        if isinstance(key, (list, tuple, range)):
+            return self.direct_view(list(key))
+        raise TypeError(f"rc[...] takes an engine id, a slice or a list of ids, not {type(key).__name__}")
+
+    def __iter__(self):
+        for eid in self.ids:
+            yield self.direct_view(eid)
 
     def executor(self, targets: Any = None, **flags: Any):
-        """A concurrent.futures.Executor that load-balances over the engines."""
+        """A concurrent.futures.Executor that load-balances over the engines (or `targets`)."""
         return self.load_balanced_view(targets, **flags).executor
 
-    def queue_status(self) -> dict:
-        """What the controller knows: engines with their outstanding tasks, queued tasks, counters."""
+    def activate(self, targets: Any = "all", suffix: str = ""):
+        """The %px magics (with `suffix`) on a blocking DirectView of `targets`, in the running IPython."""
+        view = self.direct_view(targets, block=True)
+        view.activate(suffix)
+        return view
+
+    def become_dask(self, targets: Any = "all", port: int = 0, nanny: bool = False, scheduler_args: dict | None = None,
+                    **worker_args: Any):
+        """A dask.distributed Client whose workers live in the engines (needs `distributed`)."""
+        from .dask import become_dask
+        return become_dask(self, targets, port, nanny, scheduler_args, **worker_args)
+
+    def stop_dask(self, targets: Any = "all") -> None:
+        from .dask import stop_dask
+        stop_dask(self, targets)
+
+    become_distributed = become_dask
+    stop_distributed = stop_dask
+
+    # -- the controller's view of the queues ------------------------------------------------------
+    def controller_status(self) -> dict:
+        """The controller's own counters: engines with outstanding tasks, tasks queued there, the prefetch
+        limit, clients, messages dropped, its pid."""
         return self._request("status")
 
-    def wait(self, jobs: Iterable[AsyncResult] | None = None, timeout: float = -1) -> bool:
+    def queue_status(self, targets: Any = "all", verbose: bool = False) -> dict:
+        """Per engine: {'queue': direct tasks waiting, 'completed': n, 'tasks': load-balanced ones held},
+        and 'unassigned': tasks no engine holds yet; with `verbose`, msg_ids instead of counts."""
+        raw = self._request("queue_status", {"verbose": bool(verbose)})["status"]
+        status: dict[Any, Any] = {int(k): v for k, v in raw.items() if k != "unassigned"}
+        held = list(self._held.tasks)
+        unassigned = raw["unassigned"]
+        status["unassigned"] = unassigned + held if verbose else unassigned + len(held)
+        if targets is None or targets == "all":
+            return status
+        ids = self._resolve(targets)
+        if isinstance(targets, int):
+            return status[ids[0]]
+        return {**{i: status[i] for i in ids if i in status}, "unassigned": status["unassigned"]}
+
+    # -- waiting ----------------------------------------------------------------------------------
+    @property
+    def outstanding(self) -> set[str]:
+        """msg_ids of tasks sent and not yet finished (or held for their dependencies)."""
+        return set(self._pending) | set(self._held.tasks)
+
+    def _jobs(self, jobs: Any) -> tuple[list[AsyncResult], set[str]]:
+        """AsyncResults and msg_ids named by `jobs`: a history index, a msg_id, an AsyncResult, or a list."""
         if jobs is None:
-            jobs = {p.ar for p in list(self._pending.values())}
+            return [], self.outstanding
+        if isinstance(jobs, (str, int, AsyncResult)) or not isinstance(jobs, Iterable):
+            jobs = [jobs]
+        ars, mids = [], set()
+        for job in jobs:
+            if isinstance(job, AsyncResult):
+                ars.append(job)
+            elif isinstance(job, int):
+                mids.add(self.history[job])
+            elif isinstance(job, str):
+                if not self._known(job):
+                    raise ValueError(f"unknown task {job!r}: not sent by this client")
+                mids.add(job)
+            else:
+                raise TypeError(f"jobs: expected msg_ids, history indices or AsyncResults, not {type(job).__name__}")
+        return ars, mids
+
+    def _ars_of(self, mids: set[str]) -> list[AsyncResult]:
+        found = {}
+        for m in mids:
+            p = self._pending.get(m) or self._held.tasks.get(m)
+            if p is not None:
+                found[id(p.ar)] = p.ar
+        return list(found.values())
+
+    def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        """Wait for tasks (default: every outstanding one); False if `timeout` seconds passed first."""
+        ars, mids = self._jobs(jobs)
+        ars += self._ars_of(mids)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        for ar in jobs:
+        for ar in ars:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not ar.wait(left):
                 return False
         return True
 
-    @property
-    def outstanding(self) -> set[str]:
-        return set(self._pending)
+    def wait_interactive(self, jobs: Any = None, interval: float = 1.0, timeout: float = -1) -> None:
+        """wait() with a progress bar."""
+        from .asyncresult import AsyncResultSet
+        ars, mids = self._jobs(jobs)
+        AsyncResultSet(ars + self._ars_of(mids)).wait_interactive(interval=interval, timeout=timeout)
 
-    def shutdown(self, targets: Any = "all", hub: bool = True, block: bool = True) -> None:
-        """Stop the engines, and the controller when `hub` (the default)."""
+    def _expire_held(self) -> None:
+        with self._lock:
+            self._held.expire()
+
+    def spin(self) -> None:
+        """Results are read by this client's I/O thread as they arrive: nothing is left to flush."""
+
+    def spin_thread(self, interval: float = 1) -> None:
+        """A no-op: the client's I/O thread already keeps results flowing in the background."""
+
+    def stop_spin_thread(self) -> None:
+        """A no-op (see spin_thread)."""
+
+    # -- control ----------------------------------------------------------------------------------
+    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+        """Drop tasks that have not started (default: every outstanding one); started ones run on."""
+        ars, mids = self._jobs(jobs)
+        for ar in ars:
+            mids.update(m for m in ar.msg_ids if m)
+        with self._lock:
+            self._held.abort(mids)
+        eids = None if targets is None else self._resolve(targets)
+        self._request("abort", {"ids": sorted(mids), "targets": eids})
+
+    def send_signal(self, sig: int | str, targets: Any = None, block: bool | None = None) -> list[int]:
+        """Send a signal to engines (SIGINT: KeyboardInterrupt in the running task; the engine serves on).
+
+        The engine signals itself, wherever it runs (a batch node, over ssh, under mpiexec)."""
+        import signal as _signal
+        if isinstance(sig, str):
+            name = sig if sig.startswith("SIG") else f"SIG{sig}"
+            if not hasattr(_signal, name):
+                raise ValueError(f"unknown signal {sig!r}; e.g. 'SIGINT', 'SIGTERM', 'SIGUSR1'")
+            sig = getattr(_signal, name)
+        eids = None if targets is None or targets == "all" else self._resolve(targets)
+        return self._request("signal", {"sig": int(sig), "targets": eids})["reached"]
+
+    def clear(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Empty the engines' namespaces."""
+        ar = self.direct_view(targets if targets is not None else "all")._send_all("clear", [], "clear")
+        block = self.block if block is None else block
+        if block:
+            ar.get()
+            return None
+        return ar
+
+    def purge_local_results(self, jobs: Any = (), targets: Any = ()) -> None:
+        """Forget results and metadata kept here: `'all'`, chosen tasks, or every task of some engines."""
+        if not jobs and not targets and targets != 0:
+            raise ValueError("purge_local_results needs jobs (msg_ids, AsyncResults or 'all') or targets")
+        if jobs == "all":
+            mids = set(self.metadata)
+        else:
+            ars, mids = self._jobs(jobs) if jobs else ([], set())
+            for ar in ars:
+                mids.update(ar.msg_ids)
+            if targets or targets == 0:
+                eids = set(self._resolve(targets)) if targets != "all" else None
+                mids.update(m for m, md in self.metadata.items() if eids is None or md.get("engine_id") in eids)
+        busy = mids & self.outstanding
+        if busy:
+            raise RuntimeError(f"can't purge {len(busy)} outstanding task(s), e.g. {sorted(busy)[:3]}; wait or "
+                               f"abort them first")
+        for m in mids:
+            self.results.pop(m, None)
+            self.metadata.pop(m, None)
+        if jobs == "all" or mids:
+            keep = set(self.metadata)
+            self.history = [m for m in self.history if m in keep]
+
+    def purge_results(self, jobs: Any = (), targets: Any = ()) -> None:
+        """Forget results; the controller keeps none without a task database, so this purges this client's."""
+        self.purge_local_results(jobs, targets)
+
+    def purge_everything(self) -> None:
+        self.purge_local_results("all")
+
+    def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = False):
+        """An AsyncResult for tasks of this client, by history index or msg_id (default: the last)."""
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        single = not isinstance(indices_or_msg_ids, (list, tuple, set))
+        items = [indices_or_msg_ids] if single else list(indices_or_msg_ids)
+        mids = [self.history[i] if isinstance(i, int) else i for i in items]
+        unknown = [m for m in mids if not self._known(m)]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown[:3]}: this client did not send them (the controller "
+                             f"keeps no results without a task database)")
+        ar = AsyncResult(len(mids), "get_result", single=single)
+        for i, m in enumerate(mids):
+            ar.msg_ids[i] = m
+            ar._meta[i] = self.metadata.get(m, ar._meta[i])
+            p = self._pending.get(m) or self._held.tasks.get(m)
+            if p is not None:
+                p.ar.add_done_callback(lambda f, i=i, src=p.ar, m=m: _copy_child(ar, i, src, m))
+            else:
+                value = self.results.get(m)
+                err = value if isinstance(value, BaseException) else None
+                ar._child_done(i, None if err else value, err, {})
+        block = self.block if block is None else block
+        return ar.get() if block else ar
+
+    def shutdown(self, targets: Any = "all", restart: bool = False, hub: bool = False, block: bool | None = None) -> None:
+        """Stop engines (`targets`), and the controller too with `hub=True`."""
+        if restart:
+            raise ValueError("shutdown(restart=True): restart engines through their cluster "
+                             "(HPCCluster.restart_engines) instead")
         if hub:
             self._request("shutdown", {"engines": True})
         else:
-            self._request("stop_engines", {"targets": None if targets == "all" else self._resolve(targets)})
+            self._request("stop_engines", {"targets": None if targets in ("all", None) else self._resolve(targets)})
 
     def close(self, linger: float = 1.0) -> None:
         if self._closed:

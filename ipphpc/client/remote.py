@@ -4,6 +4,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
+def use_serializer(name: str) -> None:
+    """Choose the pickler here (runs on engines too, for use_pickle/use_cloudpickle/use_dill)."""
+    from .. import serialize
+    serialize.use(name)
+
+
 def map_chunk(f: Callable, *chunks: Any) -> list:
     return list(map(f, *chunks))
 

@@ -1,15 +1,18 @@
 """DirectView and LoadBalancedView, with IPython Parallel's names and semantics."""
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import contextlib
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import serialize
 from ..error import NoEnginesRegistered
 from .asyncresult import AsyncMapResult, AsyncResult
-from .remote import EngineNamespace, concat, map_chunk, mpi_bcast, partition
+from .held import HeldTask
+from .remote import EngineNamespace, concat, map_chunk, mpi_bcast, partition, use_serializer
 
 
 #: a synchronous apply that is not one plain task (several engines, retries, a timeout)
@@ -19,26 +22,125 @@ _NOT_ONE = object()
 class View:
     """Common flags and the apply family."""
 
+    _flag_names: tuple[str, ...] = ("targets", "block", "track", "label")
+
     def __init__(self, client: Any, targets: Any, block: bool = False, **flags: Any):
         self.client = client
         self._targets = targets
         self.block = block
+        self.track = False
+        self.label: str | None = None
+        self.history: list[str] = []  # msg_ids of tasks sent through this view
         self.set_flags(**flags)
 
-    def set_flags(self, **flags: Any) -> None:
+    @property
+    def targets(self) -> Any:
+        return self._targets
+
+    @targets.setter
+    def targets(self, value: Any) -> None:
+        self._targets = value
+
+    def set_flags(self, **flags: Any) -> "View":
+        """Set flags by name (returns the view, so calls chain: `view.set_flags(block=True).apply(f)`)."""
+        for k in flags:
+            if k not in self._flag_names:
+                import difflib
+                near = difflib.get_close_matches(k, self._flag_names, 1)
+                raise KeyError(f"{type(self).__name__} has no flag {k!r}"
+                               f"{f' (did you mean {near[0]!r}?)' if near else ''}; its flags: "
+                               f"{', '.join(self._flag_names)}")
         for k, v in flags.items():
-            if not hasattr(self, k):
-                raise KeyError(f"{type(self).__name__} has no flag {k!r}")
             setattr(self, k, v)
+        return self
 
     @contextlib.contextmanager
-    def temp_flags(self, **flags: Any) -> Iterator[None]:
-        saved = {k: getattr(self, k) for k in flags}
+    def temp_flags(self, **flags: Any) -> Iterator["View"]:
+        """Flags set for the `with` block only."""
+        saved = {k: getattr(self, k) for k in self._flag_names}
         self.set_flags(**flags)
         try:
-            yield
+            yield self
         finally:
             self.set_flags(**saved)
+
+    # -- the client's controls, for this view's tasks and engines ------------------------------
+    @property
+    def outstanding(self) -> set[str]:
+        return set(self.history) & self.client.outstanding
+
+    def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        """Wait for this view's tasks (or `jobs`)."""
+        return self.client.wait(self.history if jobs is None else jobs, timeout)
+
+    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+        """Drop this view's tasks (or `jobs`) that have not started."""
+        jobs = jobs if jobs is not None else sorted(self.outstanding)
+        self.client.abort(jobs, targets if targets is not None else self._control_targets(), block)
+
+    def queue_status(self, targets: Any = None, verbose: bool = False) -> dict:
+        return self.client.queue_status(targets if targets is not None else self._control_targets() or "all",
+                                        verbose)
+
+    def purge_results(self, jobs: Any = (), targets: Any = ()) -> None:
+        self.client.purge_results(jobs, targets)
+
+    def shutdown(self, targets: Any = None, restart: bool = False, hub: bool = False,
+                 block: bool | None = None) -> None:
+        """Stop this view's engines (and the controller with hub=True)."""
+        self.client.shutdown(targets if targets is not None else self._control_targets() or "all", restart, hub,
+                             block)
+
+    def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = False) -> Any:
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        if isinstance(indices_or_msg_ids, int):
+            indices_or_msg_ids = self.history[indices_or_msg_ids]
+        return self.client.get_result(indices_or_msg_ids, block, owner)
+
+    def spin(self) -> None:
+        self.client.spin()
+
+    def activate(self, suffix: str = "") -> None:
+        """Run the IPython magics %px{suffix}, %%px{suffix}, %pxresult{suffix}, ... on this view."""
+        from .magics import activate
+        activate(self, suffix)
+
+    def _control_targets(self) -> Any:
+        return self._targets
+
+    # -- decorators and serialization ----------------------------------------------------------
+    def remote(self, block: bool | None = None, **flags: Any) -> Callable:
+        """Decorator: calling the function runs it through this view."""
+        from .remotefunction import remote
+        return remote(self, block=block, **flags)
+
+    def parallel(self, dist: str = "b", block: bool | None = None, **flags: Any) -> Callable:
+        """Decorator: calling the function with sequences splits them over the engines."""
+        from .remotefunction import parallel
+        return parallel(self, dist=dist, block=block, **flags)
+
+    def _use(self, name: str) -> Any:
+        use_serializer(name)
+        ar = self.client.direct_view("all")._send_all("apply", serialize.dumps((use_serializer, (name,), {})),
+                                                      f"use_{name}")
+        return _done_or(ar, self.block)
+
+    def use_pickle(self) -> Any:
+        """Functions travel by reference with plain pickle (no lambdas), here and on every engine."""
+        return self._use("pickle")
+
+    def use_cloudpickle(self) -> Any:
+        """Functions, lambdas and closures travel by value (the default), here and on every engine."""
+        return self._use("cloudpickle")
+
+    def use_dill(self) -> Any:
+        """dill instead of cloudpickle, here and on every engine (dill must be installed on both)."""
+        return self._use("dill")
+
+    def _note(self, ar: AsyncResult) -> AsyncResult:
+        self.history.extend(ar.msg_ids)
+        return ar
 
     def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
         ar = self._apply(f, args, kwargs)
@@ -77,10 +179,6 @@ _ON_ROOT = object()
 class DirectView(View):
     """Work sent to specific engines: `rc[:]`, `rc[0]`, `rc.direct_view([0, 2])`."""
 
-    @property
-    def targets(self) -> Any:
-        return self._targets
-
     def _ids(self) -> list[int]:
         ids = self.client._resolve(self._targets)
         if not ids:
@@ -108,19 +206,53 @@ class DirectView(View):
         if self.client._other_python and kind in ("apply", "push") and payload:
             self.client._check_python(payload, ids)  # before any engine is sent anything
         for i, eid in enumerate(ids):
-            self.client._send_task(kind, payload, ar, i, target=eid, digest=digest)
-        return ar
+            self.client._send_task(kind, payload, ar, i, target=eid, digest=digest, label=self.label,
+                                   track=self.track)
+        return self._note(ar)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict) -> AsyncResult:
         return self._send_all("apply", serialize.dumps((f, args, kwargs)), getattr(f, "__name__", "apply"))
 
-    def execute(self, code: str, silent: bool = True, block: bool | None = None) -> Any:
-        ar = self._send_all("execute", [code.encode()], "execute")
+    def execute(self, code: str, silent: bool = True, targets: Any = None, block: bool | None = None) -> Any:
+        """Run code in the engines' namespaces; a last bare expression's value is each engine's
+        `execute_result` (shown by ar.display_outputs())."""
+        view = self if targets is None else self.client.direct_view(targets)
+        ar = view._send_all("execute", [code.encode()], "execute")
         return self._finish(ar, block)
 
-    def run(self, filename: str, block: bool | None = None) -> Any:
+    def run(self, filename: str, targets: Any = None, block: bool | None = None) -> Any:
         with open(filename) as f:
-            return self.execute(f.read(), block=block)
+            return self.execute(f.read(), targets=targets, block=block)
+
+    def clear(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Empty the engines' namespaces."""
+        return self.client.clear(targets if targets is not None else self._targets,
+                                 self.block if block is None else block)
+
+    @contextlib.contextmanager
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Imports written inside this block run on the engines too (and here, with `local`)."""
+        caller = sys._getframe(2).f_globals
+        real = builtins.__import__
+        view = self
+
+        def importer(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+            if globals is not caller or level:
+                return real(name, globals, locals, fromlist, level)
+            code = f"from {name} import {', '.join(fromlist)}" if fromlist else f"import {name}"
+            if not quiet:
+                print(f"importing {', '.join(fromlist)} from {name} on engine(s)" if fromlist else
+                      f"importing {name} on engine(s)")
+            view.execute(code, block=True)
+            if local:
+                return real(name, globals, locals, fromlist, level)
+            return sys.modules.get(name) or _NoModule(name)
+
+        builtins.__import__ = importer
+        try:
+            yield
+        finally:
+            builtins.__import__ = real
 
     def push(self, ns: dict, block: bool | None = None) -> Any:
         if not isinstance(ns, dict):
@@ -161,8 +293,9 @@ class DirectView(View):
         ar = AsyncResult(len(ids), "push", single=False)
         for i, (eid, piece) in enumerate(zip(ids, pieces)):
             value = piece[0] if flatten and len(piece) == 1 else piece
-            self.client._send_task("push", serialize.dumps({key: value}), ar, i, target=eid)
-        return self._finish(ar, block)
+            self.client._send_task("push", serialize.dumps({key: value}), ar, i, target=eid, label=self.label,
+                                   track=self.track)
+        return self._finish(self._note(ar), block)
 
     def gather(self, key: str, block: bool | None = None) -> Any:
         """Pull `key` from each engine and join the pieces in engine order."""
@@ -170,8 +303,9 @@ class DirectView(View):
         ar = AsyncMapResult(len(ids), "gather", reduce=concat)
         payload = serialize.dumps(key)
         for i, eid in enumerate(ids):
-            self.client._send_task("pull", payload, ar, i, target=eid)
+            self.client._send_task("pull", payload, ar, i, target=eid, label=self.label)
         block = self.block if block is None else block
+        self._note(ar)
         return ar.get() if block else ar
 
     def map(self, f: Callable, *seqs: Iterable, block: bool | None = None, **kw: Any) -> Any:
@@ -182,9 +316,15 @@ class DirectView(View):
         ar = AsyncMapResult(len(ids), getattr(f, "__name__", "map"))
         for i, eid in enumerate(ids):
             chunks = [list(p[i]) for p in parts]
-            self.client._send_task("apply", serialize.dumps((map_chunk, (f, *chunks), {})), ar, i, target=eid)
+            self.client._send_task("apply", serialize.dumps((map_chunk, (f, *chunks), {})), ar, i, target=eid,
+                                   label=self.label, track=self.track)
         block = self.block if block is None else block
+        self._note(ar)
         return ar.get() if block else ar
+
+    def imap(self, f: Callable, *seqs: Iterable, **kw: Any) -> Iterator:
+        """map, yielding results in order as they arrive."""
+        return iter(self.map(f, *seqs, block=False, **kw))
 
     def mpi_bcast(self, name: str, value: Any = _ON_ROOT, root: int | None = None,
                   block: bool | None = None) -> Any:
@@ -211,47 +351,138 @@ class DirectView(View):
         return f"<DirectView {self._targets}>"
 
 
+class BroadcastView(DirectView):
+    """IPython Parallel's broadcast view: the DirectView's semantics (each engine gets the task)."""
+
+    _flag_names = (*DirectView._flag_names, "is_coalescing")
+
+    def __init__(self, client: Any, targets: Any, is_coalescing: bool = False, **flags: Any):
+        self.is_coalescing = is_coalescing
+        super().__init__(client, targets, **flags)
+
+    def __repr__(self) -> str:
+        return f"<BroadcastView {self._targets}>"
+
+
+class _NoModule:
+    """What `import x` binds inside sync_imports(local=False): the module lives on the engines only."""
+
+    def __init__(self, name: str):
+        self.__name__ = name
+
+    def __repr__(self) -> str:
+        return f"<module {self.__name__!r} imported on the engines only>"
+
+
 class LoadBalancedView(View):
-    """Work sent to whichever engine is free: `rc.load_balanced_view()`."""
+    """Work sent to whichever engine is free: `rc.load_balanced_view()`, or among `targets`.
+
+    Flags: `retries` (run again on failure), `timeout` (fail with TaskTimeout if not started within
+    it, dependencies included), `after` (start only after these tasks), `follow` (run where these ran),
+    `label`, `chunksize` (map).
+    """
+
+    _flag_names = ("targets", "block", "track", "label", "follow", "after", "timeout", "retries", "chunksize")
 
     def __init__(self, client: Any, targets: Any = None, block: bool = False, retries: int = 0,
                  timeout: float | None = None, chunksize: int | None = None, **flags: Any):
         self.retries = retries
         self.timeout = timeout
         self.chunksize = chunksize
+        self.after: Any = None
+        self.follow: Any = None
         super().__init__(client, targets, block, **flags)
-        if targets is not None:
-            raise NotImplementedError("a load-balanced view over a subset of engines is not supported yet; "
-                                      "use targets=None")
+
+    def set_flags(self, **flags: Any) -> "LoadBalancedView":
+        t = flags.get("timeout")
+        if t is not None and (not isinstance(t, (int, float)) or t < 0):
+            raise ValueError(f"timeout={t!r}: a number of seconds, or None")
+        super().set_flags(**flags)
+        return self
+
+    def _among(self) -> frozenset | None:
+        if self._targets is None or self._targets == "all":
+            return None
+        ids = self.client._resolve(self._targets)
+        if not ids:
+            raise NoEnginesRegistered(f"no engine among targets {self._targets!r}")
+        return frozenset(ids)
+
+    def _deps(self) -> tuple[Any, Any]:
+        """`after` and `follow` as Dependencies (None when unset or empty)."""
+        out = []
+        for value in (self.after, self.follow):
+            if value is None or (not isinstance(value, (str, AsyncResult)) and not value and
+                                 not hasattr(value, "all")):
+                out.append(None)
+                continue
+            from ..dependency import Dependency
+            dep = value if isinstance(value, Dependency) else Dependency(value)
+            out.append(dep if dep else None)
+        return out[0], out[1]
 
     def _sync_target(self) -> Any:
-        return None if not self.retries and not self.timeout else _NOT_ONE
+        plain = not self.retries and not self.timeout and self.after is None and self.follow is None \
+            and self._targets is None and not self.track and self.label is None
+        return None if plain else _NOT_ONE
+
+    def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+        if _is_dependent(f):
+            return self._apply(f, args, kwargs).get()
+        return super().apply_sync(f, *args, **kwargs)
+
+    def _send(self, kind: str, payload: list, ar: AsyncResult, index: int, among: frozenset | None,
+              deps: tuple[Any, Any], resend: bool) -> None:
+        after, follow = deps
+        extra = {"label": self.label, "track": self.track}
+        if after is None and follow is None:
+            self.client._send_task(kind, payload, ar, index, timeout=self.timeout, retries=self.retries,
+                                   among=among, resend=resend, **extra)
+            return
+        client = self.client
+        mid = client._reserve_id()
+        ar.msg_ids[index] = mid
+        client._note_submitted(mid, ar, index, time.time(), None, self.label)
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        task = HeldTask(mid, ar, index, kind, payload, after, follow, among, deadline, self.retries,
+                        {**extra, "timeout": self.timeout, "resend": resend})
+        with client._lock:
+            client._held.hold(task)
+        if deadline is not None:
+            client._loop.call_soon_threadsafe(client._loop.call_later, self.timeout + 0.01, client._expire_held)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict) -> AsyncResult:
+        among, deps = self._among(), self._deps()
+        self.client._held.check_known(list(deps))
         ar = AsyncResult(1, getattr(f, "__name__", "apply"))
-        self.client._send_task("apply", serialize.dumps((f, args, kwargs)), ar, 0, timeout=self.timeout,
-                               retries=self.retries)
-        return ar
+        self._send("apply", serialize.dumps((f, args, kwargs)), ar, 0, among, deps, _is_dependent(f))
+        return self._note(ar)
 
     def map(self, f: Callable, *seqs: Iterable, block: bool | None = None, chunksize: int | None = None,
             ordered: bool = True, **kw: Any) -> Any:
         """Map in chunks; without `chunksize`, about four chunks per engine, as multiprocessing does."""
         if not seqs:
             raise TypeError("map needs at least one sequence")
+        if kw:
+            raise TypeError(f"map() got unexpected keyword argument(s) {', '.join(kw)}; it takes block, "
+                            f"chunksize and ordered")
+        among, deps = self._among(), self._deps()
+        self.client._held.check_known(list(deps))
         seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in seqs]
         n = min(len(s) for s in seqs)
         chunksize = chunksize or self.chunksize
         if not chunksize:
-            workers = max(1, len(self.client.ids))
+            workers = max(1, len(among) if among is not None else len(self.client.ids))
             chunksize, extra = divmod(n, workers * 4)
             chunksize += bool(extra)
             chunksize = max(1, chunksize)
         starts = range(0, n, chunksize)
         ar = AsyncMapResult(len(starts), getattr(f, "__name__", "map"), ordered=ordered)
+        resend = _is_dependent(f)
         for i, start in enumerate(starts):
             chunks = [list(s[start:start + chunksize]) for s in seqs]
-            self.client._send_task("apply", serialize.dumps((map_chunk, (f, *chunks), {})), ar, i,
-                                   timeout=self.timeout, retries=self.retries)
+            self._send("apply", serialize.dumps((map_chunk, (f, *chunks), {})), ar, i, among, deps, resend)
+        self._note(ar)
         block = self.block if block is None else block
         return ar.get() if block else ar
 
@@ -262,8 +493,25 @@ class LoadBalancedView(View):
     def executor(self) -> "ViewExecutor":
         return ViewExecutor(self)
 
+    def _control_targets(self) -> Any:
+        return self._targets
+
     def __repr__(self) -> str:
-        return "<LoadBalancedView>"
+        return "<LoadBalancedView>" if self._targets is None else f"<LoadBalancedView {self._targets}>"
+
+
+def _is_dependent(f: Any) -> bool:
+    """A function wrapped by @depend/@require: an engine may refuse it, and it then goes to another."""
+    mod = sys.modules.get("ipphpc.dependency")
+    return mod is not None and isinstance(f, getattr(mod, "dependent", ()))
+
+
+def _done_or(ar: AsyncResult, block: bool) -> Any:
+    """None once every task finished (raising if one failed) when blocking; else the AsyncResult."""
+    if block:
+        ar.get()
+        return None
+    return ar
 
 
 class ViewExecutor(concurrent.futures.Executor):

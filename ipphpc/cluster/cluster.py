@@ -464,3 +464,7 @@ def list_cluster_files(pdir: Path) -> list[Path]:
         except (OSError, ValueError, KeyError):
             return 0.0
     return sorted((pdir / "security").glob("cluster-*.json"), key=created)
+
+
+#: IPython Parallel's name for the same class
+Cluster = HPCCluster

@@ -28,6 +28,9 @@ class EngineRecord:
     session: str
     registered: float = field(default_factory=time.time)
     outstanding: dict = field(default_factory=dict)  # msg_id -> client ident
+    balanced: set = field(default_factory=set)  # the load-balanced ones among them
+    completed: int = 0
+    ctl: bytes = b""  # the engine's control line: signals, aborts, streamed output
     queued: bool = False  # in the hub's round-robin queue of engines with room for another task
     last_pong: int = 0
     alive: bool = True
@@ -39,6 +42,7 @@ class QueuedTask:
     client: bytes
     frames: list
     deadline: float | None
+    among: frozenset | None = None  # engines allowed to run it (a view over some engines, or `follow`)
 
 
 class Hub:
@@ -54,6 +58,7 @@ class Hub:
         self.engines: dict[int, EngineRecord] = {}
         self.by_ident: dict[bytes, EngineRecord] = {}
         self.by_heart: dict[bytes, EngineRecord] = {}
+        self.by_ctl: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
         self.quiet: set[bytes] = set()  # result sockets that want no registry notes
         self.orphans: dict[str, list] = {}  # tasks of clients whose hello has not arrived yet
@@ -61,6 +66,8 @@ class Hub:
         self.lb_queue: deque[QueuedTask] = deque()
         # tasks with a timeout go only to idle engines, so they start at once or time out here
         self.timed: deque[QueuedTask] = deque()
+        # tasks that only some engines may run, checked before the open queue
+        self.picky: deque[QueuedTask] = deque()
         self.next_eid = 0
         self.ping_seq = 0
         self.avg_task = None  # moving average of engine-reported task durations
@@ -163,18 +170,39 @@ class Hub:
             self._to_engine(e, h["id"], client, body)
             return
         tmo = h.get("tmo")
-        task = QueuedTask(h["id"], client, body, time.monotonic() + tmo if tmo else None)
-        (self.timed if tmo else self.lb_queue).append(task)
+        among = h.get("among")
+        task = QueuedTask(h["id"], client, body, time.monotonic() + tmo if tmo else None,
+                          frozenset(among) if among is not None else None)
+        if among is not None:
+            if not self._possible(task):
+                return
+            self.picky.append(task)
+        else:
+            (self.timed if tmo else self.lb_queue).append(task)
         if self.free:
             self._dispatch()
+
+    def _possible(self, task: QueuedTask) -> bool:
+        """A task that only absent engines may run fails now rather than waiting forever."""
+        if any(eid in self.engines for eid in task.among):
+            return True
+        self._fail(task.client, task.msg_id, "ImpossibleDependency",
+                   f"no engine that may run this task is registered (allowed: {sorted(task.among)})")
+        return False
 
     def _to_engine(self, e: EngineRecord, msg_id: str, client: bytes, body) -> None:
         e.outstanding[msg_id] = client
         self._out(self.engine_sock, [e.ident, *body])
 
+    def _balanced_to(self, e: EngineRecord, task: QueuedTask) -> None:
+        e.balanced.add(task.msg_id)
+        self._to_engine(e, task.msg_id, task.client, task.frames)
+
     def _dispatch(self) -> None:
         if self.timed:
             self._dispatch_timed()
+        if self.picky:
+            self._dispatch_picky()
         q, free, limit = self.lb_queue, self.free, self.limit
         while q and free:
             e = free.popleft()
@@ -182,10 +210,28 @@ class Hub:
             if not e.alive or len(e.outstanding) >= limit:
                 continue
             task = q.popleft()
-            self._to_engine(e, task.msg_id, task.client, task.frames)
+            self._balanced_to(e, task)
             if len(e.outstanding) < limit:
                 free.append(e)
                 e.queued = True
+
+    def _dispatch_picky(self) -> None:
+        """Each task to the least busy engine it allows that has room, in queue order."""
+        limit, engines = self.limit, self.engines
+        keep: deque[QueuedTask] = deque()
+        room = sum(1 for e in engines.values() if len(e.outstanding) < limit)
+        while self.picky:
+            task = self.picky.popleft()
+            if room:
+                choices = [engines[i] for i in task.among if i in engines and len(engines[i].outstanding) < limit]
+                if choices:
+                    e = min(choices, key=lambda x: len(x.outstanding))
+                    self._balanced_to(e, task)
+                    if len(e.outstanding) >= limit:
+                        room -= 1
+                    continue
+            keep.append(task)
+        self.picky = keep
 
     def _dispatch_timed(self) -> None:
         now = time.monotonic()
@@ -195,7 +241,7 @@ class Hub:
             if now > task.deadline:
                 self._fail(task.client, task.msg_id, "TaskTimeout", "task did not start within its timeout")
                 continue
-            self._to_engine(idle.pop(), task.msg_id, task.client, task.frames)
+            self._balanced_to(idle.pop(), task)
 
     def _refill(self, e: EngineRecord) -> None:
         if e.alive and not e.queued and len(e.outstanding) < self.limit:
@@ -216,6 +262,14 @@ class Hub:
                                   for e in self.engines.values()},
                          queued=len(self.lb_queue) + len(self.timed), stats=self.stats, limit=self.limit,
                          clients=len(self.clients), pid=os.getpid())
+        elif t == "queue_status":
+            reply.update(status=self._status(bool(h.get("verbose"))))
+        elif t == "abort":
+            reply.update(dropped=self.abort(list(h.get("ids", [])), h.get("targets")))
+        elif t == "signal":
+            targets = h.get("targets")
+            reply.update(reached=self._control(list(self.engines) if targets is None else targets, "signal",
+                                               {"sig": int(h["sig"])}))
         elif t == "shutdown":
             self.log.info("shutdown requested by a client (engines too: %s)", bool(h.get("engines", True)))
             self.request_stop(engines=bool(h.get("engines", True)))
@@ -237,6 +291,9 @@ class Hub:
         idents, h, payload = self._split(frames)
         ident, t = idents[0], h["t"]
         e = self.by_ident.get(ident)
+        if e is None and ident in self.by_ctl:
+            self.on_control(self.by_ctl[ident], h, frames)
+            return
         if t == "result":
             if e is None:
                 self._send(self.engine_sock, ident, "reregister", {})
@@ -269,8 +326,10 @@ class Hub:
         self.next_eid = max(self.next_eid, eid + 1)
         info = {**h.get("info", {}), "engine_id": eid}
         heart = h["hb"].encode()
-        e = EngineRecord(eid, ident, heart, info, h["s"], last_pong=self.ping_seq)
+        e = EngineRecord(eid, ident, heart, info, h["s"], last_pong=self.ping_seq, ctl=h.get("ctl", "").encode())
         self.engines[eid], self.by_ident[ident], self.by_heart[heart] = e, e, e
+        if e.ctl:
+            self.by_ctl[e.ctl] = e
         self._send(self.engine_sock, ident, "registered", {"p": h["id"], "eid": eid,
                                                           "hb": self.cfg.heartbeat_period})
         self._note("add", eid, info)
@@ -279,6 +338,9 @@ class Hub:
 
     def on_result(self, e: EngineRecord, h: dict, frames) -> None:
         client = e.outstanding.pop(h["p"], None)
+        if e.balanced:
+            e.balanced.discard(h["p"])
+        e.completed += 1
         self.stats["results"] += 1
         if client is not None:
             self._out(self.client_sock, [client, *frames[1:]])
@@ -289,8 +351,63 @@ class Hub:
             self.avg_task = avg
             self.limit = max(1, min(self.cfg.prefetch_max, int(self.cfg.prefetch_target / max(avg, 1e-6))))
         self._refill(e)
-        if self.lb_queue or self.timed:
+        if self.lb_queue or self.timed or self.picky:
             self._dispatch()
+
+    def on_control(self, e: EngineRecord, h: dict, frames) -> None:
+        """Output streamed and data published by a running task go to the client that sent it."""
+        if h["t"] in ("stream", "data"):
+            client = e.outstanding.get(h.get("p"))
+            if client is not None:
+                self._out(self.client_sock, [client, *frames[1:]])
+
+    def _control(self, eids: list, msg_type: str, fields: dict) -> list[int]:
+        """Send a control message to each engine of `eids` that has a control line; returns those reached."""
+        reached = []
+        for eid in eids:
+            e = self.engines.get(eid)
+            if e is not None and e.ctl:
+                self._send(self.engine_sock, e.ctl, msg_type, fields)
+                reached.append(eid)
+        return reached
+
+    def abort(self, ids: list[str], targets: list | None) -> list[str]:
+        """Drop queued tasks among `ids` here, and tell engines to skip those they hold but have not started."""
+        wanted = set(ids)
+        dropped = []
+        for name in ("lb_queue", "timed", "picky"):
+            q = getattr(self, name)
+            if not q:
+                continue
+            keep = deque()
+            for t in q:
+                if t.msg_id in wanted:
+                    dropped.append(t.msg_id)
+                    self._fail(t.client, t.msg_id, "TaskAborted", "the task was aborted before it started")
+                else:
+                    keep.append(t)
+            setattr(self, name, keep)
+        for e in list(self.engines.values()):
+            if targets is not None and e.eid not in targets:
+                continue
+            held = [m for m in e.outstanding if m in wanted]
+            if held:
+                self._control([e.eid], "abort", {"ids": held})
+        return dropped
+
+    def _status(self, verbose: bool) -> dict:
+        """IPython Parallel's queue_status shape: per engine, direct tasks waiting ('queue'), load-balanced
+        ones assigned to it ('tasks'), 'completed'; 'unassigned' for tasks no engine holds yet."""
+        out: dict[str, Any] = {}
+        for e in self.engines.values():
+            direct = [m for m in e.outstanding if m not in e.balanced]
+            if verbose:
+                out[str(e.eid)] = {"queue": direct, "completed": e.completed, "tasks": sorted(e.balanced)}
+            else:
+                out[str(e.eid)] = {"queue": len(direct), "completed": e.completed, "tasks": len(e.balanced)}
+        waiting = [*self.lb_queue, *self.timed, *self.picky]
+        out["unassigned"] = [t.msg_id for t in waiting] if verbose else len(waiting)
+        return out
 
     def _unregister(self, e: EngineRecord, why: str) -> None:
         if not e.alive:
@@ -299,6 +416,7 @@ class Hub:
         self.engines.pop(e.eid, None)
         self.by_ident.pop(e.ident, None)
         self.by_heart.pop(e.heart, None)
+        self.by_ctl.pop(e.ctl, None)
         self.guard.forget(e.session)
         host = e.info.get("host")
         for msg_id, client in e.outstanding.items():
@@ -306,6 +424,9 @@ class Hub:
                        f"engine {e.eid} (pid {e.info.get('pid')} on {host}) was lost while running "
                        f"this task: {why}", e.eid)
         e.outstanding.clear()
+        e.balanced.clear()
+        if self.picky:
+            self.picky = deque(t for t in self.picky if self._possible(t))
         self.log.info("engine %d (%s pid %s) unregistered: %s", e.eid, host, e.info.get("pid"), why)
         self._note("rm", e.eid, None)
 

@@ -25,6 +25,8 @@ from zmq.devices import ThreadDevice
 from .. import connection, paths
 from ..wire import AuthError, Session, check_version
 from ..zmqpump import Pump, send_frames
+from . import control as control_line
+from .control import Control
 from .executor import Executor
 from .origin import engine_origin
 
@@ -86,6 +88,7 @@ class Engine(LoggingConfigurable):
     def _init_namespace(self) -> Executor:
         ns: dict = {"__name__": "__main__"}
         ex = Executor(ns)
+        ex.install_main()
         mpi = MPIConfig(parent=self)
         use = self.mpi or mpi.use
         if use:
@@ -143,16 +146,21 @@ class Engine(LoggingConfigurable):
         self.heart.connect_out(connection.url(addr, info, "hb_pong"))
         self.heart.daemon = True
         self.heart.start()
+        self.control = Control(ctx, self.url, info["key"], f"{self.heart_id}-ctl")
+        self.executor.control = self.control
+        control_line.active = self.control
+        self.control.start()
         self.last_heard = time.monotonic()
         self.stopping = asyncio.Event()
         self.pump: Pump | None = None
         self.exit_code = 0
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stopping.set)
-            except (NotImplementedError, RuntimeError):
-                pass
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+        # SIGINT is the executor's: a running task's KeyboardInterrupt, else a stop
+        self.executor.on_idle_interrupt = lambda: loop.call_soon_threadsafe(self.stopping.set)
         try:
             self.register()
             self.pump = pump = Pump(self.sock, self._on_message)
@@ -163,6 +171,9 @@ class Engine(LoggingConfigurable):
             self._send("bye", {})
             pump.close()
         finally:
+            self.control.stop()
+            self.control.join(2)
+            control_line.active = None
             self.sock.close(linger=500)
             self.ping.close(0)
             ctx.term()
@@ -178,7 +189,7 @@ class Engine(LoggingConfigurable):
             send_frames(self.sock, frames)
 
     def _send_register(self) -> None:
-        fields = {"info": self.origin, "hb": self.heart_id}
+        fields = {"info": self.origin, "hb": self.heart_id, "ctl": f"{self.heart_id}-ctl"}
         # registering again (controller restarted) asks for the same id, so rc[i] keeps meaning this engine
         want = self.engine_id if self.engine_id >= 0 else getattr(self, "id", -1)
         if want >= 0:
@@ -188,7 +199,7 @@ class Engine(LoggingConfigurable):
 
     def _registered(self, h: dict) -> None:
         self.id = h["eid"]
-        self.controller_session = h["s"]
+        self.controller_session = self.control.controller_session = h["s"]
         self.last_heard = time.monotonic()
         self.log.info("registered as engine %d with the controller at %s", self.id, self.url)
 
@@ -233,7 +244,14 @@ class Engine(LoggingConfigurable):
             return
         self.last_heard = time.monotonic()
         if t == "task":
-            ok, value, meta = self.executor.run(h["k"], payload)
+            mid = h["id"]
+            if mid in self.control.aborted:
+                self.control.aborted.pop(mid, None)
+                self.pump.send(self.session.pack("result", {"p": mid, "ok": False, "eid": self.id, "dur": 0.0, "err": {
+                    "ename": "TaskAborted", "evalue": f"task {mid} was aborted before it started on engine {self.id}",
+                    "tb": ""}}))
+                return
+            ok, value, meta = self.executor.run(h["k"], payload, mid)
             meta["engine_id"] = self.id
             dur = meta["completed"] - meta["started"]
             body = [json.dumps(meta).encode(), *value]

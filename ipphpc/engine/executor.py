@@ -1,8 +1,10 @@
 """Runs one task in the engine's namespace and captures what it printed."""
 from __future__ import annotations
 
-import io
+import ast
+import signal
 import sys
+import threading
 import time
 import traceback
 import types
@@ -10,26 +12,71 @@ from typing import Any
 
 from .. import serialize
 from ..client.remote import EngineNamespace, Reference
+from .control import Control, Output
+
+
+class _MainModule:
+    """Stands for `__main__` in sys.modules, its attributes the engine namespace: pickle finds
+    classes and functions defined by tasks (`%px class A: ...`) where it looks for them."""
+
+
+#: the executor whose namespace is this process's `__main__` (set on engines): task code that needs the
+#: engine namespace, or to run a function in it as `apply` does, finds it here
+current: Executor | None = None
 
 
 class Executor:
-    """The engine's user namespace and the four kinds of task: apply, execute, push, pull."""
+    """The engine's user namespace and the kinds of task: apply, execute, push, pull, clear."""
 
-    def __init__(self, user_ns: dict | None = None):
+    def __init__(self, user_ns: dict | None = None, control: Control | None = None):
         self.user_ns: dict[str, Any] = user_ns if user_ns is not None else {"__name__": "__main__"}
         self.user_ns.setdefault("__builtins__", __builtins__)
+        self.control = control
+        self.running = False
+        self.execution_count = 0
         # values put into the namespace from a function's captured globals; refreshed by a later
         # function only while the namespace still holds that very object
         self._captured: dict[str, Any] = {}
 
-    def run(self, kind: str, payload: list) -> tuple[bool, list, dict]:
+    def install_main(self) -> None:
+        """Make the namespace `__main__`, and '' (the working directory) importable, as in a shell."""
+        main = _MainModule()
+        main.__dict__ = self.user_ns
+        sys.modules["__main__"] = main  # type: ignore[assignment]
+        global current
+        current = self
+        if "" not in sys.path:
+            sys.path.insert(0, "")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """Inside a task, an interrupt is the task's KeyboardInterrupt; between tasks, one from a terminal
+        stops the engine and one the controller sent (late: its task just ended) does nothing."""
+        requested = self.control is not None and self.control.take_interrupt()
+        if self.running:
+            raise KeyboardInterrupt
+        if not requested:
+            self.on_idle_interrupt()
+
+    def on_idle_interrupt(self) -> None:
+        raise KeyboardInterrupt
+
+    def run(self, kind: str, payload: list, msg_id: str = "") -> tuple[bool, list, dict]:
         """(ok, value frames, metadata)."""
-        out, err = io.StringIO(), io.StringIO()
+        control = self.control
+        out, err = Output("stdout", control), Output("stderr", control)
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = out, err
         meta: dict[str, Any] = {"started": time.time()}
+        if control is not None:
+            control.begin(msg_id, (out, err))
+        self.running = True
         try:
             value = getattr(self, "_" + kind)(payload)
+            if kind == "execute":
+                value, meta["execute_result"] = None, value
+                meta["execution_count"] = self.execution_count
             frames = serialize.dumps(value) if value is not None else []
             ok = True
         except BaseException as e:  # noqa: BLE001 - every failure, sys.exit() included, goes back to the client
@@ -37,7 +84,10 @@ class Executor:
             meta["error"] = {"ename": type(e).__name__, "evalue": str(e),
                              "tb": "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))}
         finally:
+            self.running = False
             sys.stdout, sys.stderr = saved
+            if control is not None:
+                control.end()
         meta["completed"] = time.time()
         meta["stdout"], meta["stderr"] = out.getvalue(), err.getvalue()
         return ok, frames, meta
@@ -74,9 +124,39 @@ class Executor:
             return self.user_ns
         return arg
 
-    def _execute(self, payload: list) -> None:
+    def _execute(self, payload: list) -> dict | None:
+        """Run code as an interactive shell does: the value of a last bare expression is the result,
+        as {"data": {mime: text}} (None when there is none)."""
         code = bytes(payload[0]).decode()
-        exec(compile(code, "<execute>", "exec"), self.user_ns)
+        self.execution_count += 1
+        name = f"<execute-{self.execution_count}>"
+        tree = ast.parse(code, name)
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        exec(compile(tree, name, "exec"), self.user_ns)
+        if last is None:
+            return None
+        value = eval(compile(ast.Expression(last.value), name, "eval"), self.user_ns)
+        if value is None:
+            return None
+        self.user_ns["_"] = value
+        data = {"text/plain": repr(value)}
+        html = getattr(value, "_repr_html_", None)
+        if callable(html) and not isinstance(value, type):
+            try:
+                text = html()
+                if text:
+                    data["text/html"] = text
+            except Exception:  # noqa: BLE001 - a broken rich display leaves the plain one
+                pass
+        return {"data": data, "execution_count": self.execution_count}
+
+    def _clear(self, payload: list) -> None:
+        """Empty the namespace, keeping what the engine itself put there (MPI names, builtins)."""
+        keep = {k: self.user_ns[k] for k in ("__name__", "__builtins__", "MPI", "comm", "mpi_rank", "mpi_size")
+                if k in self.user_ns}
+        self.user_ns.clear()
+        self.user_ns.update(keep)
+        self._captured.clear()
         return None
 
     def _push(self, payload: list) -> None:

@@ -167,7 +167,7 @@ def test_map_ordered_and_unordered_iteration(rc, gates):
     # a task of 0.1 s makes the controller queue at most one task per engine (its prefetch limit drops
     # to 1), so the chunks below land on different engines
     lv.apply_sync(time.sleep, 0.1)
-    assert rc.queue_status()["limit"] == 1
+    assert rc.controller_status()["limit"] == 1
     gate, gate2 = gates(), gates()
 
     def job(x):
@@ -214,11 +214,11 @@ def test_timeout_for_task_that_cannot_start(rc, gates):
     """A task with `timeout` queued behind busy engines fails with TaskTimeout; the others still run."""
     gate = gates()
     lv = rc.load_balanced_view()
-    status = rc.queue_status()
+    status = rc.controller_status()
     assert status["queued"] == 0
     # fill every engine's queue up to the controller's prefetch limit, then one more waits in the controller
     blockers = [lv.apply(wait_for_file, gate) for _ in range(status["limit"] * len(rc.ids) + 1)]
-    while rc.queue_status()["queued"] == 0:
+    while rc.controller_status()["queued"] == 0:
         assert len(blockers) < 1000, "the controller never queued a task"
         blockers.append(lv.apply(wait_for_file, gate))
     n_block = len(blockers)
@@ -371,7 +371,7 @@ def test_synchronous_calls_from_many_threads(cluster):
     """Each thread's apply_sync gets its own result (direct and load-balanced) on its own channel;
     the channels say goodbye when the client closes, and asynchronous calls are unaffected."""
     with Client(cluster.client_file) as base:
-        before = base.queue_status()["clients"]
+        before = base.controller_status()["clients"]
         rc = Client(cluster.client_file)
         ids = rc.ids
 
@@ -384,6 +384,6 @@ def test_synchronous_calls_from_many_threads(cluster):
         for k, pairs in enumerate(results):
             assert pairs == [(3 * (k * 1000 + i), -(k * 1000 + i)) for i in range(40)]
         assert rc[ids[0]].apply_async(lambda: "async").get(10) == "async"
-        assert base.queue_status()["clients"] == before + 1 + 4  # the client and the threads' channels
+        assert base.controller_status()["clients"] == before + 1 + 4  # the client and the threads' channels
         rc.close()
-        wait_until(lambda: base.queue_status()["clients"] == before, 10, what="the channels' goodbyes")
+        wait_until(lambda: base.controller_status()["clients"] == before, 10, what="the channels' goodbyes")

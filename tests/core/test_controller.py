@@ -64,7 +64,7 @@ def test_files_pid_and_log(spawner, pdir):
     assert einfo["key"] not in log.read_text()
     with Client(cfile) as client:
         assert client.cluster_id == "c1"
-        assert client.queue_status()["pid"] == p.pid
+        assert client.controller_status()["pid"] == p.pid
 
 
 def test_ports_honoured(spawner, pdir):
@@ -75,7 +75,7 @@ def test_ports_honoured(spawner, pdir):
     assert [einfo["ports"][k] for k in ("engine", "hb_ping", "hb_pong")] == ports[1:]
     with Client(paths.connection_file(pdir, "client", "ports")) as client:
         assert client.url.endswith(f":{ports[0]}")
-        assert client.queue_status()["engines"] == {}
+        assert client.controller_status()["engines"] == {}
 
 
 def test_sigterm_removes_files(spawner, pdir):
@@ -162,7 +162,7 @@ def test_ip_wildcard_lists_host_addresses(spawner, pdir):
             socket.create_connection((addr, port), timeout=5).close()
     with Client(paths.connection_file(pdir, "client", "wild")) as client:
         assert any(f"//{a}:" in client.url for a in einfo["addresses"])
-        assert client.queue_status()["t"] == "reply"
+        assert client.controller_status()["t"] == "reply"
 
 
 def test_loopback_by_default(spawner, pdir):

@@ -97,7 +97,7 @@ def test_engines_report_batch_origin(spawner, pdir):
     with _client(pdir, cid) as rc:
         rc.wait_for_engines(len(envs), timeout=30)
         by_pid = {info["pid"]: (eid, info) for eid, info in rc.engines.items()}
-        status = rc.queue_status()["engines"]
+        status = rc.controller_status()["engines"]
         for name, (_, job, idx) in envs.items():
             eid, info = by_pid[procs[name].pid]
             assert info["host"] == socket.gethostname()

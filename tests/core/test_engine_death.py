@@ -57,7 +57,7 @@ def test_killed_engine_fails_its_task_promptly(fast_cluster, tmp_path):
     assert took < MISSES * HEARTBEAT + 4.0, f"EngineError after {took:.2f} s"
     wait_until(lambda: victim not in rc.ids, 10, what="the dead engine to leave rc.ids")
     assert not alive(pid)
-    assert rc.queue_status()["stats"]["engines_died"] >= 1
+    assert rc.controller_status()["stats"]["engines_died"] >= 1
     # the survivors keep working, directly and load-balanced
     assert sorted(rc.ids) == sorted(others)
     assert len(set(rc[:].apply_sync(os.getpid))) == len(others)
@@ -70,7 +70,7 @@ def test_killed_engine_fails_load_balanced_task(fast_cluster, tmp_path):
     marker = str(tmp_path / "started")
     ar = rc.load_balanced_view().apply(lambda m: (mark_then_sleep(m, 60), os.getpid())[1], marker)
     wait_until(lambda: os.path.exists(marker), 20, what="the task to start")
-    busy = [i for i, info in rc.queue_status()["engines"].items() if info["outstanding"]]
+    busy = [i for i, info in rc.controller_status()["engines"].items() if info["outstanding"]]
     assert len(busy) == 1
     os.kill(rc.engines[int(busy[0])]["pid"], signal.SIGKILL)
     with pytest.raises(EngineError):
@@ -81,7 +81,7 @@ def test_killed_engine_fails_load_balanced_task(fast_cluster, tmp_path):
 def test_busy_engine_is_not_declared_dead(fast_cluster):
     """An engine holding the GIL in a long C loop keeps answering heartbeats and is not unregistered."""
     rc = fast_cluster.client
-    died = rc.queue_status()["stats"]["engines_died"]
+    died = rc.controller_status()["stats"]["engines_died"]
     eid = rc.ids[0]
 
     def hog():
@@ -95,7 +95,7 @@ def test_busy_engine_is_not_declared_dead(fast_cluster):
     took = rc[eid].apply_sync(hog)
     assert took >= 1.5 > MISSES * HEARTBEAT * 2
     assert eid in rc.ids
-    assert rc.queue_status()["stats"]["engines_died"] == died
+    assert rc.controller_status()["stats"]["engines_died"] == died
 
 
 def test_killed_engine_fails_a_synchronous_call_promptly(fast_cluster, tmp_path):

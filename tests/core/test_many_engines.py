@@ -72,7 +72,7 @@ def test_thousand_registrations_at_once(spawner, pdir):
             assert real_id not in eids.values()
             # the real engine still answers while a thousand others are registered
             assert rc[real_id].apply_sync(os.getpid) == real.pid
-            assert len(rc.queue_status()["engines"]) == N_FAKE + 1
+            assert len(rc.controller_status()["engines"]) == N_FAKE + 1
     finally:
         for s in socks:
             s.close(0)

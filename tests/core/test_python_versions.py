@@ -46,14 +46,14 @@ def test_by_value_code_refused_for_engines_on_another_python(spawner, pdir):
             assert rc.engines[other_id]["python"] == OTHER
 
             assert rc[real_id].apply_sync(lambda: 6 * 7) == 42
-            sent = rc.queue_status()["stats"]["tasks"]
+            sent = rc.controller_status()["stats"]["tasks"]
             for send in (lambda: rc[other_id].apply_async(lambda: 1),
                          lambda: rc[:].apply_async(lambda: 1),
                          lambda: rc.load_balanced_view().apply_async(lambda: 1),
                          lambda: rc[other_id].push({"f": lambda: 1})):
                 with pytest.raises(RuntimeError, match=rf"engine {other_id}: Python {OTHER}.*engine_cmd"):
                     send()
-            assert rc.queue_status()["stats"]["tasks"] == sent, "a refused task reached the controller"
+            assert rc.controller_status()["stats"]["tasks"] == sent, "a refused task reached the controller"
             assert not sock.poll(200), "a refused task reached the engine"
 
             # by reference: no bytecode, so it is sent (this engine never answers; the task stays pending)

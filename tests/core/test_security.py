@@ -76,7 +76,7 @@ def _engine_info(cluster) -> dict:
 
 
 def _dropped(rc) -> int:
-    return rc.queue_status()["stats"]["dropped"]
+    return rc.controller_status()["stats"]["dropped"]
 
 
 def _hello(peer: RawPeer) -> str:

@@ -64,9 +64,9 @@ def test_mpi_bcast_of_what_one_engine_holds(mpi_cluster):
     goes through the controller, and a name the root lacks fails on every engine instead of hanging."""
     _, rc = mpi_cluster
     rc[1].execute("import numpy as np; grid = np.arange(250_000, dtype='float64') * mpi_rank")
-    before = rc.queue_status()["stats"]["tasks"]
+    before = rc.controller_status()["stats"]["tasks"]
     rc[:].mpi_bcast("grid", root=1, block=True)
-    assert rc.queue_status()["stats"]["tasks"] - before == 4  # one small apply per engine, no push
+    assert rc.controller_status()["stats"]["tasks"] - before == 4  # one small apply per engine, no push
     assert rc[:].apply_sync(lambda: float(grid[-1])) == [249_999.0] * 4  # noqa: F821 - rank 1's values
     with pytest.raises(ipphpc.CompositeError, match="nothing_here"):
         rc[:].mpi_bcast("nothing_here", root=2, block=True)

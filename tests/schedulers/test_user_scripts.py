@@ -3,7 +3,7 @@
 Each test submits an example script as it is, with the real scheduler (sbatch, SGE's qsub,
 condor_submit) or the emulator (PBS qsub, bsub), before any controller exists: the engines
 start and wait for the connection file. Then a controller starts, the engines register with
-the job id and array index their scheduler gave them and run tasks, and `rc.shutdown()`
+the job id and array index their scheduler gave them and run tasks, and `rc.shutdown(hub=True)`
 (or `ipphpc stop ID`) ends them, so the scheduler records every element as finished with
 status 0.
 """
@@ -130,7 +130,7 @@ def join_run_and_stop(sched: "Scheduler", job: str, controller_factory: Callable
     """Engines already waiting in `job` (submitted from `work`) join the controller, run tasks
     there and end with status 0.
 
-    They are stopped with `rc.shutdown()`, or with `ipphpc stop ID` when `stop_with_cli`.
+    They are stopped with `rc.shutdown(hub=True)`, or with `ipphpc stop ID` when `stop_with_cli`.
     """
     wait_until(lambda: sched.running(job) == n, 180, what=f"{n} running elements of {sched.name} job {job}")
     controller = controller_factory()
@@ -153,7 +153,7 @@ def join_run_and_stop(sched: "Scheduler", job: str, controller_factory: Callable
                 assert rc[:].apply_sync(os.getenv, sched.index_var) == [str(engines[eid]["array_index"])
                                                                        for eid in rc.ids]
             if not stop_with_cli:
-                rc.shutdown()
+                rc.shutdown(hub=True)
         if stop_with_cli:
             stopped = controller.close()
             assert f"cluster {names['cluster_id']}: stopped" in stopped.stdout, stopped
