@@ -16,7 +16,7 @@ _LAZY = {
     "Client": ".client.client",
     "HPCCluster": ".cluster.cluster",
     "Cluster": ".cluster.cluster",
-    "ClusterManager": ".cluster.cluster",
+    "ClusterManager": ".cluster.manager",
     "AsyncResult": ".client.asyncresult",
     "AsyncMapResult": ".client.asyncresult",
     "AsyncHubResult": ".client.asyncresult",

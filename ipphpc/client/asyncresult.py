@@ -344,14 +344,15 @@ class AsyncResult(concurrent.futures.Future):
     def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
         """Show what the tasks printed, then their results: `[stdout:0]` blocks and `Out[0:3]: ...` lines.
 
-        groupby 'type': all stdout, then all stderr, then results; 'engine' (or 'order'): each engine's in turn.
+        groupby 'type' (and 'order', which differs only for rich displays): all stdout, then all stderr,
+        then results; 'engine': each engine's in turn.
         """
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby={groupby!r}: use 'type', 'engine' or 'order'")
         self._check_ready()
         printer = _Printer()
         idx = range(self._n)
-        if groupby == "type":
+        if groupby in ("type", "order"):
             order = [(i, k) for k in ("stdout", "stderr", "result") for i in idx]
         else:
             order = [(i, k) for i in idx for k in ("stdout", "stderr", "result")]
@@ -527,4 +528,5 @@ def build_metadata(msg_id: str, submitted: float, meta: dict | None, eid: Any) -
     return Metadata(msg_id=msg_id, engine_id=meta.get("engine_id", eid), submitted=_dt(submitted),
                     started=_dt(meta.get("started")), completed=_dt(meta.get("completed")),
                     received=datetime.datetime.now(), stdout=meta.get("stdout", ""),
-                    stderr=meta.get("stderr", ""), status="error" if meta.get("error") else "ok")
+                    stderr=meta.get("stderr", ""), status="error" if meta.get("error") else "ok",
+                    execute_result=meta.get("execute_result"), error=meta.get("error"), outputs=[])

@@ -120,6 +120,11 @@ class View:
         from .remotefunction import parallel
         return parallel(self, dist=dist, block=block, **flags)
 
+    def register_joblib_backend(self, name: str = "ipyparallel", make_default: bool = False) -> None:
+        """Make joblib's `Parallel(backend=name)` run its batches on this view."""
+        from ._joblib import register
+        register(name, make_default, view=self)
+
     def _use(self, name: str) -> Any:
         use_serializer(name)
         ar = self.client.direct_view("all")._send_all("apply", serialize.dumps((use_serializer, (name,), {})),
@@ -190,10 +195,10 @@ class DirectView(View):
         return isinstance(self._targets, int)
 
     def _sync_target(self) -> Any:
-        if not self._single:
+        if not self._single or self.track or self.label is not None:
             return _NOT_ONE
-        if self._targets not in self.client._engines:
-            self._ids()  # raises, naming the engines there are
+        if self._targets < 0 or self._targets not in self.client._engines:
+            return self._ids()[0]  # counted from the end, or raises naming the engines there are
         return self._targets
 
     def _send_all(self, kind: str, payload: list, fname: str) -> AsyncResult:

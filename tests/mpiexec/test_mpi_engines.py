@@ -48,6 +48,25 @@ def test_engine_ids_are_ranks_and_allreduce_runs(mpi_cluster):
     assert rc[:]["total"] == [10, 10, 10, 10]
 
 
+def _sleep_long():
+    import time
+    time.sleep(60)
+
+
+def test_signal_interrupts_engines_under_mpiexec(mpi_cluster):
+    """SIGINT through the cluster interrupts each rank's task; the ranks stay registered and serve on."""
+    cluster, rc = mpi_cluster
+    ar = rc[:].apply_async(_sleep_long)
+    import time
+    time.sleep(0.5)
+    assert sorted(cluster.signal_engines_sync("SIGINT")) == [0, 1, 2, 3]
+    with pytest.raises(ipphpc.error.CompositeError) as err:
+        ar.get(20)
+    assert {e.ename for e in err.value.elist} == {"KeyboardInterrupt"}
+    assert rc.ids == [0, 1, 2, 3]
+    assert rc[:].apply_sync(lambda: comm.allreduce(1)) == [4] * 4  # noqa: F821 - engine names
+
+
 def test_mpi_bcast_moves_an_array_and_an_object(mpi_cluster):
     """mpi_bcast sends the value to one engine and MPI gives it to the others, unchanged."""
     _, rc = mpi_cluster

@@ -24,6 +24,7 @@ import pytest
 from traitlets.config import Config
 
 from ipphpc import Client, HPCCluster, connection
+from ipphpc.error import CompositeError
 from ipphpc.batch.states import State
 
 from ..services import require
@@ -154,6 +155,11 @@ def check_engines_match_queue(rc: Client, job: str, n: int) -> dict[int, str]:
 
 
 # -- whole clusters -----------------------------------------------------------------------------
+def sleep_long() -> None:
+    import time as _time
+    _time.sleep(60)
+
+
 def test_cluster_runs_its_engines_as_one_job_array(tmp_path: Path) -> None:
     """HPCCluster(scheduler='slurm', n=4): one sbatch for 4 array elements, tasks run on them,
     rc.engines names each engine's job and element as Slurm does, and after the `with` block
@@ -167,6 +173,14 @@ def test_cluster_runs_its_engines_as_one_job_array(tmp_path: Path) -> None:
         assert rc.load_balanced_view().map_sync(square, range(40)) == [x * x for x in range(40)]
         raw_ids = check_engines_match_queue(rc, job, 4)
         assert len(set(raw_ids.values())) == 4
+        # a signal reaches array elements through the engines themselves: tasks interrupted, engines serve on
+        ar = rc[:].apply_async(sleep_long)
+        time.sleep(0.5)
+        assert sorted(cluster.signal_engines_sync("SIGINT")) == rc.ids
+        with pytest.raises(CompositeError) as err:
+            ar.get(30)
+        assert {e.ename for e in err.value.elist} == {"KeyboardInterrupt"}
+        assert len(rc[:].apply_sync(os.getpid)) == 4
     rows = left_queue(job)
     assert sorted(rows) == [(job, i) for i in range(4)]
     acct = accounted(list(rows), {"COMPLETED", "CANCELLED"})
