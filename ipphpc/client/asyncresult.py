@@ -89,6 +89,10 @@ class AsyncResult(concurrent.futures.Future):
         self._data[i].update(data)
 
     def _finish(self) -> None:
+        if self.owner and self._rc is not None:  # the caller keeps the results: the client forgets them
+            for mid in self.msg_ids:
+                self._rc.results.pop(mid, None)
+                self._rc.metadata.pop(mid, None)
         errors = [e for e in self._errors if e is not None]
         if errors:
             if self._single:
@@ -483,6 +487,10 @@ class AsyncResultSet:
     def wait_interactive(self, interval: float = 1.0, timeout: float = -1) -> None:
         if self.results:
             AsyncResult.join(*self.results).wait_interactive(interval=interval, timeout=timeout)
+
+
+class AsyncHubResult(AsyncResult):
+    """A result fetched by msg_id (Client.get_result) rather than returned by the call that sent it."""
 
 
 class AsyncMapResult(AsyncResult):

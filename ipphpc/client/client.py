@@ -25,7 +25,7 @@ from ..error import (ControllerUnreachable, EngineError, ImpossibleDependency, N
                       ProtocolMismatch, RemoteError, TaskAborted, TaskTimeout, UnknownEngine)
 from ..wire import AuthError, Session, payload_digest
 from ..zmqpump import Pump, send_frames
-from .asyncresult import AsyncResult, Metadata, build_metadata
+from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
 from .held import Held, HeldTask
 
 log = logging.getLogger("ipphpc.client")
@@ -704,7 +704,9 @@ class Client:
         if unknown:
             raise ValueError(f"unknown task(s) {unknown[:3]}: this client did not send them (the controller "
                              f"keeps no results without a task database)")
-        ar = AsyncResult(len(mids), "get_result", single=single)
+        ar = AsyncHubResult(len(mids), "get_result", single=single)
+        ar.owner = owner
+        ar._rc = self
         for i, m in enumerate(mids):
             ar.msg_ids[i] = m
             ar._meta[i] = self.metadata.get(m, ar._meta[i])

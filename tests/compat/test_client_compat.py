@@ -409,3 +409,18 @@ def test_cluster_signal_engines_and_manager(cluster, rc):
     manager = ipp.ClusterManager(profile_dir=cluster.profile_dir)
     found = manager.load_clusters()
     assert any(c.cluster_id == cluster.cluster_id for c in found.values())
+
+
+def test_get_result_and_owner(rc):
+    """get_result(msg_id) gives an AsyncHubResult of a task sent earlier; owner=True makes the client forget it."""
+    ar = rc.load_balanced_view().apply_async(lambda: "kept")
+    ar.get(10)
+    mid = ar.msg_ids[0]
+    again = rc.get_result(mid)
+    assert isinstance(again, ipp.AsyncHubResult) and again.get(10) == "kept"
+    assert rc.history[-1] == mid and rc.get_result(block=True) == "kept"  # default: the last task
+    owned = rc.get_result(mid, owner=True)
+    assert owned.get(10) == "kept"
+    assert mid not in rc.results and mid not in rc.metadata
+    with pytest.raises(ValueError, match="unknown task"):
+        rc.get_result("not-a-msg-id")
