@@ -19,6 +19,9 @@ class _MainModule:
     """Stands for `__main__` in sys.modules, its attributes the engine namespace: pickle finds
     classes and functions defined by tasks (`%px class A: ...`) where it looks for them."""
 
+    # as for `python -c`: multiprocessing's spawn (dask's Nanny, spawn pools) reads it
+    __spec__ = None
+
 
 #: the executor whose namespace is this process's `__main__` (set on engines): task code that needs the
 #: engine namespace, or to run a function in it as `apply` does, finds it here
@@ -118,6 +121,8 @@ class Executor:
         return self._interactive(f)(*args, **kwargs)
 
     def _resolve(self, arg: Any) -> Any:
+        if isinstance(arg, types.FunctionType):
+            return self._interactive(arg)  # a function passed along (to map, say) sees the namespace too
         if isinstance(arg, Reference):
             return self._lookup(arg.name)
         if isinstance(arg, EngineNamespace):
