@@ -102,7 +102,8 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOGDIR/slurmctld.log
 SlurmdLogFile=$LOGDIR/slurmd.log
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=1000 State=UNKNOWN
+# a node feature, so that tests can see a --constraint arrive
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=1000 Features=ipphpc-ci State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 PartitionName=batch Nodes=$node Default=NO MaxTime=INFINITE State=UP
 EOF

@@ -7,6 +7,7 @@ the caller's business.
 
 from .backend import Backend, BatchOutputError, expand_index_list, split_array
 from .registry import available_backends, get_backend
+from .resources import Resources
 from .render import (
     JobSpec,
     RenderedFile,
@@ -34,6 +35,7 @@ __all__ = [
     "JobRecord",
     "JobSpec",
     "RenderedFile",
+    "Resources",
     "State",
     "array_directive_missing",
     "available_backends",

@@ -82,11 +82,14 @@ class Backend:
     #: role -> default output file name (inside the log directory), in the
     #: scheduler's own pattern syntax
     output_patterns: Mapping[str, str] = field(default_factory=dict)
+    #: option name -> why this scheduler cannot express it and what to use instead;
+    #: setting such an option to anything but its default is an error
+    unsupported: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self) -> None:
         # frozen dataclasses still hand out mutable dicts; make the data read-only
-        for name in ("templates", "state_map", "output_patterns"):
+        for name in ("templates", "state_map", "output_patterns", "unsupported"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     @property

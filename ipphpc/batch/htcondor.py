@@ -220,5 +220,14 @@ BACKEND = Backend(
         "engines": "engines-$(Cluster).$(Process).out",
         "controller": "controller-$(Cluster).out",
     },
+    unsupported={
+        "queue": "HTCondor has no queues: use constraint (requirements = ...) to choose machines, "
+                 "or account (accounting_group)",
+        "project": "HTCondor has no projects: use account (accounting_group)",
+        "qos": "HTCondor has no QoS: use account (accounting_group) or extra_directives (priority = N)",
+        "nodes": "an HTCondor vanilla job runs on one machine: use cores",
+        "exclusive": "HTCondor has no exclusive nodes: ask for all of a machine's cores, or use constraint",
+        "reservation": "HTCondor has no reservations: use constraint (requirements = ...)",
+    },
     description="HTCondor (condor_submit queue N, condor_q/condor_history -json)",
 )

@@ -26,29 +26,23 @@ from .backend import Backend, BatchOutputError
 from .commands import SCHEDULER_LABELS, SchedulerCommandError, failed_command_message, tail
 from .poller import ElementStatus, Poller, shared_poller
 from .registry import available_backends, get_backend
-from .render import JobSpec, RenderedFile, array_directive_missing, render_job, render_template, split_spec
+from .render import (JobSpec, RenderedFile, array_directive_missing, describe, render_job, render_template,
+                     split_spec, template_context)
+from .resources import Resources, aliases, canonical_options, option_default, option_names
 from .states import State, exit_dir, short_job_id
 
 log = logging.getLogger("ipphpc.batch")
 
-
-
-_DEFAULTS: dict[str, Any] = {
-    "queue": "", "account": "", "walltime": "", "engines_per_task": 1, "cpus_per_engine": 1,
-    "memory_per_engine": "", "gpus": 0, "job_name": "", "extra_directives": [], "prologue": [],
-    "epilogue": [], "environment": {}, "template_file": "", "batch_template": "", "max_array_size": None,
-    "work_dir": "", "submit_args": [], "options": {}, "stop_timeout": 60.0,
+#: the launcher's own settings (the resources are :class:`~ipphpc.batch.resources.Resources`)
+LAUNCHER_DEFAULTS: dict[str, Any] = {
+    "template_file": "", "batch_template": "", "max_array_size": None, "work_dir": "", "submit_args": [],
+    "options": {}, "stop_timeout": 60.0,
 }
 _ROLE_WORDS = {"engines": "EngineSet", "controller": "Controller"}
 
 
-def _normalized(name: str, value: Any) -> Any:
-    default = _DEFAULTS[name]
-    if isinstance(default, list):
-        return list(value)
-    if isinstance(default, dict):
-        return dict(value)
-    return value
+def _default(name: str) -> Any:
+    return LAUNCHER_DEFAULTS[name] if name in LAUNCHER_DEFAULTS else option_default(name)
 
 
 def config_sections(role: str, scheduler: str) -> list[str]:
@@ -67,13 +61,10 @@ def _configured(parent: Any, role: str, scheduler: str) -> dict[str, Any]:
     for section in config_sections(role, scheduler):
         if section not in config:
             continue
-        for name, value in dict(config[section]).items():
-            if name not in _DEFAULTS and name != "scheduler":
-                log.warning("c.%s.%s is not a batch launcher option; known: %s", section, name,
-                            ", ".join(["scheduler", *_DEFAULTS]))
-                continue
+        values = canonical_options(dict(config[section]), [*LAUNCHER_DEFAULTS, "scheduler"], f"c.{section} option")
+        for name, value in values.items():
             if hasattr(value, "get_value"):  # c.X.extra_directives.append(...)
-                value = value.get_value(found.get(name, _DEFAULTS.get(name)))
+                value = value.get_value(found.get(name, _default(name) if name != "scheduler" else None))
             found[name] = value
     return found
 
@@ -193,18 +184,7 @@ class BatchLauncher:
         role: str,
         n: int = 1,
         scheduler: str | None = None,
-        queue: str = "",
-        account: str = "",
-        walltime: str = "",
-        engines_per_task: int = 1,
-        cpus_per_engine: int = 1,
-        memory_per_engine: str = "",
-        gpus: int = 0,
-        job_name: str = "",
-        extra_directives: Sequence[str] = (),
-        prologue: Sequence[str] = (),
-        epilogue: Sequence[str] = (),
-        environment: Mapping[str, str] | None = None,
+        *,
         template_file: str = "",
         batch_template: str = "",
         max_array_size: int | None = None,
@@ -216,9 +196,12 @@ class BatchLauncher:
         stop_timeout: float = 60.0,
         poller: Poller | None = None,
         parent: Any = None,
+        **resources: Any,
     ) -> None:
+        """``resources`` are :class:`~ipphpc.batch.resources.Resources` options (or their aliases)."""
         if role not in ("engines", "controller"):
             raise ValueError(f"a batch launcher starts 'engines' or the 'controller', not {role!r}")
+        given = canonical_options(resources, owner="batch launcher option")
         self.role = role
         self.n = n
         provisional = get_backend(scheduler or self.default_scheduler)
@@ -230,18 +213,6 @@ class BatchLauncher:
         profile_dir = profile_dir or str(getattr(parent, "profile_dir", "") or "")
         cluster_id = cluster_id or str(getattr(parent, "cluster_id", "") or "")
         self.scheduler = self.backend.name
-        self.queue = queue
-        self.account = account
-        self.walltime = walltime
-        self.engines_per_task = engines_per_task
-        self.cpus_per_engine = cpus_per_engine
-        self.memory_per_engine = memory_per_engine
-        self.gpus = gpus
-        self.job_name = job_name
-        self.extra_directives = list(extra_directives)
-        self.prologue = list(prologue)
-        self.epilogue = list(epilogue)
-        self.environment = dict(environment or {})
         self.template_file = template_file
         self.batch_template = batch_template
         self.max_array_size = max_array_size
@@ -251,16 +222,29 @@ class BatchLauncher:
         self.submit_args = list(submit_args)
         self.options = dict(options or {})
         self.stop_timeout = stop_timeout
+        for name in LAUNCHER_DEFAULTS:
+            # configuration fills what the caller left at its default
+            default = LAUNCHER_DEFAULTS[name]
+            if name in configured and getattr(self, name) == default:
+                value = configured[name]
+                setattr(self, name, type(default)(value) if isinstance(default, (list, dict)) else value)
+        wanted = {k: v for k, v in configured.items() if k in option_names()}
+        wanted.update({k: v for k, v in given.items() if v != option_default(k) or k not in wanted})
+        self.resources = Resources(**wanted)
+        self.resources.validate()
         self.submissions: list[Submission] = []
         self.cmd: list[str] = []
         self.log_path = ""
         self.tag = os.urandom(2).hex()
         self._poller = poller
         self._tracked: set[str] = set()
-        for name, value in configured.items():
-            # configuration fills what the caller left at its default
-            if getattr(self, name) == _DEFAULTS[name]:
-                setattr(self, name, _normalized(name, value))
+
+    def __getattr__(self, name: str) -> Any:
+        """The resource options read as attributes: ``launcher.queue``, ``launcher.cpus_per_engine``."""
+        name = aliases().get(name, name)
+        if name in option_names() and "resources" in self.__dict__:
+            return getattr(self.__dict__["resources"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- the protocol ----------------------------------------------------------------------------
     @property
@@ -326,12 +310,20 @@ class BatchLauncher:
         engines = self.role == "engines"
         head = (f"# {self.backend.name}: {self.n} engine(s), {self.engines_per_task} per element, "
                 f"{len(plans)} submission(s)" if engines else f"# {self.backend.name}: the controller")
-        parts = [head]
+        parts = [head, "# " + describe(template_context(self.backend, plans[0].spec, self.role))]
         for plan in plans:
             for rendered in plan.files:
                 parts.append(f"# --- {rendered.path} ---\n{rendered.text.rstrip()}")
             parts.append(f"# submit: {plan.command_line}")
         return "\n".join(parts) + "\n"
+
+    def job_script(self, cmd: list[str]) -> str:
+        """The exact file the first submission would submit (for HTCondor, with its wrapper script)."""
+        self._locate(cmd, None)
+        files = self.plan(cmd)[0].files
+        if len(files) == 1:
+            return files[0].text
+        return "\n".join(f"# --- {f.path.name} ---\n{f.text}" for f in files)
 
     @property
     def running(self) -> bool:
@@ -394,7 +386,8 @@ class BatchLauncher:
             "cmd": self.cmd,
             "log_path": self.log_path,
             "tag": self.tag,
-            "options": {name: getattr(self, name) for name in _DEFAULTS},
+            "options": {**{name: getattr(self, name) for name in LAUNCHER_DEFAULTS},
+                        **self.resources.resource_values()},
             "submissions": [s.to_dict() for s in self.submissions],
         }
 
@@ -419,7 +412,8 @@ class BatchLauncher:
         array_start = sub.array_start if sub else 0
         pattern = self.backend.output_patterns.get(self.role)
         if pattern:
-            name = expand_output_pattern(pattern.format(array_start=array_start), status.job_id,
+            job_name = self.resources.job_name or f"ipphpc-{self.role}"
+            name = expand_output_pattern(pattern.format(array_start=array_start, job_name=job_name), status.job_id,
                                          status.array_index, status.native_id)
         else:
             # templates without an output pattern redirect to <role>-$PBS_JOBID.out themselves
@@ -431,7 +425,9 @@ class BatchLauncher:
         if path.exists():
             return path
         short = short_job_id(status.job_id)
-        candidates = sorted(self.log_dir.glob(f"{self.role}-*{short}*"), key=lambda p: p.stat().st_mtime)
+        # <role>-..., or a scheduler's default name (<job name>.o<job number>...)
+        found = {*self.log_dir.glob(f"{self.role}-*{short}*"), *self.log_dir.glob(f"*.o{short}*")}
+        candidates = sorted(found, key=lambda p: p.stat().st_mtime)
         if status.array_index is not None:
             candidates = [p for p in candidates if str(status.array_index) in p.name.split(short, 1)[-1]]
         return candidates[-1] if candidates else path
@@ -508,20 +504,12 @@ class BatchLauncher:
     def _spec(self, cmd: Sequence[str]) -> JobSpec:
         command = shlex.join(cmd)
         engines = self.role == "engines"
+        values = self.resources.resource_values()
+        if not engines:  # the controller is one process on one node
+            values.update(engines_per_task=1, gpus=0, nodes=1, exclusive=False)
         return JobSpec(
+            **values,
             n=self.n if engines else 1,
-            engines_per_task=self.engines_per_task if engines else 1,
-            queue=self.queue or None,
-            account=self.account or None,
-            walltime=self.walltime or None,
-            cpus_per_engine=self.cpus_per_engine,
-            memory_per_engine=self.memory_per_engine or None,
-            gpus=self.gpus if engines else 0,
-            job_name=self.job_name or None,
-            extra_directives=list(self.extra_directives),
-            prologue=list(self.prologue),
-            epilogue=list(self.epilogue),
-            environment=dict(self.environment),
             engine_command=command if engines else "",
             controller_command="" if engines else command,
             profile_dir=self.profile_dir,

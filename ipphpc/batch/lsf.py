@@ -190,5 +190,9 @@ BACKEND = Backend(
     submit_via_stdin=True,
     unknown_job_markers=("is not found",),
     output_patterns={"engines": "engines-%J_%I.out", "controller": "controller-%J.out"},
+    unsupported={
+        "account": "LSF charges projects: use project (-P)",
+        "qos": "LSF has no QoS: use queue, or '-sla SERVICE_CLASS' with extra_directives",
+    },
     description="IBM Spectrum LSF (bsub < script, bjobs -o, bkill)",
 )

@@ -348,6 +348,10 @@ PBSPRO = Backend(
     array_directive=pbspro_array_directive,
     # PBS Pro substitutes the subjob index in -o but not the job id
     output_patterns={"engines": "engines-{array_start}-^array_index^.out", "controller": "controller.out"},
+    unsupported={
+        "qos": "PBS Pro has no QoS: use queue",
+        "reservation": "a PBS Pro reservation is a queue: use queue=<reservation id> (R123 or S123)",
+    },
     description="PBS Professional / OpenPBS (qsub -J, qstat -F json, qstat -x for history)",
     **_COMMON,
 )
@@ -363,9 +367,15 @@ TORQUE = Backend(
     status_command=torque_status_command,
     parse_status=parse_torque_status,
     array_directive=torque_array_directive,
-    # Torque copies output back itself and substitutes no pattern in -o; the
-    # engines template redirects its own output instead
-    output_patterns={},
+    # Torque substitutes no pattern in -o, but given a directory it writes
+    # <job name>.o<job number>[-<index>] there, its own notices included
+    output_patterns={"engines": "{job_name}.o$JOB_ID-$TASK_ID", "controller": "{job_name}.o$JOB_ID"},
+    unsupported={
+        "project": "Torque's -P is a proxy user, not a project: use account (-A)",
+        "qos": "Torque has no QoS of its own (Moab reads one): add '-l qos=NAME' with extra_directives",
+        "reservation": "Torque has no reservations of its own (Moab reads one): add '-l advres=NAME' with "
+                       "extra_directives",
+    },
     description="Torque (qsub -t, qstat -f; finished jobs stay as C for keep_completed)",
     **_COMMON,
 )

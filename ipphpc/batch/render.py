@@ -28,7 +28,6 @@ import re
 import shlex
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,53 +35,35 @@ import jinja2
 
 from .backend import Backend, split_array
 from .registry import get_backend
+from .resources import Resources, aliases, format_dhms, format_hms
+from .resources import parse_memory, parse_walltime  # noqa: F401 - re-exported
 from .states import exit_dir as _exit_dir
 
 ROLES = ("engines", "controller")
-_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclasses.dataclass
-class JobSpec:
-    """What to run and with which resources, in scheduler-neutral words.
+class JobSpec(Resources):
+    """A :class:`Resources` plus what to run and where this submission sits in the array.
 
     ``n`` counts engines over *all* submissions of an engine set; one
     submission covers the array elements ``array_start`` ..
     ``array_start + array_size - 1`` and each element starts
     ``engines_per_task`` engines (the last one fewer when ``n`` is not a
-    multiple). For the controller job, the ``*_per_engine`` values size the
+    multiple). For the controller job, the per-engine sizes size the
     controller itself.
     """
 
     n: int = 1
-    engines_per_task: int = 1
     #: elements in this submission; None means "all the remaining ones"
     array_size: int | None = None
     #: global number of this submission's first element
     array_start: int = 0
-    queue: str | None = None
-    account: str | None = None
-    #: ``HH:MM:SS``, ``D-HH:MM:SS``, ``HH:MM``, ``90m``/``2h``/``1d``, or seconds
-    walltime: str | int | timedelta | None = None
-    cpus_per_engine: int = 1
-    #: ``4G``, ``4000M``, ``512MiB``; a bare number is MiB
-    memory_per_engine: str | int | None = None
-    #: GPUs per engine
-    gpus: int = 0
-    #: defaults to ``ipphpc-engines`` / ``ipphpc-controller``
-    job_name: str | None = None
     #: output file of each element, in the scheduler's pattern syntax; by
     #: default a file per element in the log directory
     output: str | None = None
     #: where scheduler output goes; defaults to ``<profile_dir>/log/<cluster_id>``
     log_dir: str | None = None
-    #: raw directive lines added after the generated ones
-    extra_directives: list[str] = dataclasses.field(default_factory=list)
-    #: shell lines run before the engines start (``module load ...``)
-    prologue: list[str] = dataclasses.field(default_factory=list)
-    #: shell lines run after the engines have ended
-    epilogue: list[str] = dataclasses.field(default_factory=list)
-    environment: dict[str, str] = dataclasses.field(default_factory=dict)
     engine_command: str = ""
     controller_command: str = ""
     profile_dir: str = ""
@@ -104,15 +85,11 @@ class JobSpec:
         return max(self.total_elements - self.array_start, 0)
 
     def validate(self) -> None:
-        if self.engines_per_task < 1:
-            raise ValueError(f"engines_per_task must be at least 1, not {self.engines_per_task}")
-        if self.n < 0 or self.array_start < 0 or self.cpus_per_engine < 1 or self.gpus < 0:
-            raise ValueError("n, array_start and gpus cannot be negative, cpus_per_engine must be >= 1")
+        super().validate()
+        if self.n < 0 or self.array_start < 0:
+            raise ValueError(f"n={self.n} and array_start={self.array_start} cannot be negative")
         if self.array_size is not None and self.array_size < 1:
             raise ValueError(f"array_size must be at least 1, not {self.array_size}")
-        bad = [name for name in self.environment if not _SHELL_NAME.fullmatch(name)]
-        if bad:
-            raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
 
 
 def split_spec(spec: JobSpec, max_array_size: int) -> list[JobSpec]:
@@ -121,58 +98,6 @@ def split_spec(spec: JobSpec, max_array_size: int) -> list[JobSpec]:
         dataclasses.replace(spec, array_start=start, array_size=size)
         for start, size in split_array(spec.total_elements, max_array_size)
     ]
-
-
-_DHMS = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
-_UNIT_TIME = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$", re.IGNORECASE)
-_SECONDS_PER = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_walltime(value: str | int | float | timedelta) -> int:
-    """Seconds in a walltime: ``1:30:00``, ``2-00:00:00``, ``1:30`` (h:mm), ``90m``, ``3600``."""
-    if isinstance(value, timedelta):
-        return math.ceil(value.total_seconds())
-    if isinstance(value, (int, float)):
-        return math.ceil(value)
-    text = value.strip()
-    if text.isdigit():
-        return int(text)
-    match = _DHMS.match(text)
-    if match:
-        days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-        if minutes > 59 or seconds > 59:
-            raise ValueError(f"bad walltime {value!r}: minutes and seconds must be below 60")
-        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    match = _UNIT_TIME.match(text)
-    if match:
-        return math.ceil(float(match.group(1)) * _SECONDS_PER[match.group(2).lower()])
-    raise ValueError(f"bad walltime {value!r}; use HH:MM:SS, D-HH:MM:SS, 90m, 2h or seconds")
-
-
-def format_hms(seconds: int) -> str:
-    """``5400`` -> ``01:30:00`` (hours may exceed 24)."""
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def format_dhms(seconds: int) -> str:
-    """Slurm's ``D-HH:MM:SS`` form for a day or more, ``HH:MM:SS`` below."""
-    days, rest = divmod(seconds, 86400)
-    return f"{days}-{format_hms(rest)}" if days else format_hms(rest)
-
-
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?$", re.IGNORECASE)
-_MIB_PER = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
-
-
-def parse_memory(value: str | int) -> int:
-    """MiB in a memory size: ``4G`` -> 4096, ``4000M`` -> 4000, ``512K`` -> 1."""
-    if isinstance(value, int):
-        return value
-    match = _MEMORY.match(value.strip())
-    if not match:
-        raise ValueError(f"bad memory size {value!r}; use e.g. 4G, 4000M or 512MiB")
-    return math.ceil(float(match.group(1)) * _MIB_PER[match.group(2).upper()])
 
 
 def builtin_template_dir() -> Path:
@@ -225,29 +150,71 @@ def _var_ref(primary: str, fallback: str, default: str) -> str:
     return f"${{{primary}:-${{{fallback}:-{default}}}}}"
 
 
+def unsupported_message(backend: Backend, spec: Resources) -> str | None:
+    """Why ``backend`` cannot express one of the options ``spec`` sets, or None."""
+    for name, value in spec.non_default().items():
+        if name in backend.unsupported:
+            return f"{backend.name} cannot express {name}={value!r}: {backend.unsupported[name]}"
+    return None
+
+
+def prefixed_directives(backend: Backend, lines: Iterable[str]) -> list[str]:
+    """Extra directives with the scheduler's prefix added where the user left it out.
+
+    ``--hold`` becomes ``#SBATCH --hold``; without this it would run as a
+    command. Lines already starting with ``#`` stay as they are.
+    """
+    prefix = backend.directive_prefix
+    out = []
+    for line in lines:
+        text = line.strip()
+        out.append(text if not prefix or text.startswith("#") else f"{prefix} {text}")
+    return out
+
+
+def _sizes(spec: JobSpec, per_task: int, gpus: int) -> dict[str, Any]:
+    """Per-engine sizes turned into what one element asks for, in the units templates write."""
+    seconds = spec.walltime_seconds
+    memory = spec.memory_mb
+    cpus_total = spec.cores * per_task
+    return dict(
+        walltime=format_hms(seconds) if seconds is not None else None,
+        walltime_dhms=format_dhms(seconds) if seconds is not None else None,
+        walltime_seconds=seconds,
+        walltime_minutes=math.ceil(seconds / 60) if seconds is not None else None,
+        walltime_hhmm=_hhmm(seconds) if seconds is not None else None,
+        memory_mb=memory,
+        memory_mb_total=memory * per_task if memory is not None else None,
+        memory_mb_per_cpu=math.ceil(memory * per_task / cpus_total) if memory is not None else None,
+        cpus_total=cpus_total,
+        gpus=gpus,
+        gpus_total=gpus * per_task,
+    )
+
+
 def template_context(backend: Backend, spec: JobSpec, role: str = "engines") -> dict[str, Any]:
-    """Every name a template may use: the JobSpec fields plus derived values."""
+    """Every name a template may use: the JobSpec fields (and their older names) plus derived values."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     spec.validate()
+    refused = unsupported_message(backend, spec)
+    if refused:
+        raise ValueError(refused)
     engines = role == "engines"
     per_task = spec.engines_per_task if engines else 1
     elements = spec.elements if engines else 1
     if elements < 1:
         raise ValueError(f"no array elements to submit (n={spec.n}, array_start={spec.array_start})")
     base = backend.array_index_base
-    seconds = parse_walltime(spec.walltime) if spec.walltime is not None else None
-    memory = parse_memory(spec.memory_per_engine) if spec.memory_per_engine is not None else None
-    cpus_total = spec.cpus_per_engine * per_task
     exit_dir = str(_exit_dir(spec.profile_dir, spec.cluster_id))
     log_dir = spec.log_dir or exit_dir
+    job_name = spec.job_name or f"ipphpc-{role}"
     pattern = backend.output_patterns.get(role)
     if pattern:
         # patterns may name the submission's first element, to keep chunks apart
-        pattern = pattern.format(array_start=spec.array_start)
+        pattern = pattern.format(array_start=spec.array_start, job_name=job_name)
     output = spec.output or (f"{log_dir}/{pattern}" if pattern else None)
     job_var = backend.array_job_id_var if engines else backend.job_id_var
-    job_name = spec.job_name or f"ipphpc-{role}"
     command = (spec.engine_command if engines else spec.controller_command).strip()
     if not command:
         raise ValueError(f"nothing to run: the {'engine' if engines else 'controller'}_command is empty")
@@ -264,28 +231,37 @@ def template_context(backend: Backend, spec: JobSpec, role: str = "engines") -> 
         array_range=f"{base}-{base + elements - 1}",
         array_directive=backend.array_directive(elements, job_name) if engines else "",
         directive_prefix=backend.directive_prefix,
+        extra_directives=prefixed_directives(backend, spec.extra_directives),
         index_var=backend.array_index_var,
         index_base=base,
         job_id_var=job_var,
         index_ref=_var_ref(backend.array_index_var, backend.array_index_var, str(base)),
         job_id_ref=_var_ref(job_var, backend.job_id_var, "unknown"),
-        walltime=format_hms(seconds) if seconds is not None else None,
-        walltime_dhms=format_dhms(seconds) if seconds is not None else None,
-        walltime_seconds=seconds,
-        walltime_minutes=math.ceil(seconds / 60) if seconds is not None else None,
-        walltime_hhmm=_hhmm(seconds) if seconds is not None else None,
-        memory_mb=memory,
-        memory_mb_total=memory * per_task if memory is not None else None,
-        memory_mb_per_cpu=math.ceil(memory * per_task / cpus_total) if memory is not None else None,
-        cpus_total=cpus_total,
-        gpus_total=spec.gpus * per_task,
+        **_sizes(spec, per_task, spec.gpus if engines else 0),
         log_dir=log_dir,
         exit_dir=exit_dir,
         output=output,
         error_output=(output[: -len(".out")] + ".err") if output and output.endswith(".out") else output,
         wrapper_path=None,
     )
+    # templates written for older names (cpus_per_engine, environment, ...) keep working
+    context.update({alias: context[name] for alias, name in aliases().items()})
     return context
+
+
+def describe(context: Mapping[str, Any]) -> str:
+    """One line of what an element asks for, in the normalized units (for dry runs)."""
+    parts = [f"{context['cpus_total']} core(s)"]
+    if context["memory_mb_total"]:
+        parts.append(f"{context['memory_mb_total']}M memory")
+    if context["gpus_total"]:
+        parts.append(f"{context['gpus_total']} GPU(s), {context['gpus']} per engine")
+    if context["nodes"] > 1:
+        parts.append(f"{context['nodes']} nodes")
+    if context["walltime"]:
+        parts.append(f"walltime {context['walltime_dhms']}")
+    per = "the controller" if context["role"] == "controller" else f"each element ({context['engines_per_task']} engine(s))"
+    return f"{per}: " + ", ".join(parts)
 
 
 def format_namespace(context: Mapping[str, Any]) -> dict[str, Any]:

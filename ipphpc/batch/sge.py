@@ -236,5 +236,9 @@ BACKEND = Backend(
         "engines": "engines-$JOB_ID.$TASK_ID.out",
         "controller": "controller-$JOB_ID.out",
     },
+    unsupported={
+        "qos": "Grid Engine has no QoS: use queue or project",
+        "nodes": "Grid Engine places slots, not nodes: set cores (a parallel environment, options['pe'])",
+    },
     description="Son of Grid Engine and relatives (qsub -t, qstat -xml, qacct)",
 )

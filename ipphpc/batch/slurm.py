@@ -223,5 +223,6 @@ BACKEND = Backend(
     array_directive=array_directive,
     unknown_job_markers=("Invalid job id specified",),
     output_patterns={"engines": "engines-%A_%a.out", "controller": "controller-%j.out"},
+    unsupported={"project": "Slurm charges accounts: use account (--account)"},
     description="Slurm (sbatch, squeue, sacct, scancel)",
 )

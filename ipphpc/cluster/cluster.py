@@ -14,22 +14,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, validate
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Config, LoggingConfigurable
 
 from .. import connection, paths
 from .._async import run_sync
 from ..config import load_profile_config
 from ..error import ControllerUnreachable
+from ..batch.resources import Resources, canonical_options, option_names
 from .launchers import find_launcher, ipphpc_command, launcher_from_dict
+from .resource_traits import ResourceTraits
 
 
 def new_cluster_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
-class HPCCluster(LoggingConfigurable):
-    """Start a cluster, connect a client, stop everything: `with HPCCluster(n=4) as rc: ...`"""
+class HPCCluster(ResourceTraits, LoggingConfigurable):
+    """Start a cluster, connect a client, stop everything: `with HPCCluster(n=4) as rc: ...`
+
+    The batch options (cores, memory, walltime, queue, ...) are the fields of
+    :class:`~ipphpc.batch.resources.Resources`, as traits.
+    """
 
     n = Integer(4, config=True, help="Number of engines.")
     profile = Unicode("default", config=True)
@@ -50,18 +56,6 @@ class HPCCluster(LoggingConfigurable):
                            "(0: 120 s for local engines, an hour for batch jobs, which may queue).")
     # -- batch jobs (engines='slurm' | 'pbs' | 'torque' | 'sge' | 'lsf' | 'htcondor') --------------
     scheduler = Unicode("", config=True, help="Batch scheduler for the engines (same as engines=<name>).")
-    queue = Unicode("", config=True, help="Queue or partition.")
-    account = Unicode("", config=True, help="Account or project to charge.")
-    walltime = Unicode("", config=True, help="Wall-time limit, [[D-]HH:]MM:SS.")
-    engines_per_task = Integer(1, config=True, help="Engines per array element (one import, then fork).")
-    cpus_per_engine = Integer(1, config=True)
-    memory_per_engine = Unicode("", config=True, help="e.g. '4G'.")
-    gpus = Integer(0, config=True, help="GPUs per array element.")
-    job_name = Unicode("", config=True)
-    extra_directives = List(Unicode(), [], config=True, help="Raw scheduler directive lines added to the script.")
-    prologue = List(Unicode(), [], config=True, help="Shell lines run before the engines (module load, venv).")
-    epilogue = List(Unicode(), [], config=True, help="Shell lines run after the engines exit.")
-    environment = Dict({}, config=True, help="Environment variables exported in the job.")
     batch_template = Unicode("", config=True, help="Template text (Jinja2, or IPython Parallel's {n} style).")
     batch_template_file = Unicode("", config=True, help="Template file (Jinja2, or IPython Parallel's {n} style).")
     max_array_size = Integer(0, config=True, help="Largest array the site allows (0: the scheduler's default).")
@@ -74,7 +68,7 @@ class HPCCluster(LoggingConfigurable):
             raise TraitError(f"n={proposal.value}: the number of engines cannot be negative")
         return proposal.value
 
-    @validate("engines_per_task", "cpus_per_engine")
+    @validate("engines_per_task", "cores", "nodes")
     def _valid_positive(self, proposal: Any) -> int:
         if proposal.value < 1:
             raise TraitError(f"{proposal.trait.name}={proposal.value}: must be at least 1")
@@ -89,7 +83,13 @@ class HPCCluster(LoggingConfigurable):
             cfg.merge(config)
         if n is not None:
             kwargs["n"] = n
+        # older and dask-jobqueue names become the options' names; an unknown one is an error, not a warning
+        own = [*self.class_trait_names(config=True), "parent"]
+        kwargs = canonical_options(kwargs, own, "HPCCluster option")
+        if "HPCCluster" in cfg:
+            cfg.HPCCluster = Config(canonical_options(dict(cfg.HPCCluster), own, "c.HPCCluster option"))
         super().__init__(config=cfg, **kwargs)
+        Resources(**self.resource_options()).validate()
         # Controller and Engine settings given here (not the profile's, which those processes read
         # themselves) travel to them as --Class.trait=value arguments
         self._passed = {cls: dict(config[cls]) for cls in ("Controller", "Engine")
@@ -107,6 +107,7 @@ class HPCCluster(LoggingConfigurable):
             self.controller_ip = "*"
         self.controller_launcher: Any = None
         self.engine_sets: list[Any] = []
+        self.engine_set_ids: list[str] = []  # one per engine set, as start_engines returned it
         self.client: Any = None
         self._atexit = False
 
@@ -128,7 +129,7 @@ class HPCCluster(LoggingConfigurable):
                             "engines": self.engines, "controller": self.controller,
                             "controller_ip": self.controller_ip, "created": self.created},
                 "controller": self.controller_launcher.to_dict() if self.controller_launcher else None,
-                "engine_sets": [e.to_dict() for e in self.engine_sets]}
+                "engine_sets": [e.to_dict() for e in self.engine_sets], "engine_set_ids": self.engine_set_ids}
 
     def write_cluster_file(self) -> None:
         connection.write(self.cluster_file, self.to_dict())
@@ -142,6 +143,7 @@ class HPCCluster(LoggingConfigurable):
         self.created = c.get("created", 0.0)
         self.controller_launcher = launcher_from_dict(d["controller"]) if d.get("controller") else None
         self.engine_sets = [launcher_from_dict(e) for e in d.get("engine_sets", [])]
+        self.engine_set_ids = d.get("engine_set_ids") or [str(i) for i in range(len(self.engine_sets))]
         return self
 
     @classmethod
@@ -187,9 +189,16 @@ class HPCCluster(LoggingConfigurable):
 
     def _engine_cmd(self) -> list[str]:
         """The command for one engine; launchers add how many and how (fork, mpiexec, job array)."""
-        return [*(self.engine_cmd or ipphpc_command("engine")), "--profile-dir", self.profile_dir,
-                "--cluster-id", self.cluster_id, *_as_args("Engine", self._passed.get("Engine", {})),
-                *self.engine_args]
+        from .container import CONTAINER_ENGINE_CMD, wrap_engine_command
+        # inside an image the host's interpreter path means nothing: the image's python3 runs the engine
+        default = list(CONTAINER_ENGINE_CMD) if self.container else ipphpc_command("engine")
+        cmd = [*(self.engine_cmd or default), "--profile-dir", self.profile_dir,
+               "--cluster-id", self.cluster_id, *_as_args("Engine", self._passed.get("Engine", {})),
+               *self.engine_args]
+        if self.container:
+            cmd = wrap_engine_command(cmd, image=self.container, runtime=self.container_runtime,
+                                      binds=list(self.container_binds), profile_dir=self.profile_dir)
+        return cmd
 
     def _launcher(self, name: str, role: str, n: int = 1) -> Any:
         """Configurable launchers read their own section of this cluster's config (c.SSHEngineSetLauncher...)."""
@@ -199,16 +208,23 @@ class HPCCluster(LoggingConfigurable):
             kwargs.update(self.batch_options())
         return cls(role, n, **kwargs)
 
+    def resource_options(self) -> dict[str, Any]:
+        """The batch options (cores, memory, walltime, ...) as set on this cluster."""
+        return {name: getattr(self, name) for name in option_names()}
+
     def batch_options(self) -> dict[str, Any]:
         """This cluster's batch settings, as a batch launcher takes them (unset ones left out)."""
-        opts = {"queue": self.queue, "account": self.account, "walltime": self.walltime,
-                "engines_per_task": self.engines_per_task, "cpus_per_engine": self.cpus_per_engine,
-                "memory_per_engine": self.memory_per_engine, "gpus": self.gpus, "job_name": self.job_name,
-                "extra_directives": self.extra_directives, "prologue": self.prologue, "epilogue": self.epilogue,
-                "environment": self.environment, "batch_template": self.batch_template,
-                "template_file": self.batch_template_file, "max_array_size": self.max_array_size or None,
-                "profile_dir": self.profile_dir, "cluster_id": self.cluster_id}
-        return {k: v for k, v in opts.items() if v not in ("", 0, None, [], {}) or k == "engines_per_task"}
+        opts = {"batch_template": self.batch_template, "template_file": self.batch_template_file,
+                "max_array_size": self.max_array_size or None, "profile_dir": self.profile_dir,
+                "cluster_id": self.cluster_id}
+        return {**{k: v for k, v in opts.items() if v}, **Resources(**self.resource_options()).non_default()}
+
+    def job_script(self) -> str:
+        """The exact engines batch script (for HTCondor, the submit file and its wrapper) start would submit."""
+        launcher = self._launcher(self.engines, "engines", self.n)
+        if not hasattr(launcher, "job_script"):
+            raise ValueError(f"engines={self.engines!r} are not batch jobs: there is no job script")
+        return launcher.job_script(self._engine_cmd())
 
     def dry_run(self) -> str:
         """The scripts and exact commands `start_cluster` would run, without running them."""
@@ -240,13 +256,19 @@ class HPCCluster(LoggingConfigurable):
         self._register_atexit()
         self.write_cluster_file()
 
-    async def start_engines(self, n: int | None = None) -> None:
+    async def start_engines(self, n: int | None = None, engine_set_id: str | None = None) -> str:
+        """Start a set of `n` engines; returns its id (for stop_engines)."""
         n = n or self.n
+        set_id = engine_set_id or f"{int(time.time())}-{os.urandom(2).hex()}"
+        if set_id in self.engine_set_ids:
+            raise ValueError(f"engine set {set_id!r} exists already in cluster {self.cluster_id}")
         launcher = self._launcher(self.engines, "engines", n)
         launcher.start(self._engine_cmd(), self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
         self.engine_sets.append(launcher)
+        self.engine_set_ids.append(set_id)
         self._register_atexit()
         self.write_cluster_file()
+        return set_id
 
     async def start_cluster(self, n: int | None = None) -> None:
         """Controller and engines start together; engines wait for the connection file."""
@@ -298,6 +320,8 @@ class HPCCluster(LoggingConfigurable):
         await self.start_cluster(n)
         rc = await self.connect_client()
         await asyncio.get_running_loop().run_in_executor(None, self._wait_for_engines, rc, self.engines_requested)
+        if activate:  # the %px magics on all engines, in the running IPython
+            rc.activate()
         return rc
 
     @property
@@ -336,10 +360,20 @@ class HPCCluster(LoggingConfigurable):
                 pass
 
     # -- stop --------------------------------------------------------------------------------
-    async def stop_engines(self) -> None:
-        for e in self.engine_sets:
-            e.stop()
-        self.engine_sets = []
+    async def stop_engines(self, engine_set_id: str | None = None) -> None:
+        """Stop one engine set (by the id start_engines returned), or all of them."""
+        if engine_set_id is None:
+            for e in self.engine_sets:
+                e.stop()
+            self.engine_sets, self.engine_set_ids = [], []
+        else:
+            if engine_set_id not in self.engine_set_ids:
+                raise KeyError(f"no engine set {engine_set_id!r} in cluster {self.cluster_id}; its sets: "
+                               f"{', '.join(self.engine_set_ids) or 'none'}")
+            i = self.engine_set_ids.index(engine_set_id)
+            self.engine_sets.pop(i).stop()
+            self.engine_set_ids.pop(i)
+        self.write_cluster_file()
 
     async def stop_controller(self) -> None:
         if self.controller_launcher is not None:
@@ -354,7 +388,7 @@ class HPCCluster(LoggingConfigurable):
         self._polite_shutdown()
         for e in self.engine_sets:
             e.stop()
-        self.engine_sets = []
+        self.engine_sets, self.engine_set_ids = [], []
         if self.controller_launcher is not None:
             self.controller_launcher.stop()
         if self.client is not None:
@@ -391,12 +425,42 @@ class HPCCluster(LoggingConfigurable):
         if self._atexit:
             self._stop_all()
 
+    # -- signals -----------------------------------------------------------------------------
+    def _client_for_control(self) -> tuple[Any, bool]:
+        if self.client is not None:
+            return self.client, False
+        from ..client.client import Client
+        return Client(self.client_file, timeout=10), True
+
+    async def signal_engines(self, signum: int | str) -> list[int]:
+        """Send a signal to every engine; each engine signals itself, so this works wherever engines run
+        (batch nodes, ssh hosts, under mpiexec). SIGINT interrupts running tasks and leaves engines serving."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._signal, signum, None)
+
+    async def signal_engine(self, signum: int | str, engine_id: int) -> list[int]:
+        """Send a signal to one engine (see signal_engines)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._signal, signum, [engine_id])
+
+    def _signal(self, signum: int | str, targets: list[int] | None) -> list[int]:
+        rc, own = self._client_for_control()
+        try:
+            return rc.send_signal(signum, targets)
+        finally:
+            if own:
+                rc.close()
+
+    def signal_engines_sync(self, signum: int | str) -> list[int]:
+        return run_sync(self.signal_engines(signum))
+
+    def signal_engine_sync(self, signum: int | str, engine_id: int) -> list[int]:
+        return run_sync(self.signal_engine(signum, engine_id))
+
     # -- sync API ----------------------------------------------------------------------------
     def start_controller_sync(self) -> None:
         run_sync(self.start_controller())
 
-    def start_engines_sync(self, n: int | None = None) -> None:
-        run_sync(self.start_engines(n))
+    def start_engines_sync(self, n: int | None = None, engine_set_id: str | None = None) -> str:
+        return run_sync(self.start_engines(n, engine_set_id))
 
     def start_cluster_sync(self, n: int | None = None) -> None:
         run_sync(self.start_cluster(n))
@@ -407,8 +471,8 @@ class HPCCluster(LoggingConfigurable):
     def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Any:
         return run_sync(self.start_and_connect(n, activate))
 
-    def stop_engines_sync(self) -> None:
-        run_sync(self.stop_engines())
+    def stop_engines_sync(self, engine_set_id: str | None = None) -> None:
+        run_sync(self.stop_engines(engine_set_id))
 
     def stop_cluster_sync(self) -> None:
         run_sync(self.stop_cluster())

@@ -121,9 +121,14 @@ SUBMIT = {
 
 @pytest.mark.parametrize("scheduler", sorted(DIRECTIVES))
 def test_dry_run_shows_the_directives_and_the_exact_submit_command(scheduler, tmp_path) -> None:
+    opts = dict(queue="short", walltime="1:30:00", account="proj1")
+    if scheduler == "htcondor":  # no queues there
+        del opts["queue"]
+    if scheduler == "lsf":  # LSF charges projects
+        opts["project"] = opts.pop("account")
     launcher = scheduler_launcher(scheduler)(
-        "engines", 16, engines_per_task=2, queue="short", walltime="1:30:00", account="proj1",
-        profile_dir=str(tmp_path), cluster_id="c1", submit_args=["--qos=debug"],
+        "engines", 16, engines_per_task=2, profile_dir=str(tmp_path), cluster_id="c1", submit_args=["--qos=debug"],
+        **opts,
     )
     text = launcher.dry_run(engine_cmd(tmp_path))
     for directive in DIRECTIVES[scheduler]:
@@ -309,7 +314,7 @@ def test_exit_code_and_failure_report(slurm, tmp_path) -> None:
     assert f"(no output in {log_dir / 'engines-100_2.out'})" in report
 
 
-def test_options_come_from_the_cluster_configuration(tmp_path, caplog) -> None:
+def test_options_come_from_the_cluster_configuration(tmp_path) -> None:
     from traitlets.config import Config
 
     class Cluster:  # what a launcher reads from its HPCCluster parent
@@ -324,18 +329,20 @@ def test_options_come_from_the_cluster_configuration(tmp_path, caplog) -> None:
     c.BatchControllerLauncher.walltime = "24:00:00"
     c.SlurmLauncher.extra_directives = ["#SBATCH --qos=x"]
     c.PBSProLauncher.queue = "pbsq"
-    c.SlurmLauncher.queues = "typo"
     engines = scheduler_launcher("slurm")("engines", 4, parent=Cluster())
     assert (engines.account, engines.queue, engines.walltime) == ("proj42", "short", "")
     assert (engines.profile_dir, engines.cluster_id) == (str(tmp_path), "cfg")
     assert "#SBATCH --qos=x" in engines.dry_run(["ipphpc", "engine"]).splitlines()
-    assert "c.SlurmLauncher.queues is not a batch launcher option" in caplog.text
     controller = scheduler_launcher("slurm")("controller", parent=Cluster())
     assert (controller.queue, controller.walltime) == ("all", "24:00:00")
     assert scheduler_launcher("slurm")("engines", 4, queue="mine", parent=Cluster()).queue == "mine"
     c.BatchLauncher.scheduler = "pbs"
     chosen = BatchLauncher("engines", 2, parent=Cluster())
     assert (chosen.scheduler, chosen.queue, chosen.extra_directives) == ("pbspro", "pbsq", [])
+    # a misspelt option is an error naming the closest one, not a warning
+    c.SlurmLauncher.queues = "typo"
+    with pytest.raises(ValueError, match="^unknown c.SlurmLauncher option 'queues'; did you mean 'queue'"):
+        scheduler_launcher("slurm")("engines", 4, parent=Cluster())
 
 
 def test_every_scheduler_name_resolves_to_a_batch_launcher() -> None:
@@ -469,6 +476,8 @@ def _e2e(scheduler: str, tmp_path: Path, walltime: str) -> None:
     (record,) = limited.states()
     assert record.state is State.TIMEOUT, record
     assert "TIMEOUT" in limited.failure_report()
+    if scheduler in ("pbs", "torque"):  # the scheduler's own notice is in the element's output
+        assert "=>> PBS: job killed: walltime" in limited.failure_report(), limited.failure_report()
 
 
 @pytest.mark.pbs
