@@ -13,6 +13,10 @@ from traitlets.config.loader import ConfigFileNotFound
 COMMON_FILE = "ipphpc_config.py"
 
 
+class UserError(Exception):
+    """Something the user asked for cannot be done as asked; the command prints the message, no traceback."""
+
+
 def role_file(role: str) -> str:
     return f"ipphpc_{role}_config.py"
 
@@ -25,6 +29,8 @@ def load_profile_config(pdir: Path, role: str) -> Config:
             cfg.merge(PyFileConfigLoader(name, path=str(pdir)).load_config())
         except ConfigFileNotFound:
             pass
+        except SyntaxError as e:
+            raise UserError(f"{pdir / name}, line {e.lineno}: {e.msg}; fix the configuration file") from None
     return cfg
 
 

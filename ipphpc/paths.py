@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any, Mapping
+
+from .config import UserError
 
 
 def ipphpc_dir() -> Path:
@@ -10,13 +14,42 @@ def ipphpc_dir() -> Path:
     return Path(os.environ.get("IPPHPC_DIR") or Path.home() / ".ipphpc").expanduser()
 
 
+def profile_path(profile: str = "default", profile_dir: str | os.PathLike | None = None) -> Path:
+    """Where a profile lives, whether or not it exists yet."""
+    return Path(profile_dir).expanduser() if profile_dir else ipphpc_dir() / f"profile_{profile}"
+
+
+def profile_names() -> list[str]:
+    """Profiles that exist under $IPPHPC_DIR."""
+    root = ipphpc_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name[len("profile_"):] for p in root.glob("profile_*") if p.is_dir())
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The nearest ancestor of `path` (or itself) that exists and is not a directory."""
+    for p in [path, *path.parents]:
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
 def profile_dir(profile: str = "default", profile_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
     """The profile directory, created with its security (0700), log and pid folders."""
-    path = Path(profile_dir).expanduser() if profile_dir else ipphpc_dir() / f"profile_{profile}"
+    path = profile_path(profile, profile_dir)
     if create:
-        for sub in ("security", "log", "pid"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(path / "security", 0o700)
+        try:
+            for sub in ("security", "log", "pid"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(path / "security", 0o700)
+        except (FileExistsError, NotADirectoryError):
+            blocker = _blocking_file(path / "security") or path
+            raise UserError(f"cannot create the profile directory {path}: {blocker} is a file, not a directory; "
+                            f"set IPPHPC_DIR (or --profile-dir) to a directory") from None
+        except PermissionError as e:
+            raise UserError(f"cannot create the profile directory {path}: {e.strerror} ({e.filename}); "
+                            f"set IPPHPC_DIR (or --profile-dir) to a directory you can write") from None
     return path.resolve() if create else path
 
 
@@ -39,3 +72,41 @@ def pid_file(pdir: Path, name: str, cluster_id: str = "") -> Path:
 
 def log_file(pdir: Path, name: str, cluster_id: str = "", pid: int | None = None) -> Path:
     return pdir / "log" / f"{name}{_tag(cluster_id)}-{pid or os.getpid()}.log"
+
+
+def short_job(job_id: str) -> str:
+    """A job id as it can stand in a file name: '1234[3].pbs01' -> '1234'."""
+    return re.sub(r"\[.*?\]", "", job_id).split(".")[0].replace("/", "_")
+
+
+def engine_log_file(pdir: Path, cluster_id: str, origin: Mapping[str, Any]) -> Path:
+    """`log/ipengine-<cluster>-<job>_<index>-<host>-<pid>.log`: unique across the hosts sharing a profile.
+
+    `origin` is what `engine_origin()` reads; engines outside a batch job have no job part.
+    """
+    parts = ["ipengine"] + ([cluster_id] if cluster_id else [])
+    if origin.get("job_id"):
+        index = origin.get("array_index")
+        parts.append(short_job(str(origin["job_id"])) + ("" if index is None else f"_{index}"))
+    parts += [str(origin.get("host") or "unknown").replace("/", "_"), str(origin.get("pid") or os.getpid())]
+    return pdir / "log" / ("-".join(parts) + ".log")
+
+
+def check_ipphpc_dir() -> None:
+    """Refuse an $IPPHPC_DIR that cannot be a directory, before anything tries to create it."""
+    root = ipphpc_dir()
+    blocker = _blocking_file(root)
+    if blocker is not None:
+        raise UserError(f"IPPHPC_DIR {root} cannot be used: {blocker} is a file, not a directory; "
+                        f"set IPPHPC_DIR to a directory")
+
+
+def require_profile(name: str) -> Path:
+    """An existing named profile; the error names the ones there are and how to make one."""
+    path = profile_path(name)
+    if path.is_dir():
+        return path
+    known = ", ".join(profile_names()) or "none"
+    raise UserError(f"no profile {name!r} in {ipphpc_dir()} (profiles there: {known}); create it with "
+                    f"`ipphpc profile create {name}`, or `ipphpc submit --profile {name}` starts a cluster in "
+                    f"a new one")

@@ -1,35 +1,47 @@
-"""`ipphpc submit | list | stop | profile`."""
+"""`ipphpc submit | status | list | stop | logs | profile`."""
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+import jinja2
 from traitlets import TraitError
 from traitlets.config import Config
 
 from .. import config as cfgmod
 from .. import paths
 from ..cluster.cluster import HPCCluster, list_cluster_files
+from ..cluster.processes import pid_alive
+from ..controller import record as record_mod
 from .table import render
 
 
 def _pdir(ns: argparse.Namespace) -> Path:
-    return paths.profile_dir(ns.profile or "default", ns.profile_dir)
+    """The profile to read; commands that only look never create one."""
+    return paths.profile_dir(ns.profile or "default", ns.profile_dir, create=False)
 
 
 def submit(ns: argparse.Namespace, cfg: Config) -> int:
     """Start a detached cluster and print its id; with --wait, show progress until its engines are up."""
     cfg.HPCCluster.shutdown_atexit = False
+    new_profile = not paths.profile_path(ns.profile or "default", ns.profile_dir).is_dir()
     try:
         cluster = HPCCluster(config=cfg)
+        if new_profile:
+            print(f"created profile {ns.profile or 'default'!r} in {cluster.pdir} "
+                  f"(`ipphpc profile create` writes its configuration files)", file=sys.stderr)
         if ns.dry_run:
             print(cluster.dry_run())
             return 0
         cluster.start_cluster_sync()
+    except jinja2.TemplateError as e:
+        return _template_error(e, cfg)
     except (ValueError, FileNotFoundError, RuntimeError, TraitError) as e:
         print(f"ipphpc submit: {e}", file=sys.stderr)
         return 2
@@ -53,6 +65,15 @@ def submit(ns: argparse.Namespace, cfg: Config) -> int:
             return 1
     print(cluster.cluster_id)
     return 0
+
+
+def _template_error(e: jinja2.TemplateError, cfg: Config) -> int:
+    """A broken batch template: where and what, in one line."""
+    where = getattr(e, "filename", None) or cfg.HPCCluster.get("batch_template_file") or "the batch template"
+    line = getattr(e, "lineno", None)
+    print(f"ipphpc submit: {where}{f', line {line}' if line else ''}: {(e.message or type(e).__name__).rstrip('.')}; "
+          f"fix the template (`ipphpc submit --dry-run` shows the result) or leave out --template", file=sys.stderr)
+    return 2
 
 
 def _wait_with_bar(cluster: HPCCluster, rc, n: int, timeout: float) -> None:
@@ -161,15 +182,18 @@ def list(ns: argparse.Namespace, cfg: Config) -> int:  # noqa: A001 - the subcom
     rows = []
     for path in list_cluster_files(pdir):
         try:
-            c = HPCCluster.from_dict(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            c = HPCCluster.from_dict(record)
         except (OSError, ValueError, KeyError) as e:
             rows.append([path.name, "?", "?", f"unreadable: {e}", ""])
             continue
+        by_hand = _by_hand(record)
         alive = c.controller_launcher is not None and c.controller_launcher.running
         engines = _engines_registered(c) if alive else None
         created = datetime.datetime.fromtimestamp(c.created).strftime("%Y-%m-%d %H:%M:%S") if c.created else ""
         rows.append([c.cluster_id, f"{c.controller_pid} {'running' if alive else 'stopped'}",
-                     f"{'-' if engines is None else engines}/{c.n}", c.engines, created])
+                     f"{'-' if engines is None else engines}" + ("" if by_hand else f"/{c.n}"),
+                     "controller started by hand" if by_hand else c.engines, created])
     if not rows:
         print(f"no clusters in profile {pdir}")
         return 0
@@ -193,23 +217,55 @@ def stop(ns: argparse.Namespace, cfg: Config) -> int:
         print(f"no clusters to stop in profile {pdir}", file=sys.stderr)
         return 0
     for path in files:
-        c = HPCCluster.from_dict(json.loads(path.read_text()))
+        record = json.loads(path.read_text())
+        c = HPCCluster.from_dict(record)
         c.stop_cluster_sync()
+        if _by_hand(record) and c.controller_launcher is not None:
+            _stop_hand_started(c.controller_launcher.pid)
         left = [x.pid for x in [c.controller_launcher, *c.engine_sets] if x is not None and x.running]
         state = "stopped" if not left else f"processes still alive: {left}"
         print(f"cluster {c.cluster_id}: {state}")
     return 0
 
 
+def _by_hand(record: dict) -> bool:
+    """A cluster file the controller wrote about itself (`ipphpc controller` run by hand)."""
+    return bool(record.get("cluster", {}).get(record_mod.BY_HAND))
+
+
+def _stop_hand_started(pid: int | None, grace: float = 10.0) -> None:
+    """A controller started by hand need not lead a process group: signal its pid, if it is still ours."""
+    if pid is None or not pid_alive(pid):
+        return
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if b"controller" not in cmd:  # the pid was reused by another program after the controller died
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def logs(ns: argparse.Namespace, cfg: Config) -> int:
+    """Controller log, engine logs and job outputs of a cluster."""
+    from .logs import show
+    return show(_pdir(ns), ns.cluster or ns.cluster_id, ns.which, tail=ns.tail, follow=ns.follow)
+
+
 def profile(ns: argparse.Namespace, cfg: Config) -> int:
     if ns.action == "list":
-        for p in sorted(paths.ipphpc_dir().glob("profile_*")):
-            print(p.name[len("profile_"):], p)
+        for name in paths.profile_names():
+            print(name, paths.profile_path(name))
+        return 0
+    if ns.action == "locate":
+        print(paths.require_profile(ns.name))
         return 0
     pdir = paths.profile_dir(ns.name)
-    if ns.action == "locate":
-        print(pdir)
-        return 0
     from ..controller.controller import Controller
     from ..engine.engine import Engine
     written = []

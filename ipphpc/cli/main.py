@@ -5,16 +5,21 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from traitlets import TraitError
 from traitlets.config import Config
 
-from ..config import parse_kv_args
+from .. import paths
+from .._version import __version__
+from ..config import UserError, parse_kv_args
+from .parsing import Parser, check_extra, fail, log_level, ports, positive
+from .resource_flags import add_resource_arguments, resource_flag_traits
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="profile name (default: 'default')")
     p.add_argument("--profile-dir", default=None, help="profile directory (overrides --profile)")
     p.add_argument("--cluster-id", default=None, help="cluster id; several clusters can share a profile")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-level", default="INFO", type=log_level, help="DEBUG, INFO, WARNING, ERROR")
 
 
 # flag dest -> (Class, trait, converter)
@@ -43,14 +48,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "engines": [("HPCCluster", "engines", str)],
     "scheduler": [("HPCCluster", "scheduler", str)],
     "controller": [("HPCCluster", "controller", str)],
-    "queue": [("HPCCluster", "queue", str)],
-    "account": [("HPCCluster", "account", str)],
-    "walltime": [("HPCCluster", "walltime", str)],
-    "engines_per_task": [("HPCCluster", "engines_per_task", int)],
-    "cpus_per_engine": [("HPCCluster", "cpus_per_engine", int)],
-    "mem": [("HPCCluster", "memory_per_engine", str)],
-    "gpus": [("HPCCluster", "gpus", int)],
-    "job_name": [("HPCCluster", "job_name", str)],
+    **resource_flag_traits(),
     "template": [("HPCCluster", "batch_template_file", str)],
     "max_array_size": [("HPCCluster", "max_array_size", int)],
 }
@@ -70,14 +68,16 @@ def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipphpc", description="Parallel Python on HPC clusters.")
+    parser = Parser(prog="ipphpc", description="Parallel Python on HPC clusters.")
+    parser.add_argument("--version", action="version", version=f"ipphpc {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("controller", help="run a controller in the foreground")
     _common(p)
     p.add_argument("--ip", default=None, help="interface to listen on ('*' for all); default 127.0.0.1")
     p.add_argument("--location", default=None, help="address engines and clients should use to reach it")
-    p.add_argument("--ports", default=None, help="client,engine,hb_ping,hb_pong ports (default: random free)")
+    p.add_argument("--ports", default=None, type=ports,
+                   help="client,engine,hb_ping,hb_pong ports (default: random free)")
     p.add_argument("--reuse", action="store_true", help="reuse ports and key from existing connection files")
     p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="ssh server engines tunnel through (written into the engine connection file)")
@@ -109,14 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="batch scheduler for the engines (job arrays)")
     p.add_argument("--controller", default=None, choices=["local", "batch"],
                    help="run the controller here (default) or as a batch job of the same scheduler")
-    p.add_argument("--queue", "-q", default=None, help="queue or partition")
-    p.add_argument("--account", "-A", default=None)
-    p.add_argument("--walltime", "-t", default=None, help="[[D-]HH:]MM:SS")
-    p.add_argument("--engines-per-task", type=int, default=None, help="engines per array element")
-    p.add_argument("--cpus-per-engine", type=int, default=None)
-    p.add_argument("--mem", default=None, help="memory per engine, e.g. 4G")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs per array element")
-    p.add_argument("--job-name", default=None)
+    add_resource_arguments(p)
     p.add_argument("--template", default=None, help="batch template file (Jinja2 or IPython Parallel style)")
     p.add_argument("--max-array-size", type=int, default=None)
     p.add_argument("--ip", default=None, help="controller interface ('*' for all)")
@@ -139,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
     p.add_argument("--all", action="store_true", help="stop every cluster of the profile")
 
+    p = sub.add_parser("logs", help="controller log, engine logs and job outputs of a cluster")
+    _common(p)
+    p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
+    p.add_argument("which", nargs="?", default=None, metavar="ELEMENT|ENGINE",
+                   help="an array element (its index) or an engine (e<ID>, e.g. e3); default: everything")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended, until Ctrl-C")
+    p.add_argument("--tail", type=positive, default=None, metavar="N", help="the last N lines of each file")
+
     p = sub.add_parser("profile", help="create, list or locate profiles")
     p.add_argument("action", choices=["create", "list", "locate"])
     p.add_argument("name", nargs="?", default="default")
@@ -146,11 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a mistake of the user's ends in one line and exit status 2, a bug in a traceback."""
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     if not ns.cmd:
         parser.print_help()
         return 1
+    check_extra(parser.subparser(ns.cmd), extra)
+    prog = f"ipphpc {ns.cmd}"
+    try:
+        return _run(ns, extra)
+    except (UserError, TraitError) as e:
+        return fail(prog, str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(ns: argparse.Namespace, extra: list[str]) -> int:
+    paths.check_ipphpc_dir()
+    # a misspelt name must not quietly start a new profile; engines are exempt: they wait for the
+    # controller's connection file, and on a shared filesystem may start before it made the profile
+    if getattr(ns, "profile", None) and not ns.profile_dir and ns.cmd not in ("submit", "engine"):
+        paths.require_profile(ns.profile)
     if ns.cmd == "controller":
         from ..controller.main import run_controller
         return run_controller(to_config(ns, extra, ("Controller",)), ns.log_to_stderr, ns.log_level)

@@ -21,6 +21,7 @@ from .. import connection, paths
 from .._version import __version__
 from ..netutil import advertised_addresses, is_wildcard
 from ..wire import AuthError, Session, new_key
+from . import record
 from .hub import Hub
 
 PORT_NAMES = ("client", "engine", "hb_ping", "hb_pong")
@@ -59,6 +60,7 @@ class Controller(LoggingConfigurable):
         self.client_file = paths.connection_file(self.pdir, "client", self.cluster_id)
         self.pid_file = paths.pid_file(self.pdir, "ipcontroller", self.cluster_id)
         self.urls: dict[str, str] = {}
+        self.record_file: Path | None = None  # the cluster file this controller wrote itself, if any
 
     # -- files -----------------------------------------------------------------------------
     def _load_reuse(self) -> tuple[str | None, list[int]]:
@@ -82,9 +84,11 @@ class Controller(LoggingConfigurable):
         connection.write(self.engine_file, {**base, **eng, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},
                                             "heartbeat_period": self.heartbeat_period})
         connection.write(self.client_file, {**base, **cli, "ports": {k: ports[k] for k in connection.CLIENT_PORTS}})
+        self.record_file = record.claim(self.pdir, self.cluster_id, self.ip)
 
 
     def _remove_files(self) -> None:
+        record.release(self.record_file)
         files = [self.pid_file] + ([] if self.reuse else [self.engine_file, self.client_file])
         for f in files:
             try:

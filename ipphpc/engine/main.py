@@ -15,6 +15,7 @@ from traitlets.config import Config
 from .. import paths
 from ..config import load_profile_config, setup_logging
 from .engine import Engine, RegistrationFailed
+from .origin import engine_origin
 
 
 def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_level: str = "INFO") -> int:
@@ -23,8 +24,7 @@ def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_lev
     cfg.merge(config)
     engine = Engine(config=cfg)
     cid = engine.cluster_id
-    boot_log = setup_logging(None if log_to_stderr else paths.log_file(pdir, "ipengine", cid), log_level,
-                             stream=log_to_stderr)
+    boot_log = setup_logging(None if log_to_stderr else _log_path(pdir, cid), log_level, stream=log_to_stderr)
     engine.log = boot_log
     try:
         info = engine.prepare()
@@ -60,4 +60,9 @@ def _relog(pdir, cid: str, log_to_stderr: bool, level: str) -> None:
     logger = logging.getLogger("ipphpc")
     for h in list(logger.handlers):
         logger.removeHandler(h)
-    setup_logging(None if log_to_stderr else paths.log_file(pdir, "ipengine", cid), level, stream=log_to_stderr)
+    setup_logging(None if log_to_stderr else _log_path(pdir, cid), level, stream=log_to_stderr)
+
+
+def _log_path(pdir, cid: str):
+    """Named by cluster, job, element, host and pid: engines of many hosts share one log folder."""
+    return paths.engine_log_file(pdir, cid, engine_origin())

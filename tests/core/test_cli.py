@@ -141,8 +141,9 @@ def test_bad_options_and_refused_submissions_leave_nothing_running(ipphpc_dir):
     pdir = paths.profile_dir()
     for args, why in [(["-n", "-3"], "n=-3: the number of engines cannot be negative"),
                       (["--scheduler", "slurm", "--engines-per-task", "0"], "engines_per_task=0: must be at least 1"),
-                      (["--scheduler", "slurm", "--walltime", "abc"], "bad walltime 'abc'; use HH:MM:SS"),
-                      (["--scheduler", "pbs", "--mem", "4X"], "bad memory size '4X'; use e.g. 4G")]:
+                      (["--scheduler", "slurm", "--walltime", "abc"], "walltime 'abc' is not a time; use MM, MM:SS"),
+                      (["--scheduler", "pbs", "--mem", "4X"], "memory '4X' is not a size; use e.g. 4G"),
+                      (["--scheduler", "pbs", "--mem", "4"], "memory '4' has no unit: write 4G or 4M")]:
         r = ipphpc("submit", "-n", "2", *args, "--no-wait")
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert why in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -165,6 +165,6 @@ def test_engine_log_in_profile(spawner, pdir):
     eng = spawner.engine(pdir, cid, env=clean_env())
     with _client(pdir, cid) as rc:
         rc.wait_for_engines(1, timeout=20)
-    log = pdir / "log" / f"ipengine-{cid}-{eng.pid}.log"
+    log = pdir / "log" / f"ipengine-{cid}-{socket.gethostname()}-{eng.pid}.log"
     wait_until(lambda: log.exists() and "registered as engine" in log.read_text(), 10, what="engine log")
     assert json.loads(paths.connection_file(pdir, "engine", cid).read_text())["cluster_id"] == cid

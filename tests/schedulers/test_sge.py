@@ -173,7 +173,9 @@ def test_held_and_deferred_jobs(workdir, sge_jobs) -> None:
     assert [(r.array_index, r.state, r.exit_code) for r in held.states()] == [
         (1, State.COMPLETED, 0), (2, State.COMPLETED, 0)]
     log_dir = profile / "log" / "states"
-    assert (log_dir / f"engines-{held_id}.2.out").read_text().strip() == "released element 1"
+    lines = (log_dir / f"engines-{held_id}.2.out").read_text().splitlines()
+    # between the element's start and stop lines
+    assert lines[1:-1] == ["released element 1"] and lines[-1].endswith("exit status 0"), lines
 
     # -a: not before a time an hour from now, so it waits in the queue (qw)
     later = (datetime.datetime.now() + datetime.timedelta(hours=1)).strftime("%Y%m%d%H%M")

@@ -72,6 +72,9 @@ class ForegroundController:
 
     def __init__(self, profile: str, cluster_id: str, log: Path) -> None:
         self.log = open(log, "w")
+        # a named profile must exist before a controller uses it
+        subprocess.run([sys.executable, "-m", "ipphpc", "profile", "create", profile], check=True,
+                       stdout=self.log, stderr=subprocess.STDOUT, timeout=60)
         self.proc = subprocess.Popen([sys.executable, "-m", "ipphpc", "controller", "--ip=*",
                                       f"--profile={profile}", f"--cluster-id={cluster_id}"],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

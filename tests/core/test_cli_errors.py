@@ -1,0 +1,179 @@
+"""The `ipphpc` command refuses what it cannot do in one line that names the problem and the fix.
+
+Each test runs the real command; a traceback in its output is a failure. Also: --version, close
+names for misspelt commands and flags, no abbreviated flags, profiles that must exist, and a
+controller started by hand, which `list`, `status` and `stop` must see like any other.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from ipphpc import paths
+from ipphpc._version import __version__
+
+from .helpers import alive, procs_matching, wait_until
+from .test_cli import ipphpc
+
+
+def one_line_error(r, status: int = 2) -> str:
+    """The single line a refused command printed, checked to be alone and without a traceback."""
+    assert r.returncode == status, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_version(ipphpc_dir):
+    r = ipphpc("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"ipphpc {__version__}"
+
+
+def test_misspelt_command_suggests_the_right_one(ipphpc_dir):
+    line = one_line_error(ipphpc("sumbit", "-n", "2"))
+    assert "invalid choice 'sumbit' (did you mean 'submit'?)" in line
+    assert not ipphpc_dir.exists()  # nothing was created on the way
+
+
+def test_misspelt_flag_suggests_the_right_one(ipphpc_dir):
+    line = one_line_error(ipphpc("submit", "--walltme", "1:00:00", "-n", "1"))
+    assert line.startswith("ipphpc submit: unrecognized option '--walltme' (did you mean '--walltime'?)")
+    line = one_line_error(ipphpc("stop", "--al"))
+    assert "unrecognized option '--al' (did you mean '--all'?)" in line
+    assert not ipphpc_dir.exists()
+
+
+@pytest.mark.parametrize("args, full", [(["submit", "--queu", "short", "-n", "1"], "--queue"),
+                                        (["submit", "--dry", "-n", "1"], "--dry-run"),
+                                        (["controller", "--clust", "x"], "--cluster-id")])
+def test_abbreviated_flags_are_refused(ipphpc_dir, args, full):
+    """An abbreviation is not taken for the full flag: it is refused, naming the flag meant."""
+    line = one_line_error(ipphpc(*args))
+    assert f"unrecognized option '{args[1]}' (did you mean '{full}'?)" in line
+    assert procs_matching(str(ipphpc_dir)) == []
+
+
+def test_trait_arguments_still_pass_through(ipphpc_dir):
+    """`--Class.trait=value` is not an unknown flag: it reaches the configuration."""
+    r = ipphpc("submit", "--scheduler", "slurm", "-n", "2", "--dry-run",
+               "--HPCCluster.engine_cmd=['/opt/special/python','-m','ipphpc','engine']")
+    assert r.returncode == 0, r.stderr
+    assert "/opt/special/python -m ipphpc engine" in r.stdout
+
+
+def test_missing_profile_is_an_error_naming_the_existing_ones(ipphpc_dir):
+    assert ipphpc("profile", "create", "analysis").returncode == 0
+    for cmd in (["list"], ["status"], ["stop"], ["logs"], ["controller", "--cluster-id", "x"],
+                ["engine", "--cluster-id", "x"], ["profile", "locate", "analysys"]):
+        args = [*cmd, "--profile", "analysys"] if cmd[0] != "profile" else cmd
+        line = one_line_error(ipphpc(*args))
+        assert "no profile 'analysys'" in line and "profiles there: analysis" in line, (cmd, line)
+        assert "ipphpc profile create analysys" in line, line
+    assert paths.profile_names() == ["analysis"]
+
+
+def test_submit_says_when_it_creates_a_profile(ipphpc_dir):
+    r = ipphpc("submit", "--profile", "fresh", "--scheduler", "slurm", "-n", "1", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert f"created profile 'fresh' in {ipphpc_dir / 'profile_fresh'}" in r.stderr
+    r = ipphpc("submit", "--profile", "fresh", "--scheduler", "slurm", "-n", "1", "--dry-run")
+    assert r.returncode == 0 and "created profile" not in r.stderr
+
+
+def test_bad_ports(ipphpc_dir):
+    line = one_line_error(ipphpc("controller", "--cluster-id", "p", "--ports", "abc"))
+    assert "--ports: 'abc' is not a list of ports" in line and "--ports 5001,5002,5003,5004" in line
+    assert procs_matching(str(ipphpc_dir)) == []
+
+
+def test_bad_log_level(ipphpc_dir):
+    line = one_line_error(ipphpc("controller", "--cluster-id", "l", "--log-level", "LOUD"))
+    assert "'LOUD' is not a log level" in line and "DEBUG, INFO, WARNING, ERROR" in line
+
+
+def test_ipphpc_dir_under_a_file(tmp_path, monkeypatch):
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("")
+    monkeypatch.setenv("IPPHPC_DIR", str(blocker / "ipphpc"))
+    for cmd in (["controller", "--cluster-id", "f"], ["submit", "-n", "1"], ["list"], ["logs"]):
+        line = one_line_error(ipphpc(*cmd))
+        assert f"{blocker} is a file, not a directory; set IPPHPC_DIR to a directory" in line, (cmd, line)
+
+
+def test_profile_dir_under_a_file(ipphpc_dir, tmp_path):
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("")
+    line = one_line_error(ipphpc("submit", "-n", "1", "--profile-dir", str(blocker / "p")))
+    assert f"{blocker} is a file, not a directory" in line
+
+
+def test_broken_template(ipphpc_dir, tmp_path):
+    """A Jinja syntax error names the file and line; the controller already started is stopped."""
+    bad = tmp_path / "mine.sbatch.j2"
+    bad.write_text("#!/bin/bash\n#SBATCH --array=0-{{ n }}\n{% if queue %}\nsrun {{ command }}\n")
+    assert ipphpc("profile", "create").returncode == 0
+    for extra in (["--dry-run"], ["--no-wait"]):
+        line = one_line_error(ipphpc("submit", "--scheduler", "slurm", "-n", "2", "--template", str(bad), *extra))
+        assert line.startswith(f"ipphpc submit: {bad}, line 4: Unexpected end of template"), line
+        assert "fix the template" in line
+    assert procs_matching(str(ipphpc_dir)) == []
+    assert "no clusters" in ipphpc("list").stdout
+
+
+def test_bad_trait_value_is_one_line(ipphpc_dir):
+    line = one_line_error(ipphpc("controller", "--cluster-id", "t", "--Controller.ports='abc'"))
+    assert "ports" in line and "'abc'" in line
+
+
+def test_controller_started_by_hand_is_listed_and_stopped(spawner, ipphpc_dir):
+    """`ipphpc controller --cluster-id=run7` writes a cluster file about itself: `list` and `status` show it,
+    `stop run7` stops it (and the engine that joined it) and removes the file."""
+    pdir = paths.profile_dir()
+    p = spawner.ipphpc("controller", "--profile-dir", str(pdir), "--cluster-id", "run7", name="controller")
+    wait_until(lambda: paths.cluster_file(pdir, "run7").exists(), 20, what="the controller's cluster file")
+    record = json.loads(paths.cluster_file(pdir, "run7").read_text())
+    assert record["controller"]["pid"] == p.pid
+    engine = spawner.ipphpc("engine", "--profile-dir", str(pdir), "--cluster-id", "run7", name="engine")
+
+    def listed():
+        rows = [re.split(r"\s{2,}", line) for line in ipphpc("list").stdout.splitlines() if line.startswith("run7 ")]
+        return rows and rows[0][2] == "1" and rows[0]
+    row = wait_until(listed, 30, interval=0.3, what="run7 with one engine in `ipphpc list`")
+    assert row[1] == f"{p.pid} running" and row[3] == "controller started by hand", row
+    r = ipphpc("status", "run7")
+    assert r.returncode == 0, r.stderr
+    assert "cluster run7: 1 engines registered" in r.stdout
+    assert f"pid {p.pid}" in r.stdout and "\njoined " in r.stdout
+    r = ipphpc("stop", "run7")
+    assert r.returncode == 0, r.stderr
+    assert "cluster run7: stopped" in r.stdout
+    assert p.wait(10) == 0 and engine.wait(10) == 0
+    assert not alive(p.pid)
+    assert not paths.cluster_file(pdir, "run7").exists()
+    assert "no clusters" in ipphpc("list").stdout
+
+
+def test_controller_started_by_hand_removes_its_file_when_it_stops(spawner, ipphpc_dir):
+    """Stopped by a signal rather than `ipphpc stop`, it takes its cluster file with it."""
+    import signal
+    pdir = paths.profile_dir()
+    p, _, _ = spawner.controller(pdir, "run8")
+    assert paths.cluster_file(pdir, "run8").exists()
+    assert spawner.stop(p, signal.SIGINT) == 0
+    assert not paths.cluster_file(pdir, "run8").exists()
+
+
+def test_a_submitted_cluster_keeps_its_own_cluster_file(ipphpc_dir):
+    """The controller of `submit` does not replace the cluster's file with one about itself."""
+    pdir = paths.profile_dir()
+    r = ipphpc("submit", "-n", "1", "--cluster-id", "sub")
+    assert r.returncode == 0, r.stderr
+    try:
+        record = json.loads(paths.cluster_file(pdir, "sub").read_text())
+        assert not record["cluster"].get("by_hand") and len(record["engine_sets"]) == 1
+    finally:
+        assert ipphpc("stop", "sub").returncode == 0
+    assert procs_matching(str(pdir)) == []
