@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # all.sh [start|stop|status|env] [SERVICE...] -- start (stop, check) every
-# test service: slurm sge htcondor sshd netns mpi (or only those named).
+# test service: slurm sge htcondor sshd netns mpi podman (or only those named).
 #
 # start runs the services' scripts in parallel (their apt-get runs are
 # serialised on a lock; netns waits for sshd, whose keys it uses), prints each
@@ -18,7 +18,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-ALL=(slurm sge htcondor sshd netns mpi)
+ALL=(slurm sge htcondor sshd netns mpi podman)
 ENVFILE=$HERE/env.sh
 LOGDIR=$IPPHPC_CI_STATE/logs
 ACTION=${1:-start}
@@ -98,8 +98,8 @@ do_start() {
     # HTCondor's chroot build is the longest chain: give it its one host
     # package before the others queue up on the apt lock for half a minute.
     if selected htcondor; then apt_install "${IPPHPC_HTCONDOR_BOOTSTRAP:-mmdebstrap}"; fi
-    # in the order slurm, sge, htcondor, (sshd then netns), mpi
-    for s in slurm sge htcondor; do
+    # in the order slurm, sge, htcondor, podman, (sshd then netns), mpi
+    for s in slurm sge htcondor podman; do
         selected "$s" && { run_start "$s" & pids+=($!); }
     done
     if selected sshd || selected netns; then

@@ -1,4 +1,4 @@
-"""Where an engine came from: host, pid, batch job, array element and MPI rank.
+"""Where an engine came from: host, pid, batch job, array element, MPI rank and container image.
 
 Read from the environment each scheduler and MPI launcher sets, so that the controller can
 link an engine to the job (and array element) the poller tracks.
@@ -22,6 +22,50 @@ _SCHEDULERS = (
 # global ranks only: MPICH's MPI_LOCALRANKID and its kin number the ranks of one node
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
+
+
+# variables a container runtime must pass through for the fields above (podman takes prefixes)
+ORIGIN_ENV_PREFIXES = ("SLURM_", "LSB_", "PBS_", "SGE_", "OMPI_", "PMI_", "PMIX_", "IPPHPC_")
+#: set by ipphpc's container wrapper to the image the engine runs in
+CONTAINER_IMAGE_VAR = "IPPHPC_CONTAINER_IMAGE"
+
+
+def origin_env_names() -> tuple[str, ...]:
+    """Every variable engine_origin reads, for runtimes that pass variables only by name."""
+    names = [n for _, jobs, idxs in _SCHEDULERS for n in (*jobs, *idxs)] + [*_RANK_VARS, *_SIZE_VARS]
+    return tuple(dict.fromkeys(names))
+
+
+def container_origin(env: Mapping[str, str], containerenv: str = "/run/.containerenv") -> dict:
+    """The image and runtime this engine runs in, so that `rc.engines` shows which stack ran a task."""
+    image = env.get(CONTAINER_IMAGE_VAR) or None
+    runtime = None
+    for name in ("APPTAINER", "SINGULARITY"):
+        if env.get(f"{name}_CONTAINER"):
+            runtime, image = name.lower(), image or env[f"{name}_CONTAINER"]
+            break
+    else:
+        # podman sets container=podman and writes /run/.containerenv; a host may carry a stray
+        # /.dockerenv (images turned into VMs do), so docker is known by ipphpc's variable only
+        if os.path.exists(containerenv):
+            runtime = env.get("container") or "podman"
+            image = image or _containerenv_image(containerenv)
+        elif image:
+            runtime = env.get("container") or None
+    return {"container": image or (runtime and "unknown image"), "container_runtime": runtime}
+
+
+def _containerenv_image(path: str) -> str | None:
+    """Podman writes image="..." into /run/.containerenv only for privileged containers."""
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition("=")
+                if k.strip() == "image":
+                    return v.strip().strip('"') or None
+    except OSError:
+        pass
+    return None
 
 
 def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -63,7 +107,7 @@ def engine_origin(env: Mapping[str, str] | None = None) -> dict:
             "array_index": None, "mpi_rank": _int(_first(env, _RANK_VARS)),
             "mpi_size": _int(_first(env, _SIZE_VARS)),
             # functions sent by value carry bytecode, which only the same Python minor version can read
-            "python": platform.python_version()}
+            "python": platform.python_version(), **container_origin(env)}
     for name, job_vars, idx_vars in _SCHEDULERS:
         job = _first(env, job_vars)
         if job is None and name == "htcondor":
