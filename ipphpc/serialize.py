@@ -51,7 +51,7 @@ def dumps(obj: Any) -> list[Any]:
 
 def loads(frames: Sequence[Any]) -> Any:
     buffers = [_buf(f) for f in frames[1:]]
-    return pickle.loads(_buf(frames[0]), buffers=buffers)
+    return _pickler.loads(_buf(frames[0]), buffers=buffers)
 
 
 def _buf(frame: Any) -> Any:

@@ -1,7 +1,11 @@
-"""Checks over the whole collection."""
+"""Checks over the whole collection, and the fixtures the core and compatibility tests share."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.core.helpers import kill_matching
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -15,3 +19,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if stray:
         raise pytest.UsageError("pytest-mpi would skip these tests because a directory, module, class or "
                                 "parameter id is named 'mpi'; rename it: " + ", ".join(stray[:10]))
+
+
+# -- shared by the core and compatibility tests ---------------------------------------------------
+@pytest.fixture
+def ipphpc_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh IPPHPC_DIR for one test."""
+    d = (tmp_path / "ipphpc").resolve()
+    monkeypatch.setenv("IPPHPC_DIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def ipphpc_session_home(tmp_path_factory):
+    """A private IPPHPC_DIR for the whole run, and a final check that no test process survived."""
+    base = tmp_path_factory.getbasetemp().resolve()
+    home = tmp_path_factory.mktemp("home").resolve()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPPHPC_DIR", str(home))
+        yield home
+    left = kill_matching(str(base))
+    assert not left, f"processes left behind by the core tests: {left}"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, ipphpc_session_home):
+    """A controller and two engines (one `ipphpc engine -n 2` process group), shared by the run."""
+    from ipphpc import HPCCluster
+    root = tmp_path_factory.mktemp("shared").resolve()
+    c = HPCCluster(n=2, profile_dir=str(root / "profile"), shutdown_atexit=False,
+                   controller_args=["--Controller.heartbeat_period=0.25", "--Controller.heartbeat_misses=8"])
+    try:
+        c.start_and_connect_sync()
+        yield c
+    finally:
+        c.stop_cluster_sync()
+        left = kill_matching(str(root))
+        assert not left, f"the shared cluster left processes behind: {left}"
+
+
+@pytest.fixture
+def rc(cluster):
+    """The shared cluster's client, checked to still see both engines."""
+    client = cluster.client
+    client.wait_for_engines(2, timeout=10)
+    return client

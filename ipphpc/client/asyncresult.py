@@ -405,6 +405,11 @@ class AsyncResult(concurrent.futures.Future):
             text = md.get(name) or ""
             if len(text) > self._streams[i][name]:
                 self._show(i, name, text[self._streams[i][name]:], self._streams[i][name])
+        error = self._errors[i]
+        if error is not None:  # at once, while other engines may run on: the user can stop them
+            render = getattr(error, "render_traceback", None)
+            self._printer.show_error(render() if render else
+                                     [f"[engine {md.get('engine_id')}] {type(error).__name__}: {error}"])
 
     def wait_interactive(self, interval: float = 0.1, timeout: float = -1, widget: Any = None) -> None:
         """Wait with a progress bar (tqdm: a text bar in a terminal, a widget in a notebook)."""
@@ -445,6 +450,12 @@ class _Printer:
             self.last = head
         self.ends_line = text.endswith("\n")
         print(pre + text, end="", file=file, flush=True)
+
+    def show_error(self, lines: list[str]) -> None:
+        """An engine's error (its first line names the engine), on stderr."""
+        pre = "" if self.ends_line else "\n"
+        print(pre + "\n".join(lines), file=sys.stderr, flush=True)
+        self.last, self.ends_line = None, True
 
 
 class ExecuteResult:

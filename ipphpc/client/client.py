@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -145,6 +146,9 @@ class Client:
             self._engines.update({int(k): v for k, v in welcome.get("engines", {}).items()})
             self._note_pythons()
         Client._latest = self
+        if "IPython" in sys.modules:  # in IPython, %px and friends work on the newest client, as they do there
+            from .magics import register_for_client
+            register_for_client(self)
 
     # -- I/O thread ----------------------------------------------------------------------------
     def _io_main(self) -> None:

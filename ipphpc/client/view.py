@@ -126,10 +126,12 @@ class View:
         register(name, make_default, view=self)
 
     def _use(self, name: str) -> Any:
-        use_serializer(name)
+        # the engines switch first, with a message they can still read; then this side
         ar = self.client.direct_view("all")._send_all("apply", serialize.dumps((use_serializer, (name,), {})),
                                                       f"use_{name}")
-        return _done_or(ar, self.block)
+        ar.get()
+        use_serializer(name)
+        return None if self.block else ar
 
     def use_pickle(self) -> Any:
         """Functions travel by reference with plain pickle (no lambdas), here and on every engine."""
@@ -142,6 +144,11 @@ class View:
     def use_dill(self) -> Any:
         """dill instead of cloudpickle, here and on every engine (dill must be installed on both)."""
         return self._use("dill")
+
+    @property
+    def executor(self) -> "ViewExecutor":
+        """A concurrent.futures.Executor over this view (on a DirectView, each future's result is a list)."""
+        return ViewExecutor(self)
 
     def _note(self, ar: AsyncResult) -> AsyncResult:
         self.history.extend(ar.msg_ids)
@@ -494,10 +501,6 @@ class LoadBalancedView(View):
     def imap(self, f: Callable, *seqs: Iterable, ordered: bool = True, chunksize: int | None = None) -> Iterator:
         return iter(self.map(f, *seqs, block=False, ordered=ordered, chunksize=chunksize))
 
-    @property
-    def executor(self) -> "ViewExecutor":
-        return ViewExecutor(self)
-
     def _control_targets(self) -> Any:
         return self._targets
 
@@ -520,9 +523,9 @@ def _done_or(ar: AsyncResult, block: bool) -> Any:
 
 
 class ViewExecutor(concurrent.futures.Executor):
-    """concurrent.futures.Executor over a load-balanced view; futures are AsyncResults."""
+    """concurrent.futures.Executor over a view; futures are AsyncResults."""
 
-    def __init__(self, view: LoadBalancedView):
+    def __init__(self, view: View):
         self.view = view
         self._submitted: list[AsyncResult] = []
 

@@ -299,6 +299,8 @@ class Hub:
                 self._send(self.engine_sock, ident, "reregister", {})
                 return
             self.on_result(e, h, frames)
+        elif t == "data" and e is not None:
+            self.on_control(e, h, frames)
         elif t == "register":
             self.on_register(ident, h)
         elif t == "bye":

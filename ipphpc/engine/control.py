@@ -108,6 +108,12 @@ class Control(threading.Thread):
         with self._lock:
             self.task, self.outputs = None, ()
 
+    def take_data(self) -> list[tuple[str, list]]:
+        """Publications not sent yet: the engine sends them ahead of the task's result."""
+        with self._lock:
+            data, self.data = self.data, []
+        return data
+
     def publish(self, data: dict) -> None:
         with self._lock:
             if self.task is None:

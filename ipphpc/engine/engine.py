@@ -252,6 +252,9 @@ class Engine(LoggingConfigurable):
                     "tb": ""}}))
                 return
             ok, value, meta = self.executor.run(h["k"], payload, mid)
+            if self.control.data:  # what the task published and the control line has not sent: before the result
+                for pmid, frames in self.control.take_data():
+                    self.pump.send(self.session.pack("data", {"p": pmid}, frames))
             meta["engine_id"] = self.id
             dur = meta["completed"] - meta["started"]
             body = [json.dumps(meta).encode(), *value]

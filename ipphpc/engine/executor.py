@@ -15,6 +15,13 @@ from ..client.remote import EngineNamespace, Reference
 from .control import Control, Output
 
 
+def _user_traceback(e: BaseException) -> str:
+    """The traceback as the user's code sees it: the engine's own frames (this file) left out."""
+    te = traceback.TracebackException.from_exception(e)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename != __file__])
+    return "".join(te.format())
+
+
 class _MainModule:
     """Stands for `__main__` in sys.modules, its attributes the engine namespace: pickle finds
     classes and functions defined by tasks (`%px class A: ...`) where it looks for them."""
@@ -84,8 +91,7 @@ class Executor:
             ok = True
         except BaseException as e:  # noqa: BLE001 - every failure, sys.exit() included, goes back to the client
             ok, frames = False, []
-            meta["error"] = {"ename": type(e).__name__, "evalue": str(e),
-                             "tb": "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))}
+            meta["error"] = {"ename": type(e).__name__, "evalue": str(e), "tb": _user_traceback(e)}
         finally:
             self.running = False
             sys.stdout, sys.stderr = saved

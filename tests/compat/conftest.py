@@ -1,2 +1,7 @@
-"""Fixtures for the compatibility tests: the core tests' real controller and two real engines."""
-from tests.core.conftest import _session_home, cluster, rc  # noqa: F401 - fixtures, found by name
+"""The compatibility tests use the run's shared cluster (tests/conftest.py): a real controller, two real engines."""
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_home(ipphpc_session_home):
+    """Every compatibility test runs under the run's private IPPHPC_DIR."""

@@ -424,3 +424,20 @@ def test_get_result_and_owner(rc):
     assert mid not in rc.results and mid not in rc.metadata
     with pytest.raises(ValueError, match="unknown task"):
         rc.get_result("not-a-msg-id")
+
+
+def test_engine_sets_by_id(ipphpc_dir):
+    """start_engines returns an engine set id; stop_engines(id) stops that set alone, as in IPython Parallel."""
+    cluster = ipp.Cluster(n=1, shutdown_atexit=False)
+    try:
+        rc = cluster.start_and_connect_sync()
+        second = cluster.start_engines_sync(n=2)
+        rc.wait_for_engines(3, timeout=30)
+        assert len(cluster.engine_set_ids) == 2 and second == cluster.engine_set_ids[1]
+        cluster.stop_engines_sync(second)
+        wait_until(lambda: len(rc.ids) == 1, 30, what="the second set's engines to leave")
+        assert rc[:].apply_sync(lambda: 1) == [1]
+        with pytest.raises(KeyError, match="no engine set"):
+            cluster.stop_engines_sync(second)
+    finally:
+        cluster.stop_cluster_sync()
