@@ -495,9 +495,16 @@ class Client:
         return flags
 
     def direct_view(self, targets: Any = "all", **flags: Any):
-        """Work sent to chosen engines; 'all' follows engines as they come and go."""
+        """Work sent to chosen engines; 'all' follows engines as they come and go, anything else
+        (a slice, negative ids) is resolved to engine ids now, as IPython Parallel does."""
         from .view import DirectView
-        return DirectView(self, targets, **self._view_flags(flags))
+        return DirectView(self, self._fixed_targets(targets), **self._view_flags(flags))
+
+    def _fixed_targets(self, targets: Any) -> Any:
+        if targets is None or targets == "all":
+            return "all"
+        ids = self._resolve(targets)
+        return ids[0] if isinstance(targets, int) else ids
 
     def broadcast_view(self, targets: Any = "all", is_coalescing: bool = False, **flags: Any):
         """Like direct_view, but a task for many engines leaves this client once; the controller copies it."""

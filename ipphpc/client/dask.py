@@ -154,6 +154,8 @@ def become_dask(client: Any, targets: Any = "all", port: int = 0, nanny: bool = 
     scheduler; `stop_dask` undoes it all.
     """
     distributed = _import_distributed()
+    if "ncores" in worker_args:  # distributed's former name for nthreads, still in older notebooks
+        worker_args["nthreads"] = worker_args.pop("ncores")
     ids = client._resolve(targets)
     state = _running.get(client)
     fresh = state is None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import signal
 import sys
 import threading
@@ -11,8 +12,12 @@ import types
 from typing import Any
 
 from .. import serialize
-from ..client.remote import EngineNamespace, Reference
+from ..remote_types import EngineNamespace, Reference
 from .control import Control, Output
+
+
+#: a line that only IPython reads: a magic, a shell escape, or help (`x?`)
+_IPYTHON_SYNTAX = re.compile(r"^\s*[%!]|\?\s*$", re.MULTILINE)
 
 
 def _user_traceback(e: BaseException) -> str:
@@ -122,6 +127,7 @@ class Executor:
 
     def _apply(self, payload: list) -> Any:
         f, args, kwargs = serialize.loads(payload)
+        f = self._resolve(f)  # apply(Reference('name')) calls what the engine holds under that name
         args = tuple(self._resolve(a) for a in args)
         kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
         return self._interactive(f)(*args, **kwargs)
@@ -139,6 +145,8 @@ class Executor:
         """Run code as an interactive shell does: the value of a last bare expression is the result,
         as {"data": {mime: text}} (None when there is none)."""
         code = bytes(payload[0]).decode()
+        if _IPYTHON_SYNTAX.search(code):
+            code = self._from_ipython(code)
         self.execution_count += 1
         name = f"<execute-{self.execution_count}>"
         tree = ast.parse(code, name)
@@ -160,6 +168,22 @@ class Executor:
             except Exception:  # noqa: BLE001 - a broken rich display leaves the plain one
                 pass
         return {"data": data, "execution_count": self.execution_count}
+
+    def _from_ipython(self, code: str) -> str:
+        """Code with IPython syntax (`%whos`, `%%timeit`, `!ls`) as plain Python, run by an IPython shell
+        on this namespace; the shell is made the first time it is needed, so engines stay light otherwise."""
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+            from IPython.core.interactiveshell import InteractiveShell
+        except ImportError:
+            raise SyntaxError("this code uses IPython syntax (%magics, !commands), and IPython is not installed "
+                              "on the engine: pip install ipython where the engines run") from None
+        if not InteractiveShell.initialized():
+            from traitlets.config import Config
+            cfg = Config()
+            cfg.HistoryManager.enabled = False  # no history database on a shared filesystem
+            InteractiveShell.instance(config=cfg, user_ns=self.user_ns)
+        return TransformerManager().transform_cell(code)
 
     def _clear(self, payload: list) -> None:
         """Empty the namespace, keeping what the engine itself put there (MPI names, builtins)."""

@@ -441,3 +441,23 @@ def test_engine_sets_by_id(ipphpc_dir):
             cluster.stop_engines_sync(second)
     finally:
         cluster.stop_cluster_sync()
+
+
+def test_ipython_syntax_on_engines(rc):
+    """%magics and !commands in executed code run through IPython on the engines, as on IPython Parallel's."""
+    dv = rc[:]
+    dv.execute("magic_value = 3", block=True)
+    ar = dv.execute("!echo from-the-shell\n%who_ls")
+    ar.get(20)
+    for out in ar.stdout:
+        assert "from-the-shell" in out
+    assert all("magic_value" in r["data"]["text/plain"] for r in ar["execute_result"])
+    assert dv.apply_sync(lambda: magic_value) == [3, 3]  # noqa: F821 - set on the engines
+
+
+def test_reference_as_the_function_and_views_resolve_targets(rc):
+    """apply(Reference('f')) calls the engine's f; rc[:].targets are ids, as in IPython Parallel."""
+    dv = rc[:]
+    assert dv.targets == rc.ids and rc[-1].targets == rc.ids[-1]
+    dv["held_function"] = lambda: "called on the engine"
+    assert dv.apply_sync(ipp.Reference("held_function")) == ["called on the engine"] * len(rc.ids)
