@@ -46,4 +46,16 @@ def engine_namespace() -> dict:
     return ex.user_ns if ex is not None else sys.modules["__main__"].__dict__
 
 
-__all__ = ["interactive"]
+def disambiguate_url(url: str, location: str | None = None) -> str:
+    """A url a peer can connect to: a wildcard address ('*', 0.0.0.0) becomes `location` (default
+    127.0.0.1), as code that wires engines to each other expects."""
+    proto, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, colon, port = rest.rpartition(":")
+    if host in ("*", "0.0.0.0", ""):
+        host = location or "127.0.0.1"
+    return f"{proto}://{host}{colon}{port}"
+
+
+__all__ = ["interactive", "disambiguate_url"]

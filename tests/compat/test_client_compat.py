@@ -461,3 +461,17 @@ def test_reference_as_the_function_and_views_resolve_targets(rc):
     assert dv.targets == rc.ids and rc[-1].targets == rc.ids[-1]
     dv["held_function"] = lambda: "called on the engine"
     assert dv.apply_sync(ipp.Reference("held_function")) == ["called on the engine"] * len(rc.ids)
+
+
+def test_helpers_user_code_imports():
+    """serialize_object/deserialize_object and util.disambiguate_url, which inter-engine code uses."""
+    import numpy as np
+
+    from ipphpc.serialize import deserialize_object, serialize_object
+    from ipphpc.util import disambiguate_url
+    data = {"a": np.arange(100_000), "f": lambda x: x + 1}
+    back, rest = deserialize_object(serialize_object(data))
+    assert rest == [] and (back["a"] == data["a"]).all() and back["f"](1) == 2
+    assert disambiguate_url("tcp://*:5555") == "tcp://127.0.0.1:5555"
+    assert disambiguate_url("tcp://0.0.0.0:5555", "10.0.0.7") == "tcp://10.0.0.7:5555"
+    assert disambiguate_url("tcp://node3:5555", "10.0.0.7") == "tcp://node3:5555"
