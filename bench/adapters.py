@@ -89,12 +89,12 @@ class IPStyle(System):
         if cluster is not None:
             try:
                 cluster.stop_cluster_sync()
-            except Exception as e:  # keep going: the client must be closed too
+            except Exception as e:  # noqa: BLE001 - keep going: the client must be closed too
                 errors.append(e)
         if rc is not None:
             try:
                 rc.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - raised together below
                 errors.append(e)
         if errors:
             raise errors[0]

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from hpc_common import (
+from hpc_common import (  # noqa: E402 - found through the path set above
     SHIM_LOG_VAR,
     bench_env,
     count_calls,
@@ -110,7 +110,7 @@ def others_running(own: set[str]) -> int:
 # -- 1. the poller: 1,000 elements vs 1 -------------------------------------------------------
 def _track(run: Run, size: int, seconds: float, out: dict[str, Any]) -> None:
     """Submit a held array of ``size``, follow it as HPCCluster does (states() every 0.25 s), cancel it."""
-    from ipphpc.batch.launcher import BatchLauncher
+    from ipphpc.launch.batch import BatchLauncher
 
     pdir = run.tmp / f"poll-{size}" / "profile"
     pdir.mkdir(parents=True)
@@ -199,8 +199,10 @@ def rows_poll(fig: dict[str, Any], seconds: float) -> list[list[str]]:
         ("1. poll interval reached at the end", "s", big["interval_at_end_s"], one["interval_at_end_s"]),
         ("1. calls per minute from then on (60 s / that interval)", "calls/min", 60 / big["interval_at_end_s"],
          60 / one["interval_at_end_s"]),
-        ("1. submit: sbatch calls", "calls", calls(big, "submit_calls", "sbatch"), calls(one, "submit_calls", "sbatch")),
-        ("1. stop: scheduler calls (scancel + until gone)", "calls", calls(big, "stop_calls"), calls(one, "stop_calls")),
+        ("1. submit: sbatch calls", "calls", calls(big, "submit_calls", "sbatch"),
+         calls(one, "submit_calls", "sbatch")),
+        ("1. stop: scheduler calls (scancel + until gone)", "calls", calls(big, "stop_calls"),
+         calls(one, "stop_calls")),
         ("1. stop: scancel calls", "calls", calls(big, "stop_calls", "scancel"), calls(one, "stop_calls", "scancel")),
         ("1. stop: time until the queue no longer lists them active", "s", big["stop_s"], one["stop_s"]),
     ):
@@ -486,7 +488,8 @@ def _sum(*vals: float | None) -> float | None:
 
 # -- main ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Scheduler calls and start-up time of ipphpc on Slurm, beside ipyparallel.")
+    ap = argparse.ArgumentParser(
+        description="Scheduler calls and start-up time of ipphpc on Slurm, beside ipyparallel.")
     ap.add_argument("--only", action="append", metavar="NAME", help=f"figures to run: {', '.join(FIGURES)}")
     ap.add_argument("--poll-seconds", type=float, default=60.0, help="tracking window of the poll figure (60)")
     ap.add_argument("--submit-n", type=int, default=256, help="engines of the submit figure (256)")

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from hpc_common import (
+from hpc_common import (  # noqa: E402 - found through the path set above
     TAG_VAR,
     fmt,
     header,
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from ipphpc.client.remote import EngineNamespace, mpi_bcast
     from ipphpc.cluster.cluster import HPCCluster
-    from ipphpc.cluster.mpi import find_mpiexec, mpi_flavor
+    from ipphpc.launch.mpi import find_mpiexec, mpi_flavor
 
     mpiexec = find_mpiexec()
     want = os.environ.get("IPPHPC_MPIEXEC")
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if name != "bcast_step":
                 dv.apply_sync(forget, "a")
             step()
-        for name, step in held.items():
+        for step in held.values():
             on_root_only()
             step()
         dv.apply_sync(forget, "a")

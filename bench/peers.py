@@ -76,7 +76,7 @@ class Dask(System):
             if obj is not None:
                 try:
                     obj.close()
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - every object is closed; raised together below
                     errors.append(e)
         if errors:
             raise errors[0]

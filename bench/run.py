@@ -37,8 +37,8 @@ from common import (  # noqa: E402
     SYSTEMS,
     TAG_VAR,
     reap,
-    wait_gone,
     table_rows,
+    wait_gone,
     write_json,
 )
 

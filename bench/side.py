@@ -123,7 +123,7 @@ class Runner:
         try:
             with time_limit(60):
                 self.sys.stop()
-        except Exception:
+        except Exception:  # noqa: BLE001 - reported; leftovers are terminated
             traceback.print_exc()
             self.say("stopping the cluster failed; leftovers will be terminated")
 
@@ -250,7 +250,7 @@ class Runner:
             if needs_main:
                 self.ensure_started()
             self.record(name, getattr(self, f"fig_{name}")())
-        except (Exception, FigureTimeout) as exc:
+        except (Exception, FigureTimeout) as exc:  # noqa: BLE001 - one figure failing ends only that figure
             self.fail(name, exc)
             if needs_main:
                 # the cluster may be wedged; the next figure gets a fresh one
@@ -300,7 +300,7 @@ def main(argv=None):
     result = {"system": args.system, "available": False, "version": None, "error": None, "figures": {}}
     try:
         system = load_system(args.system)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported in the result
         traceback.print_exc()
         result["error"] = f"{type(exc).__name__}: {exc}"
         write_json(args.out, result)

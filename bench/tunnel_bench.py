@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from hpc_common import (
+from hpc_common import (  # noqa: E402 - found through the path set above
     bench_env,
     fmt,
     header,

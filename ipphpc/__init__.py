@@ -7,9 +7,20 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  
 
 from . import error
 from ._version import __version__, version_info
-from .error import (CompositeError, ControllerUnreachable, DependencyTimeout, EngineError, ImpossibleDependency,
-                    InvalidDependency, KernelError, NoEnginesRegistered, RemoteError, TaskAborted, TaskTimeout,
-                    UnmetDependency)
+from .error import (
+    CompositeError,
+    ControllerUnreachable,
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
+    KernelError,
+    NoEnginesRegistered,
+    RemoteError,
+    TaskAborted,
+    TaskTimeout,
+    UnmetDependency,
+)
 
 # name -> module that defines it, imported when the name is first used
 _LAZY = {
@@ -20,7 +31,7 @@ _LAZY = {
     "AsyncResult": ".client.asyncresult",
     "AsyncMapResult": ".client.asyncresult",
     "AsyncHubResult": ".client.asyncresult",
-    "Reference": ".client.remote",
+    "Reference": ".remote_types",
     "DirectView": ".client.view",
     "LoadBalancedView": ".client.view",
     "BroadcastView": ".client.view",

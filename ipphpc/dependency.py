@@ -43,7 +43,7 @@ class Dependency(set):
 
     def __init__(self, dependencies: Any = (), all: bool = True, success: bool = True, failure: bool = False):
         if isinstance(dependencies, dict):  # the form as_dict() makes
-            all = dependencies.get("all", all)
+            all = dependencies.get("all", all)  # noqa: A001 - IPython Parallel's keyword
             success = dependencies.get("success", success)
             failure = dependencies.get("failure", failure)
             dependencies = dependencies.get("dependencies", ())

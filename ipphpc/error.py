@@ -9,7 +9,7 @@ import builtins
 from typing import Any, Iterator
 
 # `ar.get(timeout)` raises the built-in TimeoutError; IPython Parallel code imports it from here
-TimeoutError = builtins.TimeoutError
+TimeoutError = builtins.TimeoutError  # noqa: A001 - the same object, under the name ipp.error exports
 
 
 class IPythonError(Exception):
@@ -185,7 +185,7 @@ def collect_exceptions(results: list | dict, method: str = "unspecified") -> lis
     return results
 
 
-__all__ = ["IPythonError", "KernelError", "EngineError", "NoEnginesRegistered", "UnknownEngine", "TaskAborted", "TaskTimeout",
-           "TimeoutError", "UnmetDependency", "ImpossibleDependency", "DependencyTimeout", "InvalidDependency",
-           "TaskRejectError", "RemoteError", "CompositeError", "ControllerUnreachable", "ConnectionFileError",
-           "ProtocolMismatch", "collect_exceptions"]
+__all__ = ["IPythonError", "KernelError", "EngineError", "NoEnginesRegistered", "UnknownEngine", "TaskAborted",
+           "TaskTimeout", "TimeoutError", "UnmetDependency", "ImpossibleDependency", "DependencyTimeout",
+           "InvalidDependency", "TaskRejectError", "RemoteError", "CompositeError", "ControllerUnreachable",
+           "ConnectionFileError", "ProtocolMismatch", "collect_exceptions"]

@@ -93,7 +93,7 @@ class Session:
 
         The payload is not checked here: call `check_payload` before deserializing it.
         """
-        for i, f in enumerate(frames):
+        for i, f in enumerate(frames):  # noqa: B007 - i is read after the loop
             if _bytes(f) == DELIM:
                 break
         else:

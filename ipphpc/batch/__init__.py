@@ -1,13 +1,16 @@
 """The batch layer: what to tell each scheduler, and how to read its answers.
 
 Everything here is pure: commands are returned as argument lists, scheduler
-output is parsed from text, scripts are rendered to strings. Running them is
-the caller's business.
+output is parsed from text, scripts are rendered to strings, and what is known
+about a job changes by functions of what was known and what was heard
+(:mod:`.jobstate`). Nothing here runs a command, starts a process or writes a
+file (templates and exit files are read). Running them is :mod:`ipphpc.launch`'s
+business.
 """
 
 from .backend import Backend, BatchOutputError, expand_index_list, split_array
+from .jobstate import ElementStatus, TrackedJob
 from .registry import available_backends, get_backend
-from .resources import Resources
 from .render import (
     JobSpec,
     RenderedFile,
@@ -20,6 +23,7 @@ from .render import (
     split_spec,
     template_context,
 )
+from .resources import Resources
 from .states import (
     JobRecord,
     State,
@@ -32,11 +36,13 @@ from .states import (
 __all__ = [
     "Backend",
     "BatchOutputError",
+    "ElementStatus",
     "JobRecord",
     "JobSpec",
     "RenderedFile",
     "Resources",
     "State",
+    "TrackedJob",
     "array_directive_missing",
     "available_backends",
     "detect_style",

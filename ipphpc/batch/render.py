@@ -35,8 +35,7 @@ import jinja2
 
 from .backend import Backend, split_array
 from .registry import get_backend
-from .resources import Resources, aliases, format_dhms, format_hms
-from .resources import parse_memory, parse_walltime  # noqa: F401 - re-exported
+from .resources import Resources, aliases, format_dhms, format_hms, parse_memory, parse_walltime  # noqa: F401 - re-exported
 from .states import exit_dir as _exit_dir
 
 ROLES = ("engines", "controller")
@@ -260,7 +259,8 @@ def describe(context: Mapping[str, Any]) -> str:
         parts.append(f"{context['nodes']} nodes")
     if context["walltime"]:
         parts.append(f"walltime {context['walltime_dhms']}")
-    per = "the controller" if context["role"] == "controller" else f"each element ({context['engines_per_task']} engine(s))"
+    per = ("the controller" if context["role"] == "controller"
+           else f"each element ({context['engines_per_task']} engine(s))")
     return f"{per}: " + ", ".join(parts)
 
 

@@ -17,8 +17,8 @@ from traitlets.config import Config
 from .. import config as cfgmod
 from .. import paths
 from ..cluster.cluster import HPCCluster, list_cluster_files
-from ..cluster.processes import pid_alive
 from ..controller import record as record_mod
+from ..launch.processes import pid_alive
 from .table import render
 
 

@@ -164,7 +164,7 @@ class AsyncResult(concurrent.futures.Future):
             left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 t.wait(left)
-            except Exception:  # zmq.NotDone
+            except Exception:  # noqa: BLE001 - zmq.NotDone
                 raise TimeoutError("still waiting to be sent") from None
         return True
 

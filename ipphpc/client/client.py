@@ -22,12 +22,21 @@ from typing import Any, Iterable, Sequence
 import zmq
 
 from .. import connection, paths, serialize
-from ..error import (ControllerUnreachable, EngineError, ImpossibleDependency, NoEnginesRegistered,
-                      ProtocolMismatch, RemoteError, TaskAborted, TaskTimeout, UnknownEngine)
+from ..error import (
+    ControllerUnreachable,
+    EngineError,
+    ImpossibleDependency,
+    NoEnginesRegistered,
+    ProtocolMismatch,
+    RemoteError,
+    TaskAborted,
+    TaskTimeout,
+    UnknownEngine,
+)
 from ..wire import AuthError, Session, payload_digest
 from ..zmqpump import Pump, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
-from .held import Held, HeldTask
+from .held import Held
 
 log = logging.getLogger("ipphpc.client")
 _PYTHON = platform.python_version()
@@ -419,7 +428,6 @@ class Client:
                  via_results: bool = False) -> dict:
         """Send a request to the controller and wait for its reply (from any thread but the I/O thread)."""
         fields = dict(fields or {}, c=self.cid)
-        fut: asyncio.Future
 
         def send() -> asyncio.Future:
             f = self._loop.create_future()
@@ -440,7 +448,8 @@ class Client:
         try:
             return asyncio.run_coroutine_threadsafe(roundtrip(), self._loop).result(timeout + 1)
         except (asyncio.TimeoutError, TimeoutError):
-            raise TimeoutError(f"the controller at {self.url} did not answer {msg_type!r} within {timeout:g} s")
+            raise TimeoutError(f"the controller at {self.url} did not answer {msg_type!r} "
+                               f"within {timeout:g} s") from None
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -731,7 +740,8 @@ class Client:
         block = self.block if block is None else block
         return ar.get() if block else ar
 
-    def shutdown(self, targets: Any = "all", restart: bool = False, hub: bool = False, block: bool | None = None) -> None:
+    def shutdown(self, targets: Any = "all", restart: bool = False, hub: bool = False,
+                 block: bool | None = None) -> None:
         """Stop engines (`targets`), and the controller too with `hub=True`."""
         if restart:
             raise ValueError("shutdown(restart=True): restart engines through their cluster "

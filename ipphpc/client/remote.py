@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..remote_types import EngineNamespace, Reference  # noqa: F401 - their former home, still imported
+
 
 def use_serializer(name: str) -> None:
     """Choose the pickler here (runs on engines too, for use_pickle/use_cloudpickle/use_dill)."""
@@ -43,20 +45,6 @@ def concat(pieces: list) -> Any:
     for p in pieces:
         out.extend(p)
     return out
-
-
-class Reference:
-    """An argument that names a variable in the engine's namespace: `dv.apply(f, Reference('x'))`."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Reference({self.name!r})"
-
-
-class EngineNamespace:
-    """An argument replaced on the engine by its namespace dict (for helpers that read or set names)."""
 
 
 def _raw_view(a: Any) -> Any:
@@ -106,7 +94,7 @@ def mpi_bcast(ns: dict, name: str, root: int) -> None:
                 import cloudpickle
                 blob = cloudpickle.dumps(obj, protocol=5)
                 meta = ("object", len(blob))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - sent to every rank, so all of them raise
             meta = ("error", f"{type(e).__name__}: {e}")
     meta = comm.bcast(meta, root=root)
     if meta[0] == "error":

@@ -14,7 +14,6 @@ from .asyncresult import AsyncMapResult, AsyncResult
 from .held import HeldTask
 from .remote import EngineNamespace, concat, map_chunk, mpi_bcast, partition, use_serializer
 
-
 #: a synchronous apply that is not one plain task (several engines, retries, a timeout)
 _NOT_ONE = object()
 

@@ -2,11 +2,16 @@
 
 Each cluster writes `security/cluster-<id>.json` so that `ipphpc list`, `ipphpc stop` and
 `HPCCluster.from_file()` can find and stop it from another process.
+
+The control plane is synchronous: `start_cluster_sync()`, `stop_cluster_sync()`, ... do the work
+(submitting jobs, running ssh, waiting for files), and each `async def` of the same name without
+`_sync` runs it in a worker thread, so an event loop (a notebook's) keeps running meanwhile.
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import json
 import os
 import shlex
@@ -18,12 +23,17 @@ from traitlets import Bool, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Config, LoggingConfigurable
 
 from .. import connection, paths
-from .._async import run_sync
+from ..batch.resources import Resources, canonical_options, option_names
 from ..config import load_profile_config
 from ..error import ControllerUnreachable
-from ..batch.resources import Resources, canonical_options, option_names
-from .launchers import find_launcher, ipphpc_command, launcher_from_dict
+from ..launch.base import BatchJobs, DryRun, Launcher
+from ..launch.launchers import find_launcher, ipphpc_command, launcher_from_dict
 from .resource_traits import ResourceTraits
+
+
+async def _in_thread(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """`func(*args, **kwargs)` in the loop's default thread pool, awaited."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args, **kwargs))
 
 
 def new_cluster_id() -> str:
@@ -105,8 +115,8 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 and self.engines.lower() not in ("mpi", "mpiexec", "srun"):
             # engines on other hosts must be able to reach the controller: not loopback
             self.controller_ip = "*"
-        self.controller_launcher: Any = None
-        self.engine_sets: list[Any] = []
+        self.controller_launcher: Launcher | None = None
+        self.engine_sets: list[Launcher] = []
         self.engine_set_ids: list[str] = []  # one per engine set, as start_engines returned it
         self.client: Any = None
         self._atexit = False
@@ -150,7 +160,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def from_allocation(cls, n: int | None = None, **kwargs: Any) -> "HPCCluster":
         """Inside a batch job: the controller on this (batch) host, engines across the allocation,
         with srun under Slurm and mpiexec elsewhere. Use it as `with HPCCluster.from_allocation() as rc:`."""
-        from .srun import allocation_size
+        from ..launch.srun import allocation_size
         launcher, slots = allocation_size()
         job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("JOB_ID") \
             or os.environ.get("LSB_JOBID") or "job"
@@ -200,7 +210,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                                       binds=list(self.container_binds), profile_dir=self.profile_dir)
         return cmd
 
-    def _launcher(self, name: str, role: str, n: int = 1) -> Any:
+    def _launcher(self, name: str, role: str, n: int = 1) -> Launcher:
         """Configurable launchers read their own section of this cluster's config (c.SSHEngineSetLauncher...)."""
         cls = find_launcher(name)
         kwargs: dict[str, Any] = {"parent": self} if getattr(cls, "configurable", False) else {}
@@ -222,7 +232,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def job_script(self) -> str:
         """The exact engines batch script (for HTCondor, the submit file and its wrapper) start would submit."""
         launcher = self._launcher(self.engines, "engines", self.n)
-        if not hasattr(launcher, "job_script"):
+        if not isinstance(launcher, BatchJobs):
             raise ValueError(f"engines={self.engines!r} are not batch jobs: there is no job script")
         return launcher.job_script(self._engine_cmd())
 
@@ -230,12 +240,12 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         """The scripts and exact commands `start_cluster` would run, without running them."""
         out = []
         ctl = self._launcher(self.controller, "controller")
-        if hasattr(ctl, "dry_run"):
+        if isinstance(ctl, DryRun):
             out.append(ctl.dry_run(self._controller_cmd()))
         else:
             out.append("# controller (local process)\n" + shlex.join(self._controller_cmd()))
         eng = self._launcher(self.engines, "engines", self.n)
-        if hasattr(eng, "dry_run"):
+        if isinstance(eng, DryRun):
             out.append(eng.dry_run(self._engine_cmd()))
         else:
             out.append(f"# {self.n} engines ({self.engines})\n" + shlex.join(self._engine_cmd()))
@@ -246,7 +256,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         """What the engine sets will start (a launcher's own host list may differ from `n`)."""
         return sum(e.n for e in self.engine_sets) or self.n
 
-    async def start_controller(self) -> None:
+    def start_controller_sync(self) -> None:
         for role in ("client", "engine"):
             # a stale file of an earlier run with this id would send engines to a dead controller
             paths.connection_file(self.pdir, role, self.cluster_id).unlink(missing_ok=True)
@@ -256,7 +266,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         self._register_atexit()
         self.write_cluster_file()
 
-    async def start_engines(self, n: int | None = None, engine_set_id: str | None = None) -> str:
+    def start_engines_sync(self, n: int | None = None, engine_set_id: str | None = None) -> str:
         """Start a set of `n` engines; returns its id (for stop_engines)."""
         n = n or self.n
         set_id = engine_set_id or f"{int(time.time())}-{os.urandom(2).hex()}"
@@ -270,7 +280,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         self.write_cluster_file()
         return set_id
 
-    async def start_cluster(self, n: int | None = None) -> None:
+    def start_cluster_sync(self, n: int | None = None) -> None:
         """Controller and engines start together; engines wait for the connection file."""
         if n is not None:
             self.n = n
@@ -279,21 +289,20 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         # (not in __init__: `ipphpc stop` from another process must not need a user's launcher class)
         find_launcher(self.engines)
         find_launcher(self.controller)
-        await self.start_controller()
+        self.start_controller_sync()
         if self.n > 0:  # n=0: a controller alone, for engines that users' own batch scripts start
             try:
-                await self.start_engines(self.n)
+                self.start_engines_sync(self.n)
             except BaseException:
                 # a refused submission or a bad option: no controller may be left waiting for engines
-                await self.stop_cluster()
+                self.stop_cluster_sync()
                 raise
 
-    async def connect_client(self, **kwargs: Any) -> Any:
+    def connect_client_sync(self, **kwargs: Any) -> Any:
         from ..client.client import Client
-        loop = asyncio.get_running_loop()
         default = 30.0 if self.controller == "local" else self.wait_timeout  # a batch controller may queue
-        await loop.run_in_executor(None, self._wait_for_client_file, kwargs.pop("timeout", default))
-        self.client = await loop.run_in_executor(None, lambda: Client(self.client_file, **kwargs))
+        self._wait_for_client_file(kwargs.pop("timeout", default))
+        self.client = Client(self.client_file, **kwargs)
         self.client._cluster = self
         return self.client
 
@@ -316,10 +325,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         except OSError:
             return f"(no output in {path})"
 
-    async def start_and_connect(self, n: int | None = None, activate: bool = False) -> Any:
-        await self.start_cluster(n)
-        rc = await self.connect_client()
-        await asyncio.get_running_loop().run_in_executor(None, self._wait_for_engines, rc, self.engines_requested)
+    def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Any:
+        self.start_cluster_sync(n)
+        rc = self.connect_client_sync()
+        self._wait_for_engines(rc, self.engines_requested)
         if activate:  # the %px magics on all engines, in the running IPython
             rc.activate()
         return rc
@@ -332,7 +341,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def engines_failed(self) -> str | None:
         """Why the engine sets cannot bring more engines (the scheduler's reason and output), or None."""
         for e in self.engine_sets:
-            if hasattr(e, "failure_report"):
+            if isinstance(e, BatchJobs):
                 # one failed array element is enough: its engines will never register
                 report = e.failure_report()
                 if report:
@@ -360,7 +369,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 pass
 
     # -- stop --------------------------------------------------------------------------------
-    async def stop_engines(self, engine_set_id: str | None = None) -> None:
+    def stop_engines_sync(self, engine_set_id: str | None = None) -> None:
         """Stop one engine set (by the id start_engines returned), or all of them."""
         if engine_set_id is None:
             for e in self.engine_sets:
@@ -375,13 +384,13 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             self.engine_set_ids.pop(i)
         self.write_cluster_file()
 
-    async def stop_controller(self) -> None:
+    def stop_controller_sync(self) -> None:
         if self.controller_launcher is not None:
             self.controller_launcher.stop()
 
-    async def stop_cluster(self) -> None:
+    def stop_cluster_sync(self) -> None:
         """Ask the controller to stop its engines and itself, then make sure every process is gone."""
-        await asyncio.get_running_loop().run_in_executor(None, self._stop_all)
+        self._stop_all()
 
     def _stop_all(self) -> None:
         """Plain blocking code, so it also runs at interpreter exit, when thread pools are closed."""
@@ -432,14 +441,14 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         from ..client.client import Client
         return Client(self.client_file, timeout=10), True
 
-    async def signal_engines(self, signum: int | str) -> list[int]:
+    def signal_engines_sync(self, signum: int | str) -> list[int]:
         """Send a signal to every engine; each engine signals itself, so this works wherever engines run
         (batch nodes, ssh hosts, under mpiexec). SIGINT interrupts running tasks and leaves engines serving."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._signal, signum, None)
+        return self._signal(signum, None)
 
-    async def signal_engine(self, signum: int | str, engine_id: int) -> list[int]:
-        """Send a signal to one engine (see signal_engines)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._signal, signum, [engine_id])
+    def signal_engine_sync(self, signum: int | str, engine_id: int) -> list[int]:
+        """Send a signal to one engine (see signal_engines_sync)."""
+        return self._signal(signum, [engine_id])
 
     def _signal(self, signum: int | str, targets: list[int] | None) -> list[int]:
         rc, own = self._client_for_control()
@@ -449,33 +458,45 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             if own:
                 rc.close()
 
-    def signal_engines_sync(self, signum: int | str) -> list[int]:
-        return run_sync(self.signal_engines(signum))
+    # -- the same, for an event loop: the work runs in a thread, the loop keeps running ------------
+    async def start_controller(self) -> None:
+        await _in_thread(self.start_controller_sync)
 
-    def signal_engine_sync(self, signum: int | str, engine_id: int) -> list[int]:
-        return run_sync(self.signal_engine(signum, engine_id))
+    async def start_engines(self, n: int | None = None, engine_set_id: str | None = None) -> str:
+        """Start a set of `n` engines; returns its id (for stop_engines)."""
+        return await _in_thread(self.start_engines_sync, n, engine_set_id)
 
-    # -- sync API ----------------------------------------------------------------------------
-    def start_controller_sync(self) -> None:
-        run_sync(self.start_controller())
+    async def start_cluster(self, n: int | None = None) -> None:
+        """Controller and engines start together; engines wait for the connection file."""
+        await _in_thread(self.start_cluster_sync, n)
 
-    def start_engines_sync(self, n: int | None = None, engine_set_id: str | None = None) -> str:
-        return run_sync(self.start_engines(n, engine_set_id))
+    async def connect_client(self, **kwargs: Any) -> Any:
+        return await _in_thread(self.connect_client_sync, **kwargs)
 
-    def start_cluster_sync(self, n: int | None = None) -> None:
-        run_sync(self.start_cluster(n))
+    async def start_and_connect(self, n: int | None = None, activate: bool = False) -> Any:
+        rc = await _in_thread(self.start_and_connect_sync, n)
+        if activate:  # in the caller's thread: IPython registers magics in the running shell
+            rc.activate()
+        return rc
 
-    def connect_client_sync(self, **kwargs: Any) -> Any:
-        return run_sync(self.connect_client(**kwargs))
+    async def stop_engines(self, engine_set_id: str | None = None) -> None:
+        """Stop one engine set (by the id start_engines returned), or all of them."""
+        await _in_thread(self.stop_engines_sync, engine_set_id)
 
-    def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Any:
-        return run_sync(self.start_and_connect(n, activate))
+    async def stop_controller(self) -> None:
+        await _in_thread(self.stop_controller_sync)
 
-    def stop_engines_sync(self, engine_set_id: str | None = None) -> None:
-        run_sync(self.stop_engines(engine_set_id))
+    async def stop_cluster(self) -> None:
+        """Ask the controller to stop its engines and itself, then make sure every process is gone."""
+        await _in_thread(self.stop_cluster_sync)
 
-    def stop_cluster_sync(self) -> None:
-        run_sync(self.stop_cluster())
+    async def signal_engines(self, signum: int | str) -> list[int]:
+        """Send a signal to every engine (see signal_engines_sync)."""
+        return await _in_thread(self.signal_engines_sync, signum)
+
+    async def signal_engine(self, signum: int | str, engine_id: int) -> list[int]:
+        """Send a signal to one engine (see signal_engines_sync)."""
+        return await _in_thread(self.signal_engine_sync, signum, engine_id)
 
     def __enter__(self) -> Any:
         try:
@@ -502,12 +523,12 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         return f"<HPCCluster {self.cluster_id}: {self.n} {self.engines} engines, profile {self.pdir.name}>"
 
 
-def _obeys_shutdown(launcher: Any) -> bool:
+def _obeys_shutdown(launcher: Launcher) -> bool:
     """True while the shutdown message can still end something: a live process or a running batch element.
 
     Queued and held elements have no engine to hear it; they are cancelled right after, not waited for.
     """
-    if hasattr(launcher, "states"):
+    if isinstance(launcher, BatchJobs):
         from ..batch.states import State
         return any(s.state is State.RUNNING for s in launcher.states())
     return launcher.running

@@ -17,16 +17,16 @@ from ..batch.resources import option_default, option_fields
 def _trait(f: dataclasses.Field) -> TraitType:
     default = option_default(f.name)
     info = f.metadata["option"]
-    help = info.help + (f" (also: {', '.join(info.aliases)})" if info.aliases else "")
+    text = info.help + (f" (also: {', '.join(info.aliases)})" if info.aliases else "")
     if isinstance(default, bool):
-        return Bool(default, config=True, help=help)
+        return Bool(default, config=True, help=text)
     if isinstance(default, int):
-        return Integer(default, config=True, help=help)
+        return Integer(default, config=True, help=text)
     if isinstance(default, list):
-        return List(Unicode(), default, config=True, help=help)
+        return List(Unicode(), default, config=True, help=text)
     if isinstance(default, dict):
-        return Dict(value_trait=Unicode(), default_value=default, config=True, help=help)
-    return Unicode(default, config=True, help=help)
+        return Dict(value_trait=Unicode(), default_value=default, config=True, help=text)
+    return Unicode(default, config=True, help=text)
 
 
 def resource_traits() -> dict[str, TraitType]:

@@ -6,11 +6,9 @@ and owns the files other processes use to find it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import socket
 import signal
-import time
+import socket
 from pathlib import Path
 
 import zmq
@@ -20,7 +18,7 @@ from traitlets.config import LoggingConfigurable
 from .. import connection, paths
 from .._version import __version__
 from ..netutil import advertised_addresses, is_wildcard
-from ..wire import AuthError, Session, new_key
+from ..wire import Session, new_key
 from . import record
 from .hub import Hub
 

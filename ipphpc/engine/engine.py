@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
 from .. import connection, paths
-from ..wire import AuthError, Session, check_version
+from ..wire import AuthError, Session
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control

@@ -15,7 +15,6 @@ from .. import serialize
 from ..remote_types import EngineNamespace, Reference
 from .control import Control, Output
 
-
 #: a line that only IPython reads: a magic, a shell escape, or help (`x?`)
 _IPYTHON_SYNTAX = re.compile(r"^\s*[%!]|\?\s*$", re.MULTILINE)
 
@@ -154,7 +153,7 @@ class Executor:
         exec(compile(tree, name, "exec"), self.user_ns)
         if last is None:
             return None
-        value = eval(compile(ast.Expression(last.value), name, "eval"), self.user_ns)
+        value = eval(compile(ast.Expression(last.value), name, "eval"), self.user_ns)  # noqa: S307 - user code
         if value is None:
             return None
         self.user_ns["_"] = value

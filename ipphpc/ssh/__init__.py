@@ -1,7 +1,9 @@
-"""Across machines: SSH tunnels to a controller, and launchers that start processes over ssh.
+"""Across machines: SSH tunnels to a controller, and the ssh command lines they and launchers use.
 
-Light to import (the engine imports it when asked to tunnel): pexpect is loaded only when a
-password or host-key prompt has to be answered, and the launchers only when named.
+The transport only: clients and engines import it to reach a controller through a tunnel, so
+it stays below them and imports nothing of the cluster. Starting processes over ssh is
+:mod:`ipphpc.launch.ssh`. Light to import: pexpect is loaded only when a password or host-key
+prompt has to be answered.
 """
 from .tunnel import SSHServer, SSHTunnelError, Tunnel, open_tunnel, tunnel_info
 

@@ -249,7 +249,7 @@ class Tunnel:
         global _libc
         if self._errfile is not None:
             self._errfile.close()
-        self._errfile = tempfile.TemporaryFile()
+        self._errfile = tempfile.TemporaryFile()  # noqa: SIM115 - ssh writes to it; closed above or in close()
         in_main = threading.current_thread() is threading.main_thread()
         if in_main and _libc is None and sys.platform.startswith("linux"):
             try:

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from ipphpc.cluster.srun import allocation_size
+from ipphpc.launch.srun import allocation_size
 
 from ..services import require
 

@@ -10,11 +10,11 @@ import pytest
 from traitlets.config import Config
 
 from ipphpc import HPCCluster
-from ipphpc.batch.launcher import scheduler_launcher
-from ipphpc.batch.poller import ElementStatus
 from ipphpc.batch.resources import option_names
 from ipphpc.batch.states import State
 from ipphpc.cli.main import FLAG_TRAITS, build_parser, to_config
+from ipphpc.launch.batch import scheduler_launcher
+from ipphpc.launch.poller import ElementStatus
 
 
 @pytest.fixture

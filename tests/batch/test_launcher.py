@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from ipphpc.batch.commands import CommandResult, SchedulerCommandError
-from ipphpc.batch.launcher import (
+from ipphpc.batch.registry import get_backend
+from ipphpc.batch.states import State
+from ipphpc.launch.batch import (
     BatchLauncher,
     element_map,
     expand_output_pattern,
     is_scheduler_name,
     scheduler_launcher,
 )
-from ipphpc.batch.poller import Poller
-from ipphpc.batch.registry import get_backend
-from ipphpc.batch.states import State
+from ipphpc.launch.commands import CommandResult, SchedulerCommandError
+from ipphpc.launch.poller import Poller
 
 REPO = Path(__file__).resolve().parents[2]
 EMULATORS = REPO / "tests" / "emulators"

@@ -6,7 +6,6 @@ checked exactly and no test depends on how fast the machine is.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from ipphpc.batch.commands import (
+from ipphpc.batch.states import State, exit_file_path
+from ipphpc.launch.commands import (
     COUNTER,
     CommandCounter,
     CommandResult,
     SchedulerCommandError,
     run_command,
-    run_command_async,
 )
-from ipphpc.batch.poller import ElementStatus, Poller
-from ipphpc.batch.states import State, exit_file_path
+from ipphpc.launch.poller import ElementStatus, Poller
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLLER_DOWN = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
@@ -448,8 +446,8 @@ def test_a_fresh_cache_serves_a_new_poller_and_a_backoff_is_shared(slurm, clock,
 HELPER = textwrap.dedent('''
     import fcntl, json, sys, time
     from pathlib import Path
-    from ipphpc.batch.commands import CommandResult
-    from ipphpc.batch.poller import Poller
+    from ipphpc.launch.commands import CommandResult
+    from ipphpc.launch.poller import Poller
 
     profile, calls, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 
@@ -488,8 +486,8 @@ def test_two_processes_share_one_query(tmp_path) -> None:
     assert len(calls.read_text().splitlines()) == 1
 
 
-# -- asyncio ---------------------------------------------------------------------------------
-def test_the_asyncio_task_polls_until_stopped(slurm) -> None:
+# -- waiting -----------------------------------------------------------------------------------
+def test_wait_until_polls_until_the_elements_finish(slurm) -> None:
     slurm.add("10", [0, 1], "RUNNING")
     real = FakeSlurm.__call__
 
@@ -499,32 +497,23 @@ def test_the_asyncio_task_polls_until_stopped(slurm) -> None:
             slurm.finish("10", 1, "FAILED", "2:0")
         return real(slurm, argv, input, timeout, cwd)
 
-    async def main() -> tuple[bool, int]:
-        poller = Poller("slurm", runner=scripted, min_interval=0.01, max_interval=0.05)
-        poller.track_array("10", 2)
-        poller.start()
-        done = await poller.wait_until_async(lambda recs: all(r.finished for r in recs), timeout=30)
-        await poller.aclose()
-        calls = slurm.count("squeue")
-        await asyncio.sleep(0.1)
-        assert slurm.count("squeue") == calls  # stopped means stopped
-        return done, calls
-
-    done, calls = asyncio.run(main())
-    assert done
-    assert calls >= 4
+    poller = Poller("slurm", runner=scripted, min_interval=0.01, max_interval=0.05)
+    poller.track_array("10", 2)
+    assert poller.wait_until(lambda recs: all(r.finished for r in recs), timeout=30)
+    assert slurm.count("squeue") >= 4
+    assert [r.state for r in poller.records()] == [State.COMPLETED, State.FAILED]
 
 
-def test_async_runner_is_used_by_the_asyncio_api(clock) -> None:
+def test_the_runner_is_used_and_counted(clock) -> None:
     seen = []
 
-    async def runner(argv, input=None, timeout=None, cwd=None):
+    def runner(argv, input=None, timeout=None, cwd=None):
         seen.append(argv[0])
         return CommandResult(0, "10|N/A|10|RUNNING|None|n1\n", "")
 
-    poller = Poller("slurm", async_runner=runner, clock=clock)
+    poller = Poller("slurm", runner=runner, clock=clock)
     poller.track("10")
-    asyncio.run(poller.poll_once_async())
+    poller.poll_once()
     assert seen == ["squeue"]
     assert poller.record("10").state is State.RUNNING
     assert poller.counter.count("squeue") == 1
@@ -563,13 +552,11 @@ def test_timeouts_raise() -> None:
     with pytest.raises(SchedulerCommandError) as info:
         run_command(["sleep", "5"], timeout=0.2)
     assert info.value.kind == "timeout"
-    with pytest.raises(SchedulerCommandError):
-        asyncio.run(run_command_async(["sleep", "5"], timeout=0.2))
 
 
-def test_run_command_async() -> None:
+def test_run_command_feeds_stdin_and_counts_on_its_counter() -> None:
     counter = CommandCounter(parent=None)
-    result = asyncio.run(run_command_async(["sh", "-c", "cat; exit 2"], input="x", counter=counter))
+    result = run_command(["sh", "-c", "cat; exit 2"], input="x", counter=counter)
     assert result == (2, "x", "")
     assert counter.total == 1
 

@@ -213,7 +213,8 @@ def test_resources_refuse_bad_values() -> None:
 def run_element(tmp_path: Path, env: dict[str, str], gpus: int = 2, per_task: int = 3) -> list[str]:
     """Run element 0 of a Slurm script locally; each engine records index, CUDA and ROCR devices."""
     record = tmp_path / "engines.txt"
-    command = f"sh -c 'echo \"$IPPHPC_ENGINE_INDEX ${{CUDA_VISIBLE_DEVICES-unset}} ${{ROCR_VISIBLE_DEVICES-unset}}\" >> {record}'"
+    command = (f"sh -c 'echo \"$IPPHPC_ENGINE_INDEX ${{CUDA_VISIBLE_DEVICES-unset}} "
+               f"${{ROCR_VISIBLE_DEVICES-unset}}\" >> {record}'")
     spec = JobSpec(n=per_task, engines_per_task=per_task, gpus=gpus, engine_command=command,
                    profile_dir=str(tmp_path / "p"), cluster_id="c1")
     script = tmp_path / "job.sh"

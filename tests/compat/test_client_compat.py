@@ -307,8 +307,9 @@ def test_execute_result_of_last_expression(rc, capsys):
 
 
 def _publish():
-    from ipphpc.datapub import publish_data
     import time as _t
+
+    from ipphpc.datapub import publish_data
     for i in range(3):
         publish_data({"step": i})
         _t.sleep(0.25)
@@ -352,7 +353,7 @@ def test_use_pickle_and_back(rc):
     dv.block = True
     try:
         dv.use_pickle()
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="pickle"):
             dv.apply(lambda: 1)
         assert dv.apply(os.getpid) == [rc.engines[e]["pid"] for e in rc.ids]
     finally:

@@ -12,7 +12,6 @@ distributed = pytest.importorskip("distributed")
 
 from ipphpc.client import dask as ipdask  # noqa: E402
 from ipphpc.client.remote import EngineNamespace  # noqa: E402
-
 from tests.core.helpers import ship_by_value, wait_until  # noqa: E402
 
 ship_by_value(__name__)

@@ -12,7 +12,6 @@ import pytest
 
 import ipphpc as ipp
 from ipphpc import Dependency, RemoteError, UnmetDependency, depend, dependent, interactive, require
-
 from tests.core.helpers import ship_by_value
 
 ship_by_value(__name__)
@@ -183,7 +182,7 @@ def test_require_imports_modules_into_the_engine_namespace(rc):
 def test_require_accepts_module_objects(rc):
     @require(json)
     def dumps(x):
-        return json.dumps(x)  # noqa: F821
+        return json.dumps(x)
 
     assert rc[rc.ids[0]].apply_sync(dumps, [1]) == "[1]"
 

@@ -11,7 +11,6 @@ from joblib import Parallel, delayed, parallel_config  # noqa: E402
 import ipphpc as ipp  # noqa: E402
 from ipphpc import Client, RemoteError  # noqa: E402
 from ipphpc.client._joblib import IPythonParallelBackend  # noqa: E402
-
 from tests.core.helpers import ship_by_value  # noqa: E402
 
 ship_by_value(__name__)

@@ -9,7 +9,6 @@ import pytest
 import ipphpc as ipp
 from ipphpc.client.asyncresult import AsyncMapResult, AsyncResult
 from ipphpc.client.remotefunction import ParallelFunction, RemoteFunction
-
 from tests.core.helpers import ship_by_value
 
 ship_by_value(__name__)

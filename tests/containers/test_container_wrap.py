@@ -93,7 +93,8 @@ def test_duplicate_binds_are_mounted_once() -> None:
 
 
 @pytest.mark.parametrize("kw,words", [
-    ({"runtime": "charliecloud"}, ["unknown container runtime 'charliecloud'", "apptainer, singularity, podman, docker"]),
+    ({"runtime": "charliecloud"},
+     ["unknown container runtime 'charliecloud'", "apptainer, singularity, podman, docker"]),
     ({"binds": ["data"]}, ["'data'", "absolute"]),
     ({"gpu": "intel"}, ["'intel'", "nvidia, amd"]),
 ])

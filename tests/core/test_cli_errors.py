@@ -67,12 +67,19 @@ def test_trait_arguments_still_pass_through(ipphpc_dir):
 def test_missing_profile_is_an_error_naming_the_existing_ones(ipphpc_dir):
     assert ipphpc("profile", "create", "analysis").returncode == 0
     for cmd in (["list"], ["status"], ["stop"], ["logs"], ["controller", "--cluster-id", "x"],
-                ["engine", "--cluster-id", "x"], ["profile", "locate", "analysys"]):
+                ["profile", "locate", "analysys"]):
         args = [*cmd, "--profile", "analysys"] if cmd[0] != "profile" else cmd
         line = one_line_error(ipphpc(*args))
         assert "no profile 'analysys'" in line and "profiles there: analysis" in line, (cmd, line)
         assert "ipphpc profile create analysys" in line, line
     assert paths.profile_names() == ["analysis"]
+
+
+def test_engine_waits_for_a_profile_its_controller_makes(ipphpc_dir):
+    """Engines may start before the controller (a shared filesystem): an unknown profile is waited for,
+    and the wait ends in one line naming the connection file it waited for."""
+    line = one_line_error(ipphpc("engine", "--profile", "later", "--cluster-id", "x", "--wait-for-file", "0.5"))
+    assert "waited 0.5 s for connection file" in line and "profile_later/security/ipcontroller-x-engine.json" in line
 
 
 def test_submit_says_when_it_creates_a_profile(ipphpc_dir):

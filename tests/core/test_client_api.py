@@ -360,7 +360,7 @@ def test_undeserializable_result_fails_instead_of_hanging(rc):
                     "exec('class Thing:\\n    pass', m.__dict__)\n"
                     "sys.modules['engine_only_module'] = m\n", block=True)
     ar = rc[eid].apply_async(lambda: __import__("engine_only_module").Thing())
-    with pytest.raises(Exception) as err:  # noqa: PT011 - any error naming the cause, but not a hang
+    with pytest.raises(Exception) as err:  # any error naming the cause, but not a hang
         ar.get(timeout=5)
     assert not isinstance(err.value, TimeoutError), "the result never completed"
     assert "engine_only_module" in str(err.value)

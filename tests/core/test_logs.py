@@ -82,7 +82,8 @@ def test_logs_of_a_local_cluster(ipphpc_dir, tmp_path):
     last = sections(r.stdout)[controller_logs[0]]
     assert last == Path(controller_logs[0]).read_text().splitlines()[-1:] and "controller stopped" in last[0]
     r = ipphpc("logs", "L7")
-    assert r.returncode == 1 and r.stderr.strip() == f"ipphpc logs: no cluster 'L7' in profile {pdir} (clusters there: L)"
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"ipphpc logs: no cluster 'L7' in profile {pdir} (clusters there: L)"
 
     # --follow prints what is appended until Ctrl-C
     out = tmp_path / "follow.out"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ipphpc.cluster.mpi import find_mpiexec, mpiexec_args
+from ipphpc.launch.mpi import find_mpiexec, mpiexec_args
 
 from ..services import require
 

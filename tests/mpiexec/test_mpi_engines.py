@@ -72,7 +72,7 @@ def test_mpi_bcast_moves_an_array_and_an_object(mpi_cluster):
     _, rc = mpi_cluster
     x = np.random.default_rng(1).random(300_000)
     rc[:].mpi_bcast("x", x)
-    sums = rc[:].apply_sync(lambda: float(x.sum()))  # noqa: F821
+    sums = rc[:].apply_sync(lambda: float(x.sum()))
     assert sums == [float(x.sum())] * 4
     rc[:].mpi_bcast("cfg", {"alpha": 3, "name": "run"}, root=2)
     assert rc[:]["cfg"] == [{"alpha": 3, "name": "run"}] * 4
@@ -94,7 +94,7 @@ def test_mpi_bcast_of_what_one_engine_holds(mpi_cluster):
 
 def test_engine_mpi_flag_by_hand(ipphpc_dir, tmp_path):
     """`mpiexec -n 2 ipphpc engine --mpi` joins a controller with ids 0 and 1, and c.MPI.use works alike."""
-    from ipphpc.cluster.mpi import find_mpiexec, mpiexec_args
+    from ipphpc.launch.mpi import find_mpiexec, mpiexec_args
     cluster = ipphpc.HPCCluster(n=0, shutdown_atexit=False)
     cluster.start_controller_sync()
     procs = []

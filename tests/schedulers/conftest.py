@@ -13,10 +13,11 @@ from typing import Any, Callable
 
 import pytest
 
-from ipphpc.batch.launcher import BatchLauncher, scheduler_launcher
-from ipphpc.batch.poller import Poller
 from ipphpc.batch.registry import get_backend
 from ipphpc.batch.states import State
+from ipphpc.launch.batch import BatchLauncher, scheduler_launcher
+from ipphpc.launch.poller import Poller
+
 from ..core.helpers import procs_matching, wait_until  # noqa: F401 - procs_matching: used by importers
 
 PY = sys.executable

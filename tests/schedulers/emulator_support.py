@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
 from ..core.helpers import procs_matching  # noqa: F401 - used here and by importers
 from ..core.helpers import wait_until as _wait_until
 
@@ -138,7 +139,7 @@ class Emulator:
                 os.kill(int((self.state / "daemon.pid").read_text()), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
-            for seq, job in self.jobs().items():
+            for job in self.jobs().values():
                 for element in job.get("elements", {}).values():
                     if element.get("status") == "running" and element.get("pid"):
                         try:

@@ -28,15 +28,22 @@ from typing import Any
 import pytest
 
 from ipphpc import HPCCluster
-from ipphpc.batch.launcher import BatchLauncher, scheduler_launcher
-from ipphpc.batch.poller import Poller
 from ipphpc.batch.states import State
+from ipphpc.launch.batch import BatchLauncher, scheduler_launcher
+from ipphpc.launch.poller import Poller
 
 from ..batch.test_launcher import _e2e
 from ..services import require
 from .htcondor_support import CHROOT, ENGINE_CMD, JOB_PYTHON, JOB_UID, SHARED_DIR, ensure_project_in_chroot
-from .scheduler_support import (parse_table, process_environment, run_ipphpc, running_status, stop_if_running,
-                                tracked_job_ids, wait_until)
+from .scheduler_support import (
+    parse_table,
+    process_environment,
+    run_ipphpc,
+    running_status,
+    stop_if_running,
+    tracked_job_ids,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow,
               require("htcondor", "run `bash .ci/services/htcondor.sh` first")]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ipphpc.batch.commands import SchedulerCommandError
+from ipphpc.launch.commands import SchedulerCommandError
 
 from ..services import require
 from .conftest import quick_launcher, start

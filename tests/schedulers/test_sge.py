@@ -19,14 +19,21 @@ from typing import Any
 import pytest
 
 from ipphpc import HPCCluster
-from ipphpc.batch.launcher import BatchLauncher, scheduler_launcher
-from ipphpc.batch.poller import Poller
 from ipphpc.batch.states import State
+from ipphpc.launch.batch import BatchLauncher, scheduler_launcher
+from ipphpc.launch.poller import Poller
 
 from ..batch.test_launcher import _e2e
 from ..services import require
-from .scheduler_support import (parse_table, process_environment, run_ipphpc, running_status, stop_if_running,
-                                tracked_job_ids, wait_until)
+from .scheduler_support import (
+    parse_table,
+    process_environment,
+    run_ipphpc,
+    running_status,
+    stop_if_running,
+    tracked_job_ids,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.sge, pytest.mark.slow, require("sge", "run `bash .ci/services/sge.sh` first")]
 

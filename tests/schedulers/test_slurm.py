@@ -24,12 +24,20 @@ import pytest
 from traitlets.config import Config
 
 from ipphpc import Client, HPCCluster, connection
-from ipphpc.error import CompositeError
 from ipphpc.batch.states import State
+from ipphpc.error import CompositeError
 
 from ..services import require
-from .conftest import check_cancel, check_run_and_end, check_timed_out, procs_matching, quick_launcher, \
-    run_ipphpc, start, wait_for
+from .conftest import (
+    check_cancel,
+    check_run_and_end,
+    check_timed_out,
+    procs_matching,
+    quick_launcher,
+    run_ipphpc,
+    start,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slurm, require("slurm", "run `bash .ci/services/slurm.sh` first")]
 

@@ -71,7 +71,7 @@ class ForegroundController:
     """`ipphpc controller --ip='*' --cluster-id=...` in the foreground, in a process group of its own."""
 
     def __init__(self, profile: str, cluster_id: str, log: Path) -> None:
-        self.log = open(log, "w")
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         # a named profile must exist before a controller uses it
         subprocess.run([sys.executable, "-m", "ipphpc", "profile", "create", profile], check=True,
                        stdout=self.log, stderr=subprocess.STDOUT, timeout=60)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ..core.helpers import procs_matching  # noqa: F401 - used here and by importers
+
+from ..core.helpers import procs_matching
 
 PY = sys.executable
 HERE = Path(__file__).resolve().parent

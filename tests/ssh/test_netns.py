@@ -64,7 +64,8 @@ def test_engine_on_compute_tunnels_through_login(hosts: Hosts) -> None:
     assert proc_netns(pid) == netns_inode("compute")
     # one ssh, in compute, forwarding the three engine ports to the controller's address
     assert proc_netns(ssh_pid) == netns_inode("compute")
-    args = open(f"/proc/{ssh_pid}/cmdline", "rb").read().decode().split("\0")
+    with open(f"/proc/{ssh_pid}/cmdline", "rb") as fh:
+        args = fh.read().decode().split("\0")
     forwards = [args[i + 1] for i, a in enumerate(args) if a == "-L"]
     assert sorted(f.rsplit(":", 2)[1:] for f in forwards) == sorted(
         [CTL_ADDR, str(einfo["ports"][k])] for k in connection.ENGINE_PORTS)

@@ -14,9 +14,16 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
-from ipphpc.cluster.launchers import find_launcher, ipphpc_command, launcher_from_dict
-from ipphpc.ssh.launcher import (MARKER, RemoteSet, SSHControllerLauncher, SSHEngineSetLauncher,
-                                 SSHLaunchError, SSHProxyEngineSetLauncher, split_command)
+from ipphpc.launch.launchers import find_launcher, ipphpc_command, launcher_from_dict
+from ipphpc.launch.ssh import (
+    MARKER,
+    RemoteSet,
+    SSHControllerLauncher,
+    SSHEngineSetLauncher,
+    SSHLaunchError,
+    SSHProxyEngineSetLauncher,
+    split_command,
+)
 
 from .conftest import Hosts, alive, netns_inode, procs_matching, wait_until
 
@@ -123,7 +130,7 @@ HEADER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     from ipphpc import Client, paths
-    from ipphpc.cluster.launchers import LocalLauncher, find_launcher, ipphpc_command
+    from ipphpc.launch.launchers import LocalLauncher, find_launcher, ipphpc_command
     root = Path(sys.argv[1])
     pdir = paths.profile_dir(profile_dir=str(root / "profile"))
     SSH = ["ssh", "-F", os.environ["IPPHPC_SSH_CONFIG"]]
@@ -172,6 +179,16 @@ def test_engine_sets_on_login_and_compute(hosts: Hosts) -> None:
         rc.wait_for_engines(L.n, timeout=30)
         up = time.monotonic() - t0
         engines = probe(rc)
+        # a signal reaches engines over ssh through the engines themselves
+        ar = rc[:].apply_async(time.sleep, 60)
+        time.sleep(0.5)
+        reached = rc.send_signal("SIGINT")
+        try:
+            ar.get(20)
+            interrupted = []
+        except Exception as e:
+            interrupted = [x.ename for x in getattr(e, "elist", [e])]
+        served = rc[:].apply_sync(lambda: 1)
         rc.close()
         sets = L.to_dict()["sets"]
         running = L.running
@@ -180,9 +197,12 @@ def test_engine_sets_on_login_and_compute(hosts: Hosts) -> None:
         stopped = time.monotonic() - t1
         ctl.stop()
         print(json.dumps({"n": L.n, "engines": engines, "sets": sets, "times": [started, up, stopped],
+                          "signal": [reached, interrupted, served],
                           "running": [running, L.running], "exit_code": L.exit_code, "cwd": os.getcwd()}))
     """)
     assert out["n"] == 4 and len(out["engines"]) == 4
+    reached, interrupted, served = out["signal"]
+    assert len(reached) == 4 and interrupted == ["KeyboardInterrupt"] * 4 and served == [1] * 4
     login, compute = netns_inode("login"), netns_inode("compute")
     by_pgid = {s["remote_pgid"]: s for s in out["sets"]}
     assert all(s["remote_pgid"] == s["remote_pid"] for s in out["sets"])
@@ -203,7 +223,7 @@ def test_stop_from_another_process_kills_remote_engines(hosts: Hosts) -> None:
     started = run_on_ctl(hosts, """
         from traitlets import Dict
         from ipphpc import HPCCluster
-        from ipphpc.ssh.launcher import SSHEngineSetLauncher
+        from ipphpc.launch.ssh import SSHEngineSetLauncher
 
         class LoginEngines(SSHEngineSetLauncher):
             engines = Dict({"login": 2})
@@ -272,7 +292,7 @@ def test_sshproxy_runs_one_engine_set_remotely(hosts: Hosts) -> None:
 def test_remote_controller_with_fetched_and_sent_files(hosts: Hosts) -> None:
     """Controller on login, its files fetched by scp; engines on compute get the engine file by scp."""
     out = run_on_ctl(hosts, """
-        from ipphpc.ssh.launcher import SSHControllerLauncher, SSHEngineSetLauncher
+        from ipphpc.launch.ssh import SSHControllerLauncher, SSHEngineSetLauncher
         remote = paths.profile_dir(profile_dir=str(root / "on-login"))
         sent = root / "on-compute"
         r = {k: str(paths.connection_file(remote, k, "s4")) for k in ("engine", "client")}
@@ -310,7 +330,7 @@ def test_remote_controller_with_fetched_and_sent_files(hosts: Hosts) -> None:
 @pytest.mark.ssh
 def test_failed_host_is_reported_and_nothing_is_left(hosts: Hosts) -> None:
     out = run_on_ctl(hosts, """
-        from ipphpc.ssh.launcher import SSHLaunchError
+        from ipphpc.launch.ssh import SSHLaunchError
         L = find_launcher("ssh")("engines", 1, ssh_cmd=SSH, start_timeout=10,
                                  engines={"login": 1, "no-such-host.invalid": 1})
         try:

@@ -77,7 +77,7 @@ def test_arrays_of_any_dtype_and_layout_arrive_equal(kind: str) -> None:
         mpi_bcast(ns, "a", 1)
         got = ns["a"]
         result = (type(got).__name__, str(got.dtype), got.shape, same_everywhere(got, want))
-    except Exception as e:  # reported by every rank below, so none is left waiting
+    except Exception as e:  # noqa: BLE001 - reported by every rank below, so none is left waiting
         result = (f"{type(e).__name__}: {e}",)
     seen = WORLD.allgather(result)
     assert seen == [(type(want).__name__, str(want.dtype), want.shape, True)] * SIZE

@@ -251,7 +251,7 @@ class Store:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(LIB_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["IPPHPC_EMU_STATE"] = str(self.root)
-        log = open(self.root / "daemon.log", "ab")
+        log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - the daemon inherits it
         subprocess.Popen(
             [sys.executable, "-m", "ipphpc_emu.daemon", self.kind, str(self.root)],
             stdin=subprocess.DEVNULL,

@@ -200,7 +200,7 @@ def main(argv: list[str]) -> int:
     kind, root = argv[0], argv[1]
     os.environ["IPPHPC_EMU_STATE"] = root
     store = Store(kind)
-    lock_fh = open(store.root / "daemon.lock", "a+")
+    lock_fh = open(store.root / "daemon.lock", "a+")  # noqa: SIM115 - held as long as the daemon runs
     try:
         fcntl.flock(lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

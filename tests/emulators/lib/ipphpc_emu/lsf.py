@@ -63,7 +63,7 @@ BSUB_WITH_ARG = {
     "-f", "-i", "-is", "-Jd", "-outdir", "-gpu", "-alloc_flags", "-nnodes", "-U", "-b", "-t", "-ext", "-a",
     "-p", "-T", "-jsdl", "-json", "-yaml", "-data", "-datagrp", "-eptl", "-ptl", "-rcacct", "-sp", "-s",
     "-Q", "-tty", "-hostfile", "-stage", "-network", "-pack", "-rnc", "-smt", "-cn_cu", "-cn_mem", "-core_isolation",
-    "-csm", "-freq", "-ln_mem", "-ln_slots", "-mig", "-step_cgroup", "-clusters", "-jobaff", "-env",
+    "-csm", "-freq", "-ln_mem", "-ln_slots", "-mig", "-step_cgroup", "-clusters", "-jobaff",
 }
 BSUB_NO_ARG = {"-H", "-B", "-N", "-I", "-Ip", "-Is", "-IS", "-ISp", "-ISs", "-IX", "-K", "-r", "-rn", "-x",
                "-ul", "-hl", "-XF", "-Zs", "-h", "-V", "-tty"}

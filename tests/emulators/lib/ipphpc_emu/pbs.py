@@ -277,7 +277,7 @@ def qsub(argv: list[str]) -> int:
         try:
             script_text = Path(script_file).read_text()
         except OSError:
-            print(f"qsub: script file:: No such file or directory", file=sys.stderr)
+            print("qsub: script file:: No such file or directory", file=sys.stderr)
             return 1
         default_name = os.path.basename(script_file)
     else:

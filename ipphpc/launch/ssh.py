@@ -36,8 +36,8 @@ from typing import Any, Sequence
 from traitlets import Bool, Dict, Float, List, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
-from ..cluster.processes import pid_alive, spawn, terminate_groups
-from .tunnel import SSHServer, ssh_command
+from ..ssh.tunnel import SSHServer, ssh_command
+from .processes import pid_alive, spawn, terminate_groups
 
 MARKER = "ipphpc-remote"
 _MARKER_RE = re.compile(rf"^{MARKER} (\S+) pid=(\d+) pgid=(\d*)", re.M)

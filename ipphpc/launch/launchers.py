@@ -63,12 +63,12 @@ def _mpi() -> type:
 
 
 def _ssh() -> type:
-    from ..ssh.launcher import SSHLauncher
+    from .ssh import SSHLauncher
     return SSHLauncher
 
 
 def _sshproxy() -> type:
-    from ..ssh.launcher import SSHProxyEngineSetLauncher
+    from .ssh import SSHProxyEngineSetLauncher
     return SSHProxyEngineSetLauncher
 
 
@@ -77,7 +77,8 @@ def _srun() -> type:
     return SrunLauncher
 
 
-BUILTIN = {"local": lambda: LocalLauncher, "srun": _srun, "mpi": _mpi, "mpiexec": _mpi, "ssh": _ssh, "sshproxy": _sshproxy}
+BUILTIN = {"local": lambda: LocalLauncher, "srun": _srun, "mpi": _mpi, "mpiexec": _mpi, "ssh": _ssh,
+           "sshproxy": _sshproxy}
 
 
 def find_launcher(name: str) -> type:
@@ -85,7 +86,7 @@ def find_launcher(name: str) -> type:
     key = name.lower()
     if key in BUILTIN:
         return BUILTIN[key]()
-    from ..batch.launcher import BatchLauncher, is_scheduler_name, scheduler_launcher
+    from .batch import BatchLauncher, is_scheduler_name, scheduler_launcher
     if key == "batch":
         return BatchLauncher
     if is_scheduler_name(key):
@@ -99,7 +100,7 @@ def find_launcher(name: str) -> type:
             return getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot load launcher {name!r}: {e}") from None
-    from ..batch.launcher import launcher_names
+    from .batch import launcher_names
     valid = sorted(set(BUILTIN) | set(launcher_names())) + sorted(
         ep.name for ep in entry_points(group="ipphpc.launchers"))
     close = difflib.get_close_matches(key, valid, n=1)

@@ -1,15 +1,13 @@
 """Running scheduler commands: one place that starts them, times them out and counts them.
 
-Every call to ``sbatch``/``squeue``/``qstat``... goes through :func:`run_command`
-(or :func:`run_command_async`), so a login node's scheduler load can be
-measured: each call is recorded in a :class:`CommandCounter` (the module-wide
+Every call to ``sbatch``/``squeue``/``qstat``... goes through :func:`run_command`,
+so a login node's scheduler load can be measured: each call is recorded in a :class:`CommandCounter` (the module-wide
 :data:`COUNTER` by default) and, when the counter has a ``log_path``, appended
 to that file as one JSON line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shlex
@@ -219,52 +217,3 @@ def run_command(
     if counter is not None:
         counter.record(argv, proc.returncode, time.monotonic() - start)
     return _check(argv, CommandResult(proc.returncode, proc.stdout, proc.stderr), check)
-
-
-async def run_command_async(
-    argv: Sequence[str],
-    input: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    *,
-    cwd: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    check: bool = False,
-    scheduler: str = "",
-    counter: CommandCounter | None = COUNTER,
-) -> CommandResult:
-    """:func:`run_command` for an event loop: the loop keeps running while the scheduler answers."""
-    argv = [str(a) for a in argv]
-    start = time.monotonic()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=cwd, env=dict(env) if env is not None else None,
-        )
-    except FileNotFoundError as exc:
-        if counter is not None:
-            counter.record(argv, None, time.monotonic() - start)
-        raise SchedulerCommandError(missing_command_message(argv[0], scheduler), argv, "missing") from exc
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(input.encode() if input is not None else None), timeout
-        )
-    except asyncio.TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        if counter is not None:
-            counter.record(argv, None, time.monotonic() - start)
-        raise SchedulerCommandError(
-            f"`{shlex.join(argv)}` did not finish within {timeout:g} s", argv, "timeout"
-        ) from exc
-    except asyncio.CancelledError:
-        # a stopped poller leaves no scheduler query behind
-        if proc.returncode is None:
-            proc.kill()
-        raise
-    rc = proc.returncode if proc.returncode is not None else -1
-    if counter is not None:
-        counter.record(argv, rc, time.monotonic() - start)
-    result = CommandResult(rc, out.decode(errors="replace"), err.decode(errors="replace"))
-    return _check(argv, result, check)

@@ -1,12 +1,12 @@
 """BatchLauncher: engines (as job arrays) or the controller, started by a batch scheduler.
 
-It follows the launcher protocol of :mod:`ipphpc.cluster.launchers`
+It follows the launcher protocol of :mod:`ipphpc.launch.base`
 (``start``/``running``/``exit_code``/``stop``/``to_dict``/``from_dict``), so a
 cluster can use Slurm, PBS, SGE, LSF or HTCondor where it would start local
 processes. One ``start`` renders the role's template, writes the script(s)
 into ``<profile_dir>/log/<cluster_id>/batch/`` and submits them: one submit
 command per array chunk (one for 256 engines unless the scheduler's array
-limit is smaller). States come from a :class:`~ipphpc.batch.poller.Poller`
+limit is smaller). States come from a :class:`~ipphpc.launch.poller.Poller`
 shared by every launcher of the profile, so watching a cluster costs one
 status query per interval, however many engines it has.
 """
@@ -22,14 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend, BatchOutputError
+from ..batch.backend import Backend, BatchOutputError
+from ..batch.registry import available_backends, get_backend
+from ..batch.render import (
+    JobSpec,
+    RenderedFile,
+    array_directive_missing,
+    describe,
+    render_job,
+    render_template,
+    split_spec,
+    template_context,
+)
+from ..batch.resources import Resources, aliases, canonical_options, option_default, option_names
+from ..batch.states import State, exit_dir, short_job_id
 from .commands import SCHEDULER_LABELS, SchedulerCommandError, failed_command_message, tail
 from .poller import ElementStatus, Poller, shared_poller
-from .registry import available_backends, get_backend
-from .render import (JobSpec, RenderedFile, array_directive_missing, describe, render_job, render_template,
-                     split_spec, template_context)
-from .resources import Resources, aliases, canonical_options, option_default, option_names
-from .states import State, exit_dir, short_job_id
 
 log = logging.getLogger("ipphpc.batch")
 
@@ -74,7 +82,7 @@ class Submission:
     """One submitted batch job: an array chunk of engines, or the controller."""
 
     job_id: str
-    #: scheduler index -> exit-file index (see :class:`~ipphpc.batch.poller.TrackedJob`)
+    #: scheduler index -> exit-file index (see :class:`~ipphpc.batch.jobstate.TrackedJob`)
     elements: dict[int | None, int | None]
     #: global number of the chunk's first element
     array_start: int = 0

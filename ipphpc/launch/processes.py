@@ -25,7 +25,7 @@ def pid_alive(pid: int) -> bool:
 
 def spawn(cmd: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
     """Start `cmd` detached from the terminal, in a process group of its own, output to `log_path`."""
-    out = open(log_path, "ab")
+    out = open(log_path, "ab")  # noqa: SIM115 - closed below, once the child has it
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
