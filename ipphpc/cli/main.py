@@ -22,6 +22,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", type=log_level, help="DEBUG, INFO, WARNING, ERROR")
 
 
+def _db_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, type=_db_name, metavar="{dict,sqlite,hdf5,mongodb,none}",
+                   help="the controller's task database (default: dict, in memory and bounded)")
+    p.add_argument("--nodb", action="store_const", const="none", dest="db", help="same as --db=none")
+    p.add_argument("--db-file", default=None, metavar="PATH", help="file of the sqlite or hdf5 task database "
+                   "(default: <profile>/db/tasks-<cluster id>.sqlite or .h5)")
+
+
+def _db_name(value: str) -> str:
+    from ..controller.taskdb.config import backend_name
+    try:
+        return backend_name(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # flag dest -> (Class, trait, converter)
 FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "profile": [("Controller", "profile", str), ("Engine", "profile", str), ("HPCCluster", "profile", str)],
@@ -33,6 +49,8 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "location": [("Controller", "location", str), ("HPCCluster", "controller_location", str)],
     "ports": [("Controller", "ports", lambda s: [int(x) for x in s.split(",")])],
     "reuse": [("Controller", "reuse", bool)],
+    "db": [("Controller", "db_class", str)],
+    "db_file": [("Controller", "db_file", str)],
     "file": [("Engine", "file", str)],
     "work_dir": [("Engine", "work_dir", str)],
     "startup_script": [("Engine", "startup_script", str)],
@@ -81,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true", help="reuse ports and key from existing connection files")
     p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="ssh server engines tunnel through (written into the engine connection file)")
+    _db_flags(p)
     p.add_argument("--log-to-stderr", action="store_true")
 
     p = sub.add_parser("engine", help="run engine(s) that join a cluster")
@@ -114,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-array-size", type=int, default=None)
     p.add_argument("--ip", default=None, help="controller interface ('*' for all)")
     p.add_argument("--location", default=None)
+    _db_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the scripts and exact commands; submit nothing")
     p.add_argument("--wait", action="store_true", help="show progress until the engines registered "
                    "(the default for local engines)")

@@ -37,6 +37,7 @@ from ..wire import AuthError, Session, payload_digest
 from ..zmqpump import Pump, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
 from .held import Held
+from .taskdb import TaskDBMixin
 
 log = logging.getLogger("ipphpc.client")
 _PYTHON = platform.python_version()
@@ -85,7 +86,7 @@ def find_client_file(profile: str = "default", profile_dir: str | None = None, c
     return found[-1]
 
 
-class Client:
+class Client(TaskDBMixin):
     """A connection to one cluster's controller; `rc[:]`, `rc.load_balanced_view()` send it work."""
 
     _latest: "Client | None" = None  # the most recently connected client (magics, joblib use it)
@@ -135,6 +136,7 @@ class Client:
         self.results: dict[str, Any] = {}
         self.metadata: dict[str, Metadata] = {}
         self.history: list[str] = []
+        self._hub_waiting: dict[str, list] = {}  # msg_id -> [(AsyncHubResult, index)] awaiting the controller
         self._held = Held(self)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -229,6 +231,12 @@ class Client:
         else:
             fut = self._requests.pop(h.get("p"), None)
             if fut is not None and not fut.done():
+                if payload:  # records of db_query: their buffers, checked against the signed digest
+                    try:
+                        Session.check_payload(h, payload)
+                        h["_payload"] = payload
+                    except AuthError as e:
+                        h["error"] = f"a reply from the controller was damaged: {e}"
                 fut.set_result(h)
             elif t == "welcome":  # after a reconnection: the new controller's engines
                 with self._engine_cond:
@@ -240,6 +248,8 @@ class Client:
         mid = h["p"]
         p = self._pending.pop(mid, None)
         if p is None:
+            if self._hub_waiting:
+                self._hub_result(h, payload)
             return
         value, error, meta = self._decode(h, payload)
         if error is not None and p.resend is not None:
@@ -362,6 +372,8 @@ class Client:
             fields["to"] = target
         if timeout:
             fields["tmo"] = timeout
+        if label is not None:
+            fields["lbl"] = label  # recorded by the controller's task database, queryable there
         if among is not None:
             fields["among"] = sorted(among)
         if self._other_python and kind in ("apply", "push") and payload:
@@ -707,36 +719,54 @@ class Client:
             self.history = [m for m in self.history if m in keep]
 
     def purge_results(self, jobs: Any = (), targets: Any = ()) -> None:
-        """Forget results; the controller keeps none without a task database, so this purges this client's."""
-        self.purge_local_results(jobs, targets)
+        """Forget finished results here and in the controller's task database: 'all', msg_ids or
+        AsyncResults (of any client), or every task of some engines."""
+        if not jobs and not targets and targets != 0:
+            raise ValueError("purge_results needs jobs (msg_ids, AsyncResults or 'all') or targets")
+        local = jobs
+        if jobs != "all" and jobs:
+            items = [jobs] if isinstance(jobs, (str, int, AsyncResult)) or not isinstance(jobs, Iterable) else jobs
+            local = [j for j in items if not isinstance(j, str) or self._known(j)]
+        if local or targets or targets == 0:
+            self.purge_local_results(local, targets)
+        from .taskdb import NoTaskDatabase
+        try:
+            self.purge_hub_results(jobs, targets)
+        except NoTaskDatabase:
+            pass  # nothing is kept there
 
     def purge_everything(self) -> None:
-        self.purge_local_results("all")
+        """Forget every finished result, here and in the controller's task database."""
+        self.purge_results("all")
 
     def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = False):
-        """An AsyncResult for tasks of this client, by history index or msg_id (default: the last)."""
+        """An AsyncHubResult by history index or msg_id (default: the last): tasks of this client from what
+        it holds, any other (another client's, purged here, of an earlier client) from the controller's task
+        database; an unknown msg_id raises KeyError naming it."""
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
         single = not isinstance(indices_or_msg_ids, (list, tuple, set))
         items = [indices_or_msg_ids] if single else list(indices_or_msg_ids)
         mids = [self.history[i] if isinstance(i, int) else i for i in items]
-        unknown = [m for m in mids if not self._known(m)]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown[:3]}: this client did not send them (the controller "
-                             f"keeps no results without a task database)")
         ar = AsyncHubResult(len(mids), "get_result", single=single)
         ar.owner = owner
         ar._rc = self
+        remote = []
         for i, m in enumerate(mids):
             ar.msg_ids[i] = m
-            ar._meta[i] = self.metadata.get(m, ar._meta[i])
             p = self._pending.get(m) or self._held.tasks.get(m)
             if p is not None:
+                ar._meta[i] = self.metadata.get(m, ar._meta[i])
                 p.ar.add_done_callback(lambda f, i=i, src=p.ar, m=m: _copy_child(ar, i, src, m))
-            else:
-                value = self.results.get(m)
+            elif m in self.results:
+                ar._meta[i] = self.metadata.get(m, ar._meta[i])
+                value = self.results[m]
                 err = value if isinstance(value, BaseException) else None
-                ar._child_done(i, None if err else value, err, {})
+                ar._child_done(i, None if err else value, err, self.metadata.get(m, {}))
+            else:
+                remote.append((i, m))
+        if remote:
+            self._fetch(ar, remote)
         block = self.block if block is None else block
         return ar.get() if block else ar
 

@@ -21,6 +21,9 @@ from ..netutil import advertised_addresses, is_wildcard
 from ..wire import Session, new_key
 from . import record
 from .hub import Hub
+from .taskdb import backend_name, default_path, open_store
+from .taskdb.lost import mark_lost
+from .taskdb.recorder import Recorder
 
 PORT_NAMES = ("client", "engine", "hb_ping", "hb_pong")
 
@@ -50,6 +53,11 @@ class Controller(LoggingConfigurable):
     enginessh = Unicode("", config=True, help="[user@]host[:port] of an ssh server engines tunnel through to reach "
                         "this controller; written into the engine connection file as 'ssh'.")
     clientssh = Unicode("", config=True, help="The same for clients; written into the client connection file.")
+    db_class = Unicode("dict", config=True, help="Task database: 'dict' (in memory, bounded by c.DictDB.record_limit "
+                       "and size_limit), 'sqlite', 'hdf5', 'mongodb' (c.MongoDB.url) or 'none'. IPython Parallel's "
+                       "names (DictDB, SQLiteDB, MongoDB, NoDB) work too.")
+    db_file = Unicode("", config=True, help="File of the sqlite or hdf5 task database; default "
+                      "<profile>/db/tasks-<cluster id>.sqlite (or .h5).")
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -119,14 +127,38 @@ class Controller(LoggingConfigurable):
         self.ports_bound = bound
         return socks
 
+    # -- task database ---------------------------------------------------------------------
+    def _open_db(self, session: Session):
+        """The backend and its writer thread (None, None with --db=none); a file that cannot be opened
+        stops the controller at once with the path and the reason."""
+        try:
+            kind = backend_name(self.db_class)
+        except ValueError as e:
+            raise SystemExit(f"ipphpc controller: --db: {e}") from None
+        path = Path(self.db_file).expanduser() if self.db_file else default_path(self.pdir, self.cluster_id, kind)
+        try:
+            store = open_store(kind, path, self.cluster_id, parent=self)
+        except Exception as e:  # noqa: BLE001 - any failure to open is the user's to fix: say which file and why
+            where = f"--db-file={path}" if kind in ("sqlite", "hdf5") else f"the {kind} server"
+            raise SystemExit(f"ipphpc controller: cannot open the {kind} task database {where}: "
+                             f"{type(e).__name__}: {e}") from None
+        if store is None:
+            return None, None
+        if store.persistent:
+            n = mark_lost(store, session)
+            self.log.info("task database: %s at %s%s", kind, path if kind != "mongodb" else "the server",
+                          f"; {n} tasks of an earlier controller were in flight and are marked lost" if n else "")
+        return store, Recorder(store, self.log)
+
     # -- run -------------------------------------------------------------------------------
     async def run(self) -> None:
         key, ports = self._load_reuse()
         key = key or new_key()
+        session = Session(key)
+        store, recorder = self._open_db(session)
         ctx = zmq.Context()
         socks = self._bind(ctx, ports)
-        session = Session(key)
-        hub = Hub(session, socks, self, self.log)
+        hub = Hub(session, socks, self, self.log, store, recorder)
         self._write_files(key, self.ports_bound)
         self.log.info("controller %s (ipphpc %s) listening on %s ports %s; files %s", self.cluster_id or "-",
                       __version__, self.ip, self.ports_bound, self.engine_file.parent)
@@ -143,4 +175,6 @@ class Controller(LoggingConfigurable):
             for s in socks.values():
                 s.close(0)
             ctx.term()
+            if recorder is not None:
+                recorder.close()
             self.log.info("controller stopped")

@@ -17,6 +17,8 @@ import zmq
 
 from ..wire import AuthError, ReplayGuard, Session, check_version
 from ..zmqpump import Pump, send_frames
+from .memtrim import Trimmer
+from .taskdb.service import TaskDBService
 
 
 @dataclass(eq=False)
@@ -46,8 +48,13 @@ class QueuedTask:
 
 
 class Hub:
-    def __init__(self, session: Session, socks: dict, cfg: Any, log: logging.Logger):
+    def __init__(self, session: Session, socks: dict, cfg: Any, log: logging.Logger, store: Any = None,
+                 recorder: Any = None):
         self.session = session
+        # the task database: one queue put per task and per result when a backend records
+        self.db = TaskDBService(self, store, recorder)
+        self.recording = recorder is not None
+        self.trimmer = Trimmer()
         self.cfg = cfg
         self.log = log
         self.client_sock = socks["client"]
@@ -160,6 +167,8 @@ class Hub:
                 held.append((time.monotonic(), h, frames))
             return
         self.stats["tasks"] += 1
+        if self.recording:
+            self.db.task(h, frames)
         body = frames[1:]
         target = h.get("to")
         if target is not None:
@@ -249,19 +258,25 @@ class Hub:
             e.queued = True
 
     def _fail(self, client: bytes, msg_id: str, ename: str, evalue: str, eid: int | None = None) -> None:
-        self._send(self.client_sock, client, "result", {
-            "p": msg_id, "ok": False, "eid": eid, "err": {"ename": ename, "evalue": evalue, "tb": ""}})
+        fields = {"p": msg_id, "ok": False, "eid": eid, "err": {"ename": ename, "evalue": evalue, "tb": ""}}
+        frames = [client, *self.session.pack("result", fields)]
+        if self.recording:
+            self.db.result(fields, frames)
+        self._out(self.client_sock, frames)
 
     def on_request(self, ident: bytes, h: dict) -> None:
         """Requests arrive on a client's submit socket; replies go to its result socket."""
         ident = self._client_ident(h) or ident
         t = h["t"]
+        if t.startswith("db_"):
+            self.db.request(ident, h)
+            return
         reply: dict[str, Any] = {"p": h["id"]}
         if t == "status":
             reply.update(engines={str(e.eid): {**e.info, "outstanding": len(e.outstanding)}
                                   for e in self.engines.values()},
                          queued=len(self.lb_queue) + len(self.timed), stats=self.stats, limit=self.limit,
-                         clients=len(self.clients), pid=os.getpid())
+                         clients=len(self.clients), pid=os.getpid(), taskdb=self.db.stats())
         elif t == "queue_status":
             reply.update(status=self._status(bool(h.get("verbose"))))
         elif t == "abort":
@@ -344,6 +359,8 @@ class Hub:
             e.balanced.discard(h["p"])
         e.completed += 1
         self.stats["results"] += 1
+        if self.recording:
+            self.db.result(h, frames)
         if client is not None:
             self._out(self.client_sock, [client, *frames[1:]])
         dur = h.get("dur")
@@ -460,10 +477,15 @@ class Hub:
             await asyncio.sleep(period)
             self._drain_pongs()
             self._sweep_timeouts()
+            self.trimmer.check(self.stats["tasks"], self._idle() and self.db.idle())
             cutoff = self.ping_seq - self.cfg.heartbeat_misses
             for e in [e for e in self.engines.values() if e.last_pong < cutoff]:
                 self.stats["engines_died"] += 1
                 self._unregister(e, f"no heartbeat for {self.cfg.heartbeat_misses * period:g} s")
+
+    def _idle(self) -> bool:
+        return not (self.lb_queue or self.timed or self.picky) and not any(e.outstanding
+                                                                            for e in self.engines.values())
 
     def _drain_pongs(self) -> None:
         while True:

@@ -1,0 +1,42 @@
+"""Give memory back to the system once a burst of tasks has drained.
+
+A million queued tasks leave glibc's heap fragmented: the frames are freed but the pages stay
+with the process. `malloc_trim` returns them; it is called only when the controller has gone
+idle after routing many tasks, so it never runs on the busy path.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+_libc = None
+try:
+    _name = ctypes.util.find_library("c")
+    _libc = ctypes.CDLL(_name) if _name else None
+    if _libc is not None and not hasattr(_libc, "malloc_trim"):
+        _libc = None
+except OSError:  # not glibc (macOS, musl without it): nothing to trim
+    _libc = None
+
+
+def trim() -> None:
+    """Collect garbage and hand free heap pages back to the system."""
+    gc.collect()
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+class Trimmer:
+    """Call `check(routed, idle)` now and then; trims after `every` tasks were routed and all is idle."""
+
+    def __init__(self, every: int = 20_000):
+        self.every = every
+        self.last = 0
+
+    def check(self, routed: int, idle: bool) -> bool:
+        if not idle or routed - self.last < self.every:
+            return False
+        self.last = routed
+        trim()
+        return True
