@@ -1,15 +1,14 @@
-"""Shared pieces for tests that drive ipphpc through a real batch scheduler (test_<scheduler>.py).
+"""Shared pieces for tests that drive ipphpc through a batch scheduler: the `sched` parameter of the
+behavioural suite (test_every_scheduler.py), and checks of a job through its states.
 
 Nothing here knows one scheduler: jobs are submitted through :class:`BatchLauncher` or
 HPCCluster, and judged through their poller. A job inherits the environment of the process
-that submits it, so the private IPPHPC_DIR of :func:`ipphpc_home` reaches the engines too.
+that submits it, so the private IPPHPC_DIR the `sched` fixture sets reaches the engines too.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -17,30 +16,6 @@ from ipphpc.batch.registry import get_backend
 from ipphpc.batch.states import State
 from ipphpc.launch.batch import BatchLauncher, scheduler_launcher
 from ipphpc.launch.poller import Poller
-
-from ..core.helpers import procs_matching, wait_until  # noqa: F401 - procs_matching: used by importers
-
-PY = sys.executable
-
-
-@pytest.fixture
-def ipphpc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private IPPHPC_DIR for this test, its `ipphpc` commands and the jobs they submit."""
-    home = (tmp_path / "ipphpc").resolve()
-    monkeypatch.setenv("IPPHPC_DIR", str(home))
-    return home
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Call `pred` until it returns something true, and return that; fail after `timeout` seconds."""
-    return wait_until(pred, timeout, interval, what)
-
-
-def run_ipphpc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`ipphpc ARGS` as a user types it, in this environment (IPPHPC_DIR included)."""
-    return subprocess.run([PY, "-m", "ipphpc", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
 
 
 def quick_launcher(scheduler: str, profile: Path, n: int = 1, cluster_id: str = "states",
@@ -100,3 +75,24 @@ def check_timed_out(launcher: BatchLauncher, timeout: float) -> None:
     records = launcher.states()
     assert {r.state for r in records} == {State.TIMEOUT}, records
     assert "TIMEOUT" in launcher.failure_report()
+
+
+# -- the scheduler a behavioural test runs against -------------------------------------------------
+def _sched_params() -> list:
+    from .sched_facts import MARKS, SCHEDULERS
+    slow = {"sge", "htcondor"}
+    return [pytest.param(name, id=name, marks=[getattr(pytest.mark, MARKS[name])]
+                         + ([pytest.mark.slow] if name in slow else [])) for name in SCHEDULERS]
+
+
+@pytest.fixture(params=_sched_params())
+def sched(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The facts of one scheduler (tests/schedulers/sched_facts.py), set up for this test: its service
+    checked (skipped when not declared, failed when declared and broken), a private IPPHPC_DIR and
+    working directory; afterwards none of the test's jobs may be queued and none of its processes alive."""
+    from .sched_facts import SCHEDULERS, check_service
+    check_service(request.param)
+    facts = SCHEDULERS[request.param](tmp_path.resolve())
+    facts.setup(monkeypatch)
+    yield facts
+    facts.nothing_left()

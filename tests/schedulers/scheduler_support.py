@@ -1,4 +1,4 @@
-"""Small helpers the real-scheduler tests (SGE, HTCondor) share."""
+"""Small helpers the scheduler tests share: the `ipphpc` command, its status table, waits."""
 from __future__ import annotations
 
 import json
