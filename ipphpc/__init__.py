@@ -9,6 +9,7 @@ from . import error
 from ._version import __version__, version_info
 from .error import (
     CompositeError,
+    ControllerLost,
     ControllerUnreachable,
     DependencyTimeout,
     EngineError,
@@ -49,7 +50,8 @@ _LAZY = {
 }
 
 __all__ = ["__version__", "version_info", "error", "RemoteError", "CompositeError", "EngineError", "TaskTimeout",
-           "TaskAborted", "NoEnginesRegistered", "ControllerUnreachable", "KernelError", "UnmetDependency",
+           "TaskAborted", "NoEnginesRegistered", "ControllerUnreachable", "ControllerLost", "KernelError",
+           "UnmetDependency",
            "ImpossibleDependency", "DependencyTimeout", "InvalidDependency", "register_joblib_backend",
            "load_ipython_extension", *_LAZY]
 

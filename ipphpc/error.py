@@ -168,6 +168,11 @@ class ControllerUnreachable(IPythonError, ConnectionError):
     """The controller did not answer: the message names the addresses tried and the likely fix."""
 
 
+class ControllerLost(EngineError, ConnectionError):
+    """The controller went away (its connection closed or fell silent) and did not come back in time:
+    tasks in flight fail with it, and new calls raise it, instead of waiting without end."""
+
+
 class ConnectionFileError(IPythonError, FileNotFoundError):
     """A connection file is missing, unreadable or malformed."""
 

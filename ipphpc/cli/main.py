@@ -10,6 +10,7 @@ from traitlets.config import Config
 
 from .. import paths
 from .._version import __version__
+from ..batch.resources import parse_walltime
 from ..config import UserError, parse_kv_args
 from .parsing import Parser, check_extra, fail, log_level, ports, positive
 from .resource_flags import add_resource_arguments, resource_flag_traits
@@ -61,6 +62,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "engine_id": [("Engine", "engine_id", int)],
     "ssh": [("Engine", "sshserver", str)],
     "sshkey": [("Engine", "sshkey", str)],
+    "engine_walltime": [("Engine", "walltime", lambda v: float(parse_walltime(v)))],
     "enginessh": [("Controller", "enginessh", str)],
     "n": [("HPCCluster", "n", int)],
     "engines": [("HPCCluster", "engines", str)],
@@ -80,7 +82,10 @@ def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]
             continue
         for cls, trait, conv in targets:
             if cls in classes:
-                cfg[cls][trait] = conv(v)
+                try:
+                    cfg[cls][trait] = conv(v)
+                except ValueError as e:
+                    raise UserError(f"--{dest.replace('engine_', '').replace('_', '-')}: {e}") from None
     cfg.merge(parse_kv_args(extra))
     return cfg
 
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="reach the controller through an ssh tunnel via this server")
     p.add_argument("--sshkey", default=None, help="private key file for the ssh tunnel")
+    p.add_argument("--walltime", dest="engine_walltime", default=None, metavar="TIME",
+                   help="how long this engine may live (e.g. 1:00:00): it stops taking tasks a margin before")
     p.add_argument("--log-to-stderr", action="store_true")
 
     p = sub.add_parser("submit", help="start a cluster (controller + engines) in the background")

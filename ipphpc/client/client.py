@@ -23,6 +23,7 @@ import zmq
 
 from .. import connection, paths, serialize
 from ..error import (
+    ControllerLost,
     ControllerUnreachable,
     EngineError,
     ImpossibleDependency,
@@ -43,7 +44,7 @@ log = logging.getLogger("ipphpc.client")
 _PYTHON = platform.python_version()
 _MINOR = _PYTHON.rsplit(".", 1)[0]
 _CONTROLLER_ERRORS = {"EngineError": EngineError, "TaskTimeout": TaskTimeout, "TaskAborted": TaskAborted,
-                      "ImpossibleDependency": ImpossibleDependency}
+                      "ImpossibleDependency": ImpossibleDependency, "NoEnginesRegistered": NoEnginesRegistered}
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Client(TaskDBMixin):
     def __init__(self, url_file: str | os.PathLike | None = None, profile: str = "default",
                  profile_dir: str | None = None, cluster_id: str | None = None, timeout: float = 10.0,
                  sshserver: str | None = None, sshkey: str | None = None, password: str | None = None,
-                 **kwargs: Any):
+                 controller_timeout: float = 5.0, **kwargs: Any):
         path = Path(url_file) if url_file else find_client_file(profile, profile_dir, cluster_id)
         self.url_file = path
         self._info = info = connection.read(path)
@@ -131,6 +132,9 @@ class Client(TaskDBMixin):
         self._channels: set[_SyncChannel] = set()
         self._generation = 0  # grows when the controller restarts: channels of before are stale
         self._closed = False
+        # why the controller is taken for gone (None while it is there): seconds it may stay away first
+        self._lost: str | None = None
+        self.controller_timeout = controller_timeout
         # IPython Parallel's client-side records, keyed by msg_id
         self.block = False  # views made afterwards start with this
         self.results: dict[str, Any] = {}
@@ -153,6 +157,7 @@ class Client(TaskDBMixin):
         if welcome["t"] == "refused":
             self.close()
             raise ProtocolMismatch(welcome.get("why"))
+        self._controller_session = welcome.get("s")
         with self._engine_cond:
             self._engines.update({int(k): v for k, v in welcome.get("engines", {}).items()})
             self._note_pythons()
@@ -167,18 +172,25 @@ class Client(TaskDBMixin):
         self._results = self._ctx.socket(zmq.DEALER)
         self._results.setsockopt(zmq.LINGER, 0)
         self._results.setsockopt(zmq.RCVHWM, 0)
+        # a controller that stops answering (stopped, its host gone) drops the connection as one that died
+        self._results.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self._results.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         # the monitor before the connection: a first handshake it missed would make the first
         # reconnection look like the first connection, and the client would not say hello again
-        monitor = self._results.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor = self._results.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._handshakes = 0
+        self._connected = False
+        self._away: asyncio.TimerHandle | None = None
         self._results.connect(self.url)
         self._io_stop = self._loop.create_future()
 
         async def serve() -> None:
             self._pump = Pump(self._results, self._on_frames)
             watch = Pump(monitor, self._on_monitor)
+            alive = asyncio.ensure_future(self._keepalive())
             self._ready.set()
             await self._io_stop
+            alive.cancel()
             self._pump.close()
             watch.close()
             self._results.disable_monitor()
@@ -197,22 +209,94 @@ class Client(TaskDBMixin):
             return
         self._dispatch(h, payload)
 
+    async def _keepalive(self) -> None:
+        """A word a second, so the controller knows this client is there (it drops the queued tasks of
+        clients gone silent) and the connection's heartbeat has traffic to ride on."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._connected:
+                self._pump.send(self._rsession.pack("ka", {"c": self.cid}))
+
     def _on_monitor(self, frames: list) -> None:
         from zmq.utils.monitor import parse_monitor_message
-        if parse_monitor_message([bytes(f) for f in frames])["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        event = parse_monitor_message([bytes(f) for f in frames])["event"]
+        if event == zmq.EVENT_DISCONNECTED:
+            self._connected = False
+            if self._away is None and not self._closed:
+                self._away = self._loop.call_later(self.controller_timeout, self._controller_lost, time.time())
             return
+        if event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return
+        self._connected = True
+        if self._away is not None:
+            self._away.cancel()
+            self._away = None
         self._handshakes += 1
         if self._handshakes > 1:
+            self._lost = None
             self._reconnected()
 
+    def _controller_lost(self, since: float) -> None:
+        """The controller did not come back in time: fail what waits on it rather than hang."""
+        self._away = None
+        self._lost = (f"the controller at {self.url} is gone: its connection closed or fell silent at "
+                      f"{datetime.datetime.fromtimestamp(since):%H:%M:%S} and it did not come back within "
+                      f"{self.controller_timeout:g} s (Client(controller_timeout=...)); `ipphpc list` shows "
+                      f"whether it runs")
+        with self._lock:
+            lost = [self._pending.pop(mid) for mid in list(self._pending)]
+        log.error("%s; %d unfinished tasks failed", self._lost, len(lost))
+        for p in lost:
+            p.ar._child_done(p.index, None, ControllerLost(self._lost), {})
+        for f in list(self._requests.values()):
+            if not f.done():
+                f.set_exception(ControllerLost(self._lost))
+        self._requests.clear()
+
     def _reconnected(self) -> None:
-        """The controller came back (restarted with --reuse): what it held is gone; say hello again."""
+        """The connection is back: say hello again; the welcome tells a restarted controller (what it held
+        is gone) from the same one after a dropped connection (results sent meanwhile are fetched again)."""
+        self._pump.send(self._rsession.pack("hello", {"c": self.cid}))
+
+    def _welcomed_again(self, h: dict) -> None:
+        if h.get("s") == self._controller_session:
+            self._resync()
+            return
+        self._controller_session = h.get("s")
         self._generation += 1
-        lost = [self._pending.pop(mid) for mid in list(self._pending)]
-        log.warning("reconnected to the controller at %s; %d unfinished tasks failed", self.url, len(lost))
+        with self._lock:
+            lost = [self._pending.pop(mid) for mid in list(self._pending)]
+        log.warning("reconnected to the controller at %s (restarted); %d unfinished tasks failed", self.url,
+                    len(lost))
         for p in lost:
             p.ar._child_done(p.index, None, TaskAborted("the controller restarted before this task finished"), {})
-        self._pump.send(self._rsession.pack("hello", {"c": self.cid}))
+
+    def _resync(self) -> None:
+        """Ask the controller's task database again for the results of tasks still pending here: those it
+        sent while the connection was down were dropped on the way."""
+        with self._lock:
+            mids = list(self._pending)
+        if not mids:
+            return
+        q, rid = self._rsession.next_id()
+        f = self._loop.create_future()
+        self._requests[rid] = f
+        f.add_done_callback(lambda f: self._resynced(f, mids))
+        self._pump.send(self._rsession.pack("db_get", {"ids": mids, "c": self.cid}, seq=(q, rid)))
+
+    def _resynced(self, f: asyncio.Future, mids: list[str]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return
+        h = f.result()
+        if h.get("error"):
+            lost = {m: f"the connection to the controller dropped and came back, and {h['error']}" for m in mids}
+        else:
+            lost = {m: f"its result was lost while the connection to the controller was down: {why or 'no record'}"
+                    for m, why in (h.get("missing") or {}).items()}
+        with self._lock:
+            gone = [(self._pending.pop(m), why) for m, why in lost.items() if m in self._pending]
+        for p, why in gone:
+            p.ar._child_done(p.index, None, TaskAborted(why), {})
 
     def _dispatch(self, h: dict, payload: list) -> None:
         t = h["t"]
@@ -222,10 +306,10 @@ class Client(TaskDBMixin):
             self._on_output(t, h, payload)
         elif t == "engines":
             with self._engine_cond:
+                for k in h.get("rm", []):  # before the additions: an engine that left and came back is there
+                    self._engines.pop(int(k), None)
                 for k, v in h.get("add", {}).items():
                     self._engines[int(k)] = v
-                for k in h.get("rm", []):
-                    self._engines.pop(int(k), None)
                 self._note_pythons()
                 self._engine_cond.notify_all()
         else:
@@ -238,11 +322,12 @@ class Client(TaskDBMixin):
                     except AuthError as e:
                         h["error"] = f"a reply from the controller was damaged: {e}"
                 fut.set_result(h)
-            elif t == "welcome":  # after a reconnection: the new controller's engines
+            elif t == "welcome":  # after a reconnection: the controller's engines now
                 with self._engine_cond:
                     self._engines = {int(k): v for k, v in h.get("engines", {}).items()}
                     self._note_pythons()
                     self._engine_cond.notify_all()
+                self._welcomed_again(h)
 
     def _on_result(self, h: dict, payload: list) -> None:
         mid = h["p"]
@@ -348,6 +433,8 @@ class Client(TaskDBMixin):
         """Send one task and wait for its value on the calling thread's own channel."""
         if self._other_python and payload:
             self._check_python(payload, None if target is None else [target])
+        if self._lost:
+            raise ControllerLost(self._lost)
         channel = getattr(self._local, "channel", None)
         if channel is None or channel.generation != self._generation:
             if channel is not None:
@@ -364,7 +451,8 @@ class Client(TaskDBMixin):
     def _send_task(self, kind: str, payload: Sequence[Any], ar: AsyncResult, index: int, target: int | None = None,
                    timeout: float | None = None, retries: int = 0, digest: str | None = None,
                    among: frozenset | None = None, msg_id: str | None = None, label: str | None = None,
-                   track: bool = False, resend: bool = False, tried: set | None = None) -> str:
+                   track: bool = False, resend: bool = False, tried: set | None = None,
+                   duration: float | None = None) -> str:
         """Send one task; `among` limits a load-balanced task to some engines, `resend` keeps its payload
         so that an engine that cannot meet its dependencies hands it to another."""
         fields: dict[str, Any] = {"k": kind, "c": self.cid}
@@ -374,6 +462,8 @@ class Client(TaskDBMixin):
             fields["tmo"] = timeout
         if label is not None:
             fields["lbl"] = label  # recorded by the controller's task database, queryable there
+        if duration:
+            fields["xd"] = duration  # the controller starts it only on an engine that lives that long
         if among is not None:
             fields["among"] = sorted(among)
         if self._other_python and kind in ("apply", "push") and payload:
@@ -383,6 +473,8 @@ class Client(TaskDBMixin):
         with self._lock:
             if self._closed:
                 raise RuntimeError("this client is closed")
+            if self._lost:
+                raise ControllerLost(self._lost)
             seq = self.session.next_id()
             if msg_id is not None:
                 seq = (seq[0], msg_id)
@@ -844,6 +936,8 @@ class _SyncChannel:
                 raise TaskAborted("the client was closed before this task finished")
             if self.generation != self.client._generation:
                 raise TaskAborted("the controller restarted before this task finished")
+            if self.client._lost:
+                raise ControllerLost(self.client._lost)
             try:  # a blocking receive wakes at once on the message; a Poller costs a call more
                 frames = self.sock.recv_multipart(copy=False)
             except zmq.Again:

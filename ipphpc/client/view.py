@@ -390,10 +390,12 @@ class LoadBalancedView(View):
 
     Flags: `retries` (run again on failure), `timeout` (fail with TaskTimeout if not started within
     it, dependencies included), `after` (start only after these tasks), `follow` (run where these ran),
-    `label`, `chunksize` (map).
+    `label`, `chunksize` (map), `duration` (seconds a task is expected to run: it is not started on an
+    engine whose allocation ends sooner).
     """
 
-    _flag_names = ("targets", "block", "track", "label", "follow", "after", "timeout", "retries", "chunksize")
+    _flag_names = ("targets", "block", "track", "label", "follow", "after", "timeout", "retries", "chunksize",
+                   "duration")
 
     def __init__(self, client: Any, targets: Any = None, block: bool = False, retries: int = 0,
                  timeout: float | None = None, chunksize: int | None = None, **flags: Any):
@@ -402,12 +404,14 @@ class LoadBalancedView(View):
         self.chunksize = chunksize
         self.after: Any = None
         self.follow: Any = None
+        self.duration: float | None = None
         super().__init__(client, targets, block, **flags)
 
     def set_flags(self, **flags: Any) -> "LoadBalancedView":
-        t = flags.get("timeout")
-        if t is not None and (not isinstance(t, (int, float)) or t < 0):
-            raise ValueError(f"timeout={t!r}: a number of seconds, or None")
+        for name in ("timeout", "duration"):
+            t = flags.get(name)
+            if t is not None and (not isinstance(t, (int, float)) or t < 0):
+                raise ValueError(f"{name}={t!r}: a number of seconds, or None")
         super().set_flags(**flags)
         return self
 
@@ -434,7 +438,7 @@ class LoadBalancedView(View):
 
     def _sync_target(self) -> Any:
         plain = not self.retries and not self.timeout and self.after is None and self.follow is None \
-            and self._targets is None and not self.track and self.label is None
+            and self._targets is None and not self.track and self.label is None and not self.duration
         return None if plain else _NOT_ONE
 
     def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -445,7 +449,7 @@ class LoadBalancedView(View):
     def _send(self, kind: str, payload: list, ar: AsyncResult, index: int, among: frozenset | None,
               deps: tuple[Any, Any], resend: bool) -> None:
         after, follow = deps
-        extra = {"label": self.label, "track": self.track}
+        extra = {"label": self.label, "track": self.track, "duration": self.duration}
         if after is None and follow is None:
             self.client._send_task(kind, payload, ar, index, timeout=self.timeout, retries=self.retries,
                                    among=among, resend=resend, **extra)

@@ -195,6 +195,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             cmd += ["--ip", self.controller_ip]
         if self.controller_location:
             cmd += ["--location", self.controller_location]
+        # how long queued tasks wait for engines once all have gone: batch elements may be replaced after
+        # a wait in the queue, local processes come back at once or not at all (later arguments win)
+        cmd += [f"--Controller.engine_wait={10 if self.engines in ('local', 'mpi', 'ssh') else 300}"]
         return cmd + _as_args("Controller", self._passed.get("Controller", {})) + list(self.controller_args)
 
     def _engine_cmd(self) -> list[str]:

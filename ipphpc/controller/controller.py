@@ -48,6 +48,15 @@ class Controller(LoggingConfigurable):
     prefetch_max = Integer(64, config=True, help="Most load-balanced tasks queued on one engine at once.")
     prefetch_target = Float(0.005, config=True, help="Seconds of queued work each engine is given ahead, "
                             "so short tasks never wait for a round trip while long ones stay balanced.")
+    engine_wait = Float(60.0, config=True, help="Seconds queued tasks wait for an engine once every engine has "
+                        "gone; then they fail with NoEnginesRegistered instead of waiting forever. Until the first "
+                        "engine registers, tasks wait without bound (engines may be pending in a batch queue).")
+    client_timeout = Float(10.0, config=True, help="Seconds a client may stay silent (it says something every "
+                           "second) before its queued tasks are dropped; 0 keeps them running after it is gone "
+                           "(a laptop that disconnects from a long run: fetch the results later from the task "
+                           "database).")
+    interrupt_orphans = Bool(True, config=True, help="When a client is gone, also interrupt (SIGINT) the tasks of "
+                             "it that engines are running.")
     replay_window = Float(600.0, config=True, help="Seconds a message from a new session may be old.")
     extra_info = Dict({}, config=True, help="Extra fields for the connection files.")
     enginessh = Unicode("", config=True, help="[user@]host[:port] of an ssh server engines tunnel through to reach "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,13 +30,18 @@ class EngineRecord:
     info: dict
     session: str
     registered: float = field(default_factory=time.time)
-    outstanding: dict = field(default_factory=dict)  # msg_id -> client ident
-    balanced: set = field(default_factory=set)  # the load-balanced ones among them
+    # msg_id -> client ident, in the order sent: the engine runs them in that order, so the first one is
+    # the one running and the rest have not started
+    outstanding: dict = field(default_factory=dict)
+    balanced: dict = field(default_factory=dict)  # the load-balanced ones among them: msg_id -> QueuedTask
     completed: int = 0
     ctl: bytes = b""  # the engine's control line: signals, aborts, streamed output
     queued: bool = False  # in the hub's round-robin queue of engines with room for another task
     last_pong: int = 0
     alive: bool = True
+    ends: float | None = None  # epoch seconds at which its allocation ends (walltime), if known
+    drain_at: float | None = None  # from then on it takes no new load-balanced tasks
+    draining: bool = False
 
 
 @dataclass
@@ -45,6 +51,7 @@ class QueuedTask:
     frames: list
     deadline: float | None
     among: frozenset | None = None  # engines allowed to run it (a view over some engines, or `follow`)
+    duration: float | None = None  # seconds it is expected to run: only engines that live that long
 
 
 class Hub:
@@ -68,6 +75,7 @@ class Hub:
         self.by_ctl: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
         self.quiet: set[bytes] = set()  # result sockets that want no registry notes
+        self.client_seen: dict[bytes, float] = {}  # result socket -> when it last said anything
         self.orphans: dict[str, list] = {}  # tasks of clients whose hello has not arrived yet
         self.free: deque[EngineRecord] = deque()  # engines with room, each at most once, round robin
         self.lb_queue: deque[QueuedTask] = deque()
@@ -82,6 +90,11 @@ class Hub:
         self.pending_notes: dict[str, Any] = {"add": {}, "rm": []}
         self.note_scheduled = False
         self.stats = {"tasks": 0, "results": 0, "dropped": 0, "engines_died": 0}
+        self.empty_since: float | None = None  # when the last engine went (None: engines, or none ever)
+        self.last_gone = ""
+        # hearts of engines declared dead, so one that comes back (SIGCONT, a network healed) is asked to
+        # register again instead of staying unknown: heart -> (engine ident, when)
+        self.gone_hearts: dict[bytes, tuple[bytes, float]] = {}
         self._stopping = asyncio.Event()
         self._stop_engines = False
 
@@ -132,6 +145,10 @@ class Hub:
         t = h["t"]
         if t == "task":
             self.on_task(idents[0], h, frames)
+        elif t == "ka":
+            self.client_seen[idents[0]] = time.monotonic()
+            if h.get("c") not in self.clients:  # back after it was taken for gone: its results go there again
+                self.clients[h["c"]] = idents[0]
         elif t == "hello":
             self.on_hello(idents[0], h)
         else:
@@ -144,6 +161,7 @@ class Hub:
             self.log.warning("refused client: %s", bad)
             return
         self.clients[h["c"]] = ident
+        self.client_seen[ident] = time.monotonic()
         for _, held_h, held_frames in self.orphans.pop(h["c"], []):
             self.on_task(ident, held_h, held_frames)
         self._send(self.client_sock, ident, "welcome", {
@@ -181,9 +199,9 @@ class Hub:
         tmo = h.get("tmo")
         among = h.get("among")
         task = QueuedTask(h["id"], client, body, time.monotonic() + tmo if tmo else None,
-                          frozenset(among) if among is not None else None)
-        if among is not None:
-            if not self._possible(task):
+                          frozenset(among) if among is not None else None, h.get("xd"))
+        if among is not None or task.duration:
+            if among is not None and not self._possible(task):
                 return
             self.picky.append(task)
         else:
@@ -204,7 +222,7 @@ class Hub:
         self._out(self.engine_sock, [e.ident, *body])
 
     def _balanced_to(self, e: EngineRecord, task: QueuedTask) -> None:
-        e.balanced.add(task.msg_id)
+        e.balanced[task.msg_id] = task
         self._to_engine(e, task.msg_id, task.client, task.frames)
 
     def _dispatch(self) -> None:
@@ -216,7 +234,7 @@ class Hub:
         while q and free:
             e = free.popleft()
             e.queued = False
-            if not e.alive or len(e.outstanding) >= limit:
+            if not e.alive or e.draining or len(e.outstanding) >= limit:
                 continue
             task = q.popleft()
             self._balanced_to(e, task)
@@ -225,14 +243,18 @@ class Hub:
                 e.queued = True
 
     def _dispatch_picky(self) -> None:
-        """Each task to the least busy engine it allows that has room, in queue order."""
+        """Each task to the least busy engine it allows that has room (and, for a task of known duration,
+        enough of its allocation left), in queue order."""
         limit, engines = self.limit, self.engines
         keep: deque[QueuedTask] = deque()
-        room = sum(1 for e in engines.values() if len(e.outstanding) < limit)
+        room = sum(1 for e in engines.values() if len(e.outstanding) < limit and not e.draining)
+        now = time.time()
         while self.picky:
             task = self.picky.popleft()
             if room:
-                choices = [engines[i] for i in task.among if i in engines and len(engines[i].outstanding) < limit]
+                allowed = engines.values() if task.among is None else [engines[i] for i in task.among if i in engines]
+                choices = [e for e in allowed if len(e.outstanding) < limit and not e.draining
+                           and (not task.duration or e.ends is None or now + task.duration <= e.ends)]
                 if choices:
                     e = min(choices, key=lambda x: len(x.outstanding))
                     self._balanced_to(e, task)
@@ -244,7 +266,7 @@ class Hub:
 
     def _dispatch_timed(self) -> None:
         now = time.monotonic()
-        idle = [e for e in self.engines.values() if not e.outstanding]
+        idle = [e for e in self.engines.values() if not e.outstanding and not e.draining]
         while self.timed and idle:
             task = self.timed.popleft()
             if now > task.deadline:
@@ -253,6 +275,10 @@ class Hub:
             self._balanced_to(idle.pop(), task)
 
     def _refill(self, e: EngineRecord) -> None:
+        if e.draining:
+            if not e.outstanding:
+                self._send(self.engine_sock, e.ident, "stop", {"why": self._drain_why(e)})
+            return
         if e.alive and not e.queued and len(e.outstanding) < self.limit:
             self.free.append(e)
             e.queued = True
@@ -294,7 +320,9 @@ class Hub:
                 if e:
                     self._send(self.engine_sock, e.ident, "stop", {})
         elif t == "bye":
-            self.quiet.discard(self.clients.pop(h.get("c"), b""))
+            gone = self.clients.pop(h.get("c"), b"")
+            self.quiet.discard(gone)
+            self.client_seen.pop(gone, None)
             return
         else:
             reply.update(error=f"unknown request {t!r}")
@@ -320,7 +348,7 @@ class Hub:
             self.on_register(ident, h)
         elif t == "bye":
             if e is not None:
-                self._unregister(e, "it stopped")
+                self._unregister(e, h.get("why") or "it stopped", clean=True)
         elif e is None:
             self._send(self.engine_sock, ident, "reregister", {})
 
@@ -343,8 +371,11 @@ class Hub:
         self.next_eid = max(self.next_eid, eid + 1)
         info = {**h.get("info", {}), "engine_id": eid}
         heart = h["hb"].encode()
-        e = EngineRecord(eid, ident, heart, info, h["s"], last_pong=self.ping_seq, ctl=h.get("ctl", "").encode())
+        e = EngineRecord(eid, ident, heart, info, h["s"], last_pong=self.ping_seq, ctl=h.get("ctl", "").encode(),
+                         ends=info.get("ends"), drain_at=info.get("drain_at"))
         self.engines[eid], self.by_ident[ident], self.by_heart[heart] = e, e, e
+        self.empty_since = None
+        self.gone_hearts.pop(heart, None)
         if e.ctl:
             self.by_ctl[e.ctl] = e
         self._send(self.engine_sock, ident, "registered", {"p": h["id"], "eid": eid,
@@ -356,7 +387,7 @@ class Hub:
     def on_result(self, e: EngineRecord, h: dict, frames) -> None:
         client = e.outstanding.pop(h["p"], None)
         if e.balanced:
-            e.balanced.discard(h["p"])
+            e.balanced.pop(h["p"], None)
         e.completed += 1
         self.stats["results"] += 1
         if self.recording:
@@ -428,7 +459,11 @@ class Hub:
         out["unassigned"] = [t.msg_id for t in waiting] if verbose else len(waiting)
         return out
 
-    def _unregister(self, e: EngineRecord, why: str) -> None:
+    def _unregister(self, e: EngineRecord, why: str, clean: bool = False) -> None:
+        """Forget engine `e`. Its load-balanced tasks that had not started go back to the head of the queue
+        for another engine; the one it may have been running fails with EngineError saying why (a client's
+        `retries` then resend it); direct tasks fail, as only that engine could run them. An engine that
+        said goodbye (`clean`) had finished its running task."""
         if not e.alive:
             return
         e.alive = False
@@ -436,18 +471,108 @@ class Hub:
         self.by_ident.pop(e.ident, None)
         self.by_heart.pop(e.heart, None)
         self.by_ctl.pop(e.ctl, None)
+        now = time.monotonic()
+        self.gone_hearts[e.heart] = (e.ident, now)
+        if len(self.gone_hearts) > 4096:
+            self.gone_hearts = {k: v for k, v in self.gone_hearts.items() if now - v[1] < 3600}
         self.guard.forget(e.session)
         host = e.info.get("host")
-        for msg_id, client in e.outstanding.items():
-            self._fail(client, msg_id, "EngineError",
-                       f"engine {e.eid} (pid {e.info.get('pid')} on {host}) was lost while running "
-                       f"this task: {why}", e.eid)
+        who = f"engine {e.eid} (pid {e.info.get('pid')} on {host})"
+        requeue = []
+        for i, (msg_id, client) in enumerate(e.outstanding.items()):
+            ran = i == 0 and not clean
+            task = e.balanced.get(msg_id)
+            if task is not None and not ran:
+                requeue.append(task)
+            else:
+                self._fail(client, msg_id, "EngineError",
+                           f"{who} was lost {'while running' if ran else 'before it started'} this task: {why}",
+                           e.eid)
         e.outstanding.clear()
         e.balanced.clear()
+        for task in reversed(requeue):
+            (self.picky if task.among is not None else self.timed if task.deadline else self.lb_queue).appendleft(task)
         if self.picky:
             self.picky = deque(t for t in self.picky if self._possible(t))
-        self.log.info("engine %d (%s pid %s) unregistered: %s", e.eid, host, e.info.get("pid"), why)
+        if not self.engines:
+            self.empty_since, self.last_gone = time.monotonic(), f"engine {e.eid}: {why}"
+        self.log.info("engine %d (%s pid %s) unregistered: %s%s", e.eid, host, e.info.get("pid"), why,
+                      f"; {len(requeue)} of its queued tasks go to other engines" if requeue else "")
         self._note("rm", e.eid, None)
+        if requeue and self.free:
+            self._dispatch()
+
+    def _sweep_clients(self) -> None:
+        """A client silent for `client_timeout` is gone (killed, its host lost): its queued tasks are dropped,
+        those engines hold for it are aborted, and, with `interrupt_orphans`, the ones running are interrupted,
+        so the engines are free again within seconds."""
+        now, limit = time.monotonic(), self.cfg.client_timeout
+        gone = {ident: cid for cid, ident in self.clients.items()
+                if ident not in self.quiet and now - self.client_seen.get(ident, now) > limit}
+        if not gone:
+            return
+        for ident, cid in gone.items():
+            del self.clients[cid]
+            self.client_seen.pop(ident, None)
+        why = f"its client went away (silent for {limit:g} s; c.Controller.client_timeout)"
+        dropped = 0
+        for name in ("lb_queue", "timed", "picky"):
+            q = getattr(self, name)
+            if any(t.client in gone for t in q):
+                keep = deque()
+                for t in q:
+                    if t.client in gone:
+                        dropped += 1
+                        self._fail(t.client, t.msg_id, "TaskAborted", f"the task was dropped before it started: {why}")
+                    else:
+                        keep.append(t)
+                setattr(self, name, keep)
+        interrupted = 0
+        for e in list(self.engines.values()):
+            mine = [m for m, c in e.outstanding.items() if c in gone]
+            if not mine:
+                continue
+            first = next(iter(e.outstanding))
+            if self.cfg.interrupt_orphans and first in mine:
+                self._control([e.eid], "signal", {"sig": int(signal.SIGINT)})
+                interrupted += 1
+            waiting = [m for m in mine if m != first]
+            if waiting:
+                self._control([e.eid], "abort", {"ids": waiting})
+            dropped += len(waiting)
+        self.log.warning("client(s) %s gone (silent for %g s): %d queued tasks dropped, %d running interrupted",
+                         ", ".join(sorted(gone.values())), limit, dropped, interrupted)
+
+    def _sweep_draining(self) -> None:
+        """Engines whose allocation is about to end take no new tasks; once idle, they are told to leave,
+        so their job ends on its own instead of being killed at its walltime with a task half done."""
+        now = time.time()
+        for e in self.engines.values():
+            if e.drain_at is not None and not e.draining and now >= e.drain_at:
+                e.draining = True
+                self.log.info("engine %d drains: %s", e.eid, self._drain_why(e))
+                self._refill(e)
+
+    @staticmethod
+    def _drain_why(e: EngineRecord) -> str:
+        return (f"its allocation ends at {time.strftime('%H:%M:%S', time.localtime(e.ends))} (walltime); it "
+                f"leaves before the scheduler ends it" if e.ends else "it drains")
+
+    def _sweep_stranded(self) -> None:
+        """Queued tasks fail once no engine has been there for `engine_wait` seconds: callers get an error,
+        not a wait without end."""
+        if self.engines or self.empty_since is None or not (self.lb_queue or self.timed or self.picky):
+            return
+        waited = time.monotonic() - self.empty_since
+        if waited < self.cfg.engine_wait:
+            return
+        why = (f"no engine has been registered for {waited:.0f} s (the last to go was {self.last_gone}); "
+               f"start engines, or raise c.Controller.engine_wait ({self.cfg.engine_wait:g} s) to wait longer")
+        for name in ("lb_queue", "timed", "picky"):
+            q = getattr(self, name)
+            setattr(self, name, deque())
+            for t in q:
+                self._fail(t.client, t.msg_id, "NoEnginesRegistered", why)
 
     def _note(self, kind: str, eid: int, info: dict | None) -> None:
         """Tell clients of registry changes, coalesced to one message per loop turn."""
@@ -477,6 +602,10 @@ class Hub:
             await asyncio.sleep(period)
             self._drain_pongs()
             self._sweep_timeouts()
+            self._sweep_draining()
+            self._sweep_stranded()
+            if self.cfg.client_timeout > 0:
+                self._sweep_clients()
             self.trimmer.check(self.stats["tasks"], self._idle() and self.db.idle())
             cutoff = self.ping_seq - self.cfg.heartbeat_misses
             for e in [e for e in self.engines.values() if e.last_pong < cutoff]:
@@ -501,6 +630,9 @@ class Hub:
             e = self.by_heart.get(idents[0]) if idents else None
             if e is not None and h.get("s") == self.session.id:
                 e.last_pong = max(e.last_pong, h.get("n", 0))
+            elif e is None and idents and idents[0] in self.gone_hearts:
+                ident, _ = self.gone_hearts.pop(idents[0])
+                self._send(self.engine_sock, ident, "reregister", {})
 
     def _sweep_orphans(self, older_than: float = 30.0) -> None:
         now = time.monotonic()

@@ -26,6 +26,7 @@ from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control
 from .executor import Executor
+from .lifetime import allocation, drain_time
 from .origin import engine_origin
 
 
@@ -67,6 +68,12 @@ class Engine(LoggingConfigurable):
     sshserver = Unicode("", config=True, help="[user@]host[:port] of an ssh server that can reach the controller "
                         "when this host cannot; default: the connection file's 'ssh', if any.")
     sshkey = Unicode("", config=True, help="Private key file for the ssh tunnel.")
+    walltime = Float(0.0, config=True, help="Seconds this engine may live (`ipphpc engine --walltime 1:00:00`); "
+                     "0: what its batch job says (ipphpc's job scripts export it), else no limit.")
+    drain_margin = Float(60.0, config=True, help="Seconds before its allocation ends that the engine stops "
+                         "taking tasks, so it leaves on its own instead of being killed with a task half done.")
+    drain_stagger = Float(30.0, config=True, help="Up to this many seconds more, drawn at random per engine, so "
+                          "the elements of an array do not all drain at once.")
 
     def connection_path(self) -> Path:
         if self.file:
@@ -152,9 +159,11 @@ class Engine(LoggingConfigurable):
         self.stopping = asyncio.Event()
         self.pump: Pump | None = None
         self.exit_code = 0
+        self.leave_why = "it stopped"
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+            loop.add_signal_handler(signal.SIGTERM, self._leave, "it received SIGTERM (its job was cancelled, "
+                                    "preempted or reached its walltime, or it was killed)")
         except (NotImplementedError, RuntimeError):
             pass
         # SIGINT is the executor's: a running task's KeyboardInterrupt, else a stop
@@ -166,7 +175,7 @@ class Engine(LoggingConfigurable):
             await self.stopping.wait()
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            self._send("bye", {})
+            self._send("bye", {"why": self.leave_why})
             pump.close()
         finally:
             self.control.stop()
@@ -178,6 +187,13 @@ class Engine(LoggingConfigurable):
             if self.tunnel is not None:
                 self.tunnel.close()
         return self.exit_code
+
+    def _leave(self, why: str) -> None:
+        """Stop after the running task, telling the controller why (its queued tasks go to other engines)."""
+        if not self.stopping.is_set():
+            self.leave_why = why
+            self.log.info("leaving: %s", why)
+        self.stopping.set()
 
     def _send(self, msg_type: str, fields: dict, payload=()) -> None:
         frames = self.session.pack(msg_type, fields, payload)
@@ -201,9 +217,19 @@ class Engine(LoggingConfigurable):
         self.last_heard = time.monotonic()
         self.log.info("registered as engine %d with the controller at %s", self.id, self.url)
 
+    def _lifetime(self) -> dict:
+        """`ends` and `drain_at` (epoch seconds) for the registration, when the allocation's end is known."""
+        span = allocation(self.walltime)
+        if span is None:
+            return {}
+        drain_at = drain_time(*span, self.drain_margin, self.drain_stagger)
+        hms = [time.strftime("%H:%M:%S", time.localtime(t)) for t in (span[1], drain_at)]
+        self.log.info("allocation ends at %s; this engine takes no new tasks from %s", *hms)
+        return {"ends": span[1], "drain_at": drain_at}
+
     def register(self) -> None:
         """The first registration: nothing else runs until it is answered."""
-        self.origin = origin = engine_origin()
+        self.origin = origin = {**engine_origin(), **self._lifetime()}
         self._send_register()
         deadline = time.monotonic() + self.register_timeout
         while True:
@@ -259,7 +285,7 @@ class Engine(LoggingConfigurable):
             self.pump.send(self.session.pack("result", {"p": h["id"], "ok": ok, "eid": self.id, "dur": dur}, body))
         elif t == "stop":
             self.log.info("stop requested by the controller")
-            self.stopping.set()
+            self._leave(h.get("why") or "it was asked to stop")
         elif t == "registered":
             self._registered(h)
         elif t == "refused":
