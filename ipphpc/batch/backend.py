@@ -34,6 +34,10 @@ def _no_records(text: str) -> list[JobRecord]:
     return []
 
 
+def _no_release(job_ids: Sequence[str]) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True, eq=False)
 class Backend:
     """Everything ipphpc needs to know about one batch scheduler.
@@ -75,6 +79,8 @@ class Backend:
     array_directive: Callable[[int, str], str]
     accounting_command: Callable[..., list[str] | None] = _no_accounting
     parse_accounting: Callable[[str], list[JobRecord]] = _no_records
+    #: the command that releases held jobs (shown to users whose engines are held; empty: none known)
+    release_command: Callable[[Sequence[str]], list[str]] = _no_release
     #: True when the submit command reads the script on standard input (LSF ``bsub < script``)
     submit_via_stdin: bool = False
     #: substrings of stderr meaning "this job id is unknown (finished long ago)"

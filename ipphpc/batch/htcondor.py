@@ -184,6 +184,10 @@ def cancel_command(job_ids: Sequence[str]) -> list[str]:
     return ["condor_rm", *job_ids]
 
 
+def release_command(job_ids: Sequence[str]) -> list[str]:
+    return ["condor_release", *job_ids]
+
+
 def array_directive(size: int, job_name: str = "") -> str:
     return f"queue {size}"
 
@@ -212,6 +216,7 @@ BACKEND = Backend(
     status_command=status_command,
     accounting_command=accounting_command,
     cancel_command=cancel_command,
+    release_command=release_command,
     parse_submit=parse_submit,
     parse_status=parse_json,
     parse_accounting=parse_json,

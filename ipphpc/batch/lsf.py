@@ -161,6 +161,10 @@ def cancel_command(job_ids: Sequence[str]) -> list[str]:
     return ["bkill", *job_ids]
 
 
+def release_command(job_ids: Sequence[str]) -> list[str]:
+    return ["bresume", *job_ids]
+
+
 def array_directive(size: int, job_name: str = "ipphpc-engines") -> str:
     return f'#BSUB -J "{job_name}[1-{size}]"'
 
@@ -183,6 +187,7 @@ BACKEND = Backend(
     status_command=status_command,
     accounting_command=accounting_command,
     cancel_command=cancel_command,
+    release_command=release_command,
     parse_submit=parse_submit,
     parse_status=parse_bjobs,
     parse_accounting=parse_bjobs,

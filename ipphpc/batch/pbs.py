@@ -299,6 +299,10 @@ def cancel_command(job_ids: Sequence[str]) -> list[str]:
     return ["qdel", *job_ids]
 
 
+def release_command(job_ids: Sequence[str]) -> list[str]:
+    return ["qrls", *job_ids]
+
+
 def pbspro_status_command(job_ids: Sequence[str]) -> list[str]:
     return ["qstat", "-f", "-F", "json", "-t", *job_ids]
 
@@ -329,6 +333,7 @@ _COMMON: dict[str, Any] = dict(
     templates={"engines": "engines.pbs.j2", "controller": "controller.pbs.j2"},
     submit_command=submit_command,
     cancel_command=cancel_command,
+    release_command=release_command,
     parse_submit=parse_submit,
     unknown_job_markers=("Unknown Job Id", "Job has finished"),
 )

@@ -205,6 +205,10 @@ def cancel_command(job_ids: Sequence[str]) -> list[str]:
     return ["qdel", *job_ids]
 
 
+def release_command(job_ids: Sequence[str]) -> list[str]:
+    return ["qrls", *job_ids]
+
+
 def array_directive(size: int, job_name: str = "") -> str:
     return f"#$ -t 1-{size}"
 
@@ -227,6 +231,7 @@ BACKEND = Backend(
     status_command=status_command,
     accounting_command=accounting_command,
     cancel_command=cancel_command,
+    release_command=release_command,
     parse_submit=parse_submit,
     parse_status=parse_qstat_xml,
     parse_accounting=parse_qacct,

@@ -195,6 +195,10 @@ def cancel_command(job_ids: Sequence[str]) -> list[str]:
     return ["scancel", *job_ids]
 
 
+def release_command(job_ids: Sequence[str]) -> list[str]:
+    return ["scontrol", "release", *job_ids]
+
+
 def array_directive(size: int, job_name: str = "") -> str:
     return f"#SBATCH --array=0-{size - 1}"
 
@@ -217,6 +221,7 @@ BACKEND = Backend(
     status_command=status_command,
     accounting_command=accounting_command,
     cancel_command=cancel_command,
+    release_command=release_command,
     parse_submit=parse_submit,
     parse_status=parse_squeue,
     parse_accounting=parse_sacct,

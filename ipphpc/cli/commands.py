@@ -16,7 +16,7 @@ from traitlets.config import Config
 
 from .. import config as cfgmod
 from .. import paths
-from ..cluster.cluster import HPCCluster, list_cluster_files
+from ..cluster.cluster import HPCCluster, JobsHeld, list_cluster_files
 from ..controller import record as record_mod
 from ..launch.processes import pid_alive
 from .table import render
@@ -39,6 +39,21 @@ def submit(ns: argparse.Namespace, cfg: Config) -> int:
         if ns.dry_run:
             print(cluster.dry_run())
             return 0
+    except jinja2.TemplateError as e:
+        return _template_error(e, cfg)
+    except (ValueError, FileNotFoundError, RuntimeError, TraitError) as e:
+        print(f"ipphpc submit: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _start_and_wait(ns, cfg, cluster)
+    except KeyboardInterrupt:
+        pass  # stopped below, once the interrupted call's frames (holding the poll cache's lock) are gone
+    return _interrupted(cluster)
+
+
+def _start_and_wait(ns: argparse.Namespace, cfg: Config, cluster: HPCCluster) -> int:
+    """Start the cluster and, unless told not to, show progress until its engines registered."""
+    try:
         cluster.start_cluster_sync()
     except jinja2.TemplateError as e:
         return _template_error(e, cfg)
@@ -59,12 +74,53 @@ def submit(ns: argparse.Namespace, cfg: Config) -> int:
             rc = cluster.connect_client_sync()
             _wait_with_bar(cluster, rc, cluster.engines_requested, timeout)
             rc.close()
+        except JobsHeld as e:
+            cluster.stop_cluster_sync()
+            print(f"ipphpc submit: {JobsHeld(e.cluster_id, e.held, stopped=True)}", file=sys.stderr)
+            return 1
         except Exception as e:  # noqa: BLE001 - report, stop what was started, fail
             print(f"ipphpc submit: {e}", file=sys.stderr)
             cluster.stop_cluster_sync()
             return 1
     print(cluster.cluster_id)
     return 0
+
+
+def _interrupted(cluster: HPCCluster) -> int:
+    """Ctrl-C while starting or waiting: stop what was started without asking, and say so in one line.
+
+    Called outside the `except KeyboardInterrupt` block: the interrupted poll's traceback, and with it the
+    lock of the profile's poll cache, must be gone before the stop polls again.
+    """
+    cid = cluster.cluster_id
+    jobs = [j for e in [cluster.controller_launcher, *cluster.engine_sets] for j in getattr(e, "job_ids", None) or []]
+    try:
+        left = _stop(cluster)
+    except KeyboardInterrupt:
+        print(f"ipphpc submit: interrupted again while stopping cluster {cid}; `ipphpc stop {cid}` stops it",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, and what to do
+        print(f"ipphpc submit: interrupted; stopping cluster {cid} failed ({e}); `ipphpc stop {cid}` stops it",
+              file=sys.stderr)
+        return 130
+    if left:
+        print(f"ipphpc submit: interrupted; cluster {cid} is not stopped yet ({', '.join(left)} still running); "
+              f"`ipphpc stop {cid}` stops it", file=sys.stderr)
+    else:
+        cancelled = f" and cancelled its job(s) {', '.join(jobs)}" if jobs else ""
+        print(f"ipphpc submit: interrupted; stopped cluster {cid}{cancelled}", file=sys.stderr)
+    return 130
+
+
+def _stop(cluster: HPCCluster, by_hand: bool = False) -> list[str]:
+    """Stop a cluster; what still runs afterwards (processes, active jobs), named for the user."""
+    launchers = [x for x in [cluster.controller_launcher, *cluster.engine_sets] if x is not None]
+    cluster.stop_cluster_sync()
+    if by_hand and cluster.controller_launcher is not None:
+        _stop_hand_started(cluster.controller_launcher.pid)
+    return [f"{x.role} job(s) {', '.join(x.job_ids)}" if getattr(x, "job_ids", None) else f"{x.role} pid {x.pid}"
+            for x in launchers if x.running]
 
 
 def _template_error(e: jinja2.TemplateError, cfg: Config) -> int:
@@ -87,6 +143,7 @@ def _wait_with_bar(cluster: HPCCluster, rc, n: int, timeout: float) -> None:
             dead = cluster.engines_failed()
             if dead:
                 raise RuntimeError(f"{len(rc.ids)} of {n} engines registered, and no more will come:\n{dead}")
+            cluster.raise_if_held()
             try:
                 rc.wait_for_engines(n, timeout=0.5)
             except TimeoutError:
@@ -219,11 +276,8 @@ def stop(ns: argparse.Namespace, cfg: Config) -> int:
     for path in files:
         record = json.loads(path.read_text())
         c = HPCCluster.from_dict(record)
-        c.stop_cluster_sync()
-        if _by_hand(record) and c.controller_launcher is not None:
-            _stop_hand_started(c.controller_launcher.pid)
-        left = [x.pid for x in [c.controller_launcher, *c.engine_sets] if x is not None and x.running]
-        state = "stopped" if not left else f"processes still alive: {left}"
+        left = _stop(c, by_hand=_by_hand(record))
+        state = "stopped" if not left else f"still running: {', '.join(left)}"
         print(f"cluster {c.cluster_id}: {state}")
     return 0
 

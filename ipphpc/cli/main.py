@@ -71,6 +71,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     **resource_flag_traits(),
     "template": [("HPCCluster", "batch_template_file", str)],
     "max_array_size": [("HPCCluster", "max_array_size", int)],
+    "held_grace": [("HPCCluster", "held_grace", float)],
 }
 
 
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the default for local engines)")
     p.add_argument("--no-wait", action="store_true", help="return once started, without waiting for engines")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the engines")
+    p.add_argument("--held-grace", type=float, default=None, metavar="SECONDS",
+                   help="give up waiting once the scheduler has held a job this long (default 15; "
+                   "c.HPCCluster.held_grace)")
 
     p = sub.add_parser("status", help="jobs, array elements, their states and reasons, and their engines")
     _common(p)

@@ -40,6 +40,21 @@ def new_cluster_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
+class JobsHeld(RuntimeError):
+    """The scheduler holds jobs of the cluster: they will not start by themselves, so the wait ends.
+
+    ``held`` names the jobs, elements, reasons and release commands; ``stopped`` says whether the
+    cluster was stopped (its jobs cancelled) or left queued for a release.
+    """
+
+    def __init__(self, cluster_id: str, held: str, stopped: bool = False) -> None:
+        then = ("stopped the cluster and cancelled its jobs (a longer held_grace, `--held-grace`, waits for a "
+                "release instead)" if stopped else
+                f"its jobs are left queued: release them to go on, or `ipphpc stop {cluster_id}` cancels them")
+        super().__init__(f"cluster {cluster_id}: {held}; {then}")
+        self.cluster_id, self.held, self.stopped = cluster_id, held, stopped
+
+
 class HPCCluster(ResourceTraits, LoggingConfigurable):
     """Start a cluster, connect a client, stop everything: `with HPCCluster(n=4) as rc: ...`
 
@@ -64,6 +79,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                       "Python or environment.")
     engine_timeout = Float(0.0, config=True, help="Seconds start_and_connect waits for the engines "
                            "(0: 120 s for local engines, an hour for batch jobs, which may queue).")
+    held_grace = Float(15.0, config=True, help="Seconds the scheduler may hold a job of the cluster (a user's or "
+                       "an admin's hold) while start_and_connect or `ipphpc submit --wait` waits; then the wait fails "
+                       "naming the jobs, the scheduler's reason and how to release them, since a hold does not lift "
+                       "by itself.")
     # -- batch jobs (engines='slurm' | 'pbs' | 'torque' | 'sge' | 'lsf' | 'htcondor') --------------
     scheduler = Unicode("", config=True, help="Batch scheduler for the engines (same as engines=<name>).")
     batch_template = Unicode("", config=True, help="Template text (Jinja2, or IPython Parallel's {n} style).")
@@ -311,6 +330,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
 
     def _wait_for_client_file(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        next_check = time.monotonic()
         while not self.client_file.exists():
             launcher = self.controller_launcher
             if launcher is not None and launcher.exit_code is not None:
@@ -319,6 +339,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             if time.monotonic() > deadline:
                 raise ControllerUnreachable(f"the controller did not write {self.client_file} within {timeout:g} s:"
                                             f"\n{self._tail('ipcontroller')}")
+            if isinstance(launcher, BatchJobs) and time.monotonic() >= next_check:
+                self.raise_if_held()  # a held controller job never writes the file
+                next_check = time.monotonic() + 0.25
             time.sleep(0.01)
 
     def _tail(self, name: str, lines: int = 20) -> str:
@@ -356,6 +379,22 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             return f"engines exited with status {code}:\n{self._tail('ipengine')}"
         return None
 
+    def jobs_held(self) -> str | None:
+        """The cluster's jobs the scheduler has held for longer than held_grace (who, why, how to release), or None."""
+        reports = []
+        for launcher in [self.controller_launcher, *self.engine_sets]:
+            held = getattr(launcher, "held", None)
+            found = held(self.held_grace) if held is not None else []
+            if found:
+                reports.append(launcher.held_report(found))
+        return "; ".join(reports) or None
+
+    def raise_if_held(self) -> None:
+        """JobsHeld when the scheduler holds a job of the cluster past held_grace: for code that waits for engines."""
+        held = self.jobs_held()
+        if held:
+            raise JobsHeld(self.cluster_id, held)
+
     def _wait_for_engines(self, rc: Any, n: int) -> None:
         timeout = self.wait_timeout
         deadline = time.monotonic() + timeout
@@ -363,6 +402,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             dead = self.engines_failed()
             if dead:
                 raise RuntimeError(f"{len(rc.ids)} of {n} engines registered, and no more will come:\n{dead}")
+            self.raise_if_held()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(rc.ids)} of {n} engines registered after {timeout:g} s "
                                    f"(`ipphpc status` shows the jobs):\n{self._tail('ipengine')}")
@@ -406,8 +446,20 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         if self.client is not None:
             self.client.close()
             self.client = None
+        self._remove_dead_controller_files()
         self.cluster_file.unlink(missing_ok=True)
         self._atexit = False
+
+    def _remove_dead_controller_files(self) -> None:
+        """A controller killed hard (kill -9, its node lost) leaves its pid file and connection files: once it is
+        gone, remove them, so that no client or engine finds a dead cluster. A controller that exited cleanly
+        removed its pid file itself (and kept the connection files on purpose with --reuse): nothing is touched."""
+        launcher = self.controller_launcher
+        pid_file = paths.pid_file(self.pdir, "ipcontroller", self.cluster_id)
+        if launcher is None or not pid_file.exists() or launcher.running:
+            return
+        for path in (pid_file, self.client_file, paths.connection_file(self.pdir, "engine", self.cluster_id)):
+            path.unlink(missing_ok=True)
 
     def _polite_shutdown(self) -> None:
         if self.controller_launcher is None or not self.controller_launcher.running:
@@ -504,6 +556,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def __enter__(self) -> Any:
         try:
             return self.start_and_connect_sync()
+        except JobsHeld as e:
+            self.stop_cluster_sync()
+            raise JobsHeld(e.cluster_id, e.held, stopped=True) from None
         except BaseException:
             # __exit__ does not run when __enter__ fails: stop the controller and the jobs here
             self.stop_cluster_sync()
@@ -515,6 +570,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     async def __aenter__(self) -> Any:
         try:
             return await self.start_and_connect()
+        except JobsHeld as e:
+            await self.stop_cluster()
+            raise JobsHeld(e.cluster_id, e.held, stopped=True) from None
         except BaseException:
             await self.stop_cluster()
             raise

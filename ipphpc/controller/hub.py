@@ -381,6 +381,8 @@ class Hub:
         self._send(self.engine_sock, ident, "registered", {"p": h["id"], "eid": eid,
                                                           "hb": self.cfg.heartbeat_period})
         self._note("add", eid, info)
+        if e.drain_at is not None:
+            asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
         self._refill(e)
         self._dispatch()
 
@@ -543,15 +545,13 @@ class Hub:
         self.log.warning("client(s) %s gone (silent for %g s): %d queued tasks dropped, %d running interrupted",
                          ", ".join(sorted(gone.values())), limit, dropped, interrupted)
 
-    def _sweep_draining(self) -> None:
-        """Engines whose allocation is about to end take no new tasks; once idle, they are told to leave,
-        so their job ends on its own instead of being killed at its walltime with a task half done."""
-        now = time.time()
-        for e in self.engines.values():
-            if e.drain_at is not None and not e.draining and now >= e.drain_at:
-                e.draining = True
-                self.log.info("engine %d drains: %s", e.eid, self._drain_why(e))
-                self._refill(e)
+    def _drain(self, e: EngineRecord) -> None:
+        """At an engine's drain time (its allocation is about to end): no new tasks for it; once idle, it is
+        told to leave, so its job ends on its own instead of being killed at its walltime with a task half done."""
+        if e.alive and not e.draining:
+            e.draining = True
+            self.log.info("engine %d drains: %s", e.eid, self._drain_why(e))
+            self._refill(e)
 
     @staticmethod
     def _drain_why(e: EngineRecord) -> str:
@@ -602,7 +602,6 @@ class Hub:
             await asyncio.sleep(period)
             self._drain_pongs()
             self._sweep_timeouts()
-            self._sweep_draining()
             self._sweep_stranded()
             if self.cfg.client_timeout > 0:
                 self._sweep_clients()

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -486,6 +487,40 @@ class BatchLauncher:
             parts.append(f"  ... and {len(failed) - limit} more")
         return "\n".join(parts)
 
+    # -- holds -----------------------------------------------------------------------------------
+    def held(self, grace: float = 0.0) -> list[ElementStatus]:
+        """Elements the scheduler has held for at least ``grace`` seconds, as a fresh query confirms.
+
+        A hold is not lifted by waiting, so whoever waits for these elements should give up and say
+        why. The shared cache may predate a release: one forced poll checks before anyone gives up.
+        """
+        def held_long(records: list[ElementStatus]) -> list[ElementStatus]:
+            now = time.time()
+            return [s for s in records if s.state is State.HELD and now - s.since >= grace]
+
+        if not held_long(self.states()):
+            return []
+        self.poller.poll_once(force=True)
+        return held_long(self.poller.records(self.job_ids))
+
+    def held_report(self, held: Sequence[ElementStatus]) -> str:
+        """One clause per held job and reason: its elements, for how long, the scheduler's words, how to release it."""
+        label = SCHEDULER_LABELS.get(self.backend.name, self.backend.name)
+        groups: dict[tuple[str, str], list[ElementStatus]] = {}
+        for s in held:
+            groups.setdefault((s.job_id, s.reason), []).append(s)
+        now = time.time()
+        clauses = []
+        for (job_id, reason), elements in groups.items():
+            indices = sorted(s.array_index for s in elements if s.array_index is not None)
+            which = f" element{'s' if len(indices) > 1 else ''} {index_ranges(indices)}" if indices else ""
+            seconds = now - max(s.since for s in elements)
+            why = f'{label} says "{reason}"' if reason else f"{label} gives no reason"
+            release = shlex.join(self.backend.release_command([job_id]))
+            how = f"; `{release}` releases it" if release else ""
+            clauses.append(f"{self.role} job {job_id}{which} HELD for {seconds:.0f} s ({why}){how}")
+        return "; ".join(clauses)
+
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def log_dir(self) -> Path:
@@ -598,6 +633,17 @@ class BatchLauncher:
         return f"<{type(self).__name__} {self.backend.name} {self.role} n={self.n}: {jobs}>"
 
 
+def index_ranges(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``: array elements as a scheduler would write them."""
+    parts: list[str] = []
+    for i in sorted(set(indices)):
+        if parts and parts[-1].split("-")[-1] == str(i - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{i}"
+        else:
+            parts.append(str(i))
+    return ",".join(parts)
+
+
 # -- one launcher class per scheduler name ---------------------------------------------------------
 _CLASSES: dict[str, type[BatchLauncher]] = {}
 
@@ -643,6 +689,7 @@ __all__ = [
     "Submission",
     "element_map",
     "expand_output_pattern",
+    "index_ranges",
     "is_scheduler_name",
     "launcher_names",
     "scheduler_launcher",

@@ -332,6 +332,10 @@ class Poller:
                     value = exc
         except StopIteration as stop:
             return self._notify(stop.value)
+        finally:
+            # interrupted (Ctrl-C in a command it ran): release the cache lock now, not when the
+            # traceback is freed, or the stop that follows would wait for this very process's lock
+            steps.close()
 
     def _notify(self, changed: list[ElementStatus]) -> list[ElementStatus]:
         if changed:

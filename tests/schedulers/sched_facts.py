@@ -56,6 +56,7 @@ class Sched:
     index_var = ""  # the array index in an element's environment
     #: launcher options that submit a job held, and a deferred (not yet eligible) one
     hold: dict[str, list[str]] = {}
+    release_cmd = ""  # how a user releases a held job, as ipphpc tells them
     defer: dict[str, list[str]] | None = None
     #: (native state, detail) the scheduler's own queue shows for a held element
     held_in_queue: Native = ("", "")
@@ -237,6 +238,7 @@ class Slurm(Sched):
     submit_cmd = "sbatch"
     index_var = "SLURM_ARRAY_TASK_ID"
     hold = {"submit_args": ["--hold"]}
+    release_cmd = "scontrol release"
     defer = {"submit_args": ["--begin=now+1hour"]}
     held_in_queue = ("PENDING", "JobHeldUser")
     held_native = deferred_native = "PENDING"
@@ -337,6 +339,7 @@ class SGE(Sched):
     base = 1
     index_var = "SGE_TASK_ID"
     hold = {"submit_args": ["-h"]}
+    release_cmd = "qrls"
     held_in_queue = ("hqw", "")
     held_native, deferred_native = "hqw", "qw"
     running_natives = ("r", "t")  # t: being transferred to the host, while the job already runs there
@@ -408,6 +411,7 @@ class HTCondor(Sched):
     name = scheduler = origin = submitted_as = "htcondor"
     submit_cmd = "condor_submit"
     hold = {"extra_directives": ["hold = true"]}
+    release_cmd = "condor_release"
     # no slot has 100 TB of memory: the job stays Idle
     defer = {"extra_directives": ["requirements = (TARGET.Memory > 100000000)"]}
     held_in_queue = ("5", "")
@@ -558,6 +562,7 @@ class PBSPro(Emulated):
     submit_cmd = "qsub"
     index_var = "PBS_ARRAY_INDEX"
     hold = {"submit_args": ["-h"]}
+    release_cmd = "qrls"
     held_in_queue = ("H", "")
     held_native = "H"
     accounted_ok = accounted_failed = "done"
@@ -603,11 +608,14 @@ class LSF(Emulated):
     base = 1
     index_var = "LSB_JOBINDEX"
     hold = {"submit_args": ["-H"]}
+    release_cmd = "bresume"
     held_in_queue = ("PSUSP", "")
     held_native = "PSUSP"
     running_natives = ("RUN",)
     accounted_ok = accounted_failed = "done"
     walltime = "0:01:00"  # the emulator's minute lasts one second here
+    cannot = {**Emulated.cannot, "drain": "the emulator's minute of walltime lasts one second: too short for an "
+                                           "engine to start, run tasks and drain"}
 
     def setup(self, monkeypatch: pytest.MonkeyPatch) -> Path:
         root = super().setup(monkeypatch)

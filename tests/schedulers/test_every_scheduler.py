@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from pathlib import Path
 
 import pytest
 from traitlets.config import Config
 
-from ipphpc import Client, HPCCluster, connection
+from ipphpc import Client, HPCCluster, connection, paths
 from ipphpc.batch.states import State
+from ipphpc.cluster.cluster import JobsHeld
 from ipphpc.error import CompositeError
 
 from ..services import declared
@@ -257,6 +259,37 @@ def test_engines_that_cannot_start_fail_submit_wait_promptly(sched: Sched) -> No
     rows = sched.accounted(job, [sched.base, sched.base + 1])
     assert [rows[i] for i in (sched.base, sched.base + 1)] == [(sched.accounted_failed, 127)] * 2, rows
     assert run_ipphpc("list").stdout.strip().startswith("no clusters")
+
+
+def test_held_engines_end_the_wait_with_the_schedulers_reason(sched: Sched) -> None:
+    """Engines the scheduler holds: the start gives up once they were HELD for held_grace (not at the engine
+    timeout, which would raise TimeoutError) with one line naming the job, its elements, the state, the
+    scheduler's reason and its release command; the `with` block stops the cluster, so the job leaves the queue."""
+    config = Config()
+    for name, value in sched.hold.items():
+        setattr(config.BatchEngineSetLauncher, name, value)
+    profile = sched.profile(sched.root / "profile", "held")
+    cluster = HPCCluster(scheduler=sched.scheduler, n=2, walltime="0:10:00", config=config, profile_dir=str(profile),
+                         cluster_id="held", engine_timeout=120, held_grace=1, shutdown_atexit=False,
+                         **sched.cluster_options())
+    try:
+        with pytest.raises(JobsHeld) as info:
+            with cluster:
+                pass
+    finally:
+        stop_if_running(cluster)
+    text = str(info.value)
+    found = re.fullmatch(r'cluster held: engines job (\S+) elements? (\S+) HELD for \d+ s \((.+?)\); '
+                         r'`(.+?)` releases it; stopped the cluster and cancelled its jobs \(.*\)', text)
+    assert found, text
+    job, elements, why, release = found.groups()
+    assert elements == f"{sched.base}-{sched.base + 1}", text
+    assert release == shlex.join([*sched.release_cmd.split(), job]), text
+    reason = re.fullmatch(r'\S+(?: \S+)? says "(.*)"|\S+(?: \S+)? gives no reason', why)
+    assert reason and sched.held_reason_ok(reason.group(1) or ""), text
+    sched.left_queue(job)
+    assert not cluster.cluster_file.exists() and not cluster.client_file.exists()
+    assert not paths.pid_file(profile, "ipcontroller", "held").exists()
 
 
 # -- one job through its states -----------------------------------------------------------------
