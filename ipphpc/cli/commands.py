@@ -258,6 +258,28 @@ def list(ns: argparse.Namespace, cfg: Config) -> int:  # noqa: A001 - the subcom
     return 0
 
 
+def restart(ns: argparse.Namespace, cfg: Config) -> int:
+    """Restart engines in place: the same processes execute fresh interpreters and register under their ids."""
+    pdir = _pdir(ns)
+    files = [paths.cluster_file(pdir, ns.cluster)] if ns.cluster else list_cluster_files(pdir)[-1:]
+    if not files or not files[0].exists():
+        known = ", ".join(p.name[8:-5] for p in list_cluster_files(pdir)) or "none"
+        print(f"ipphpc restart: no cluster {ns.cluster or ''!r} in profile {pdir} (clusters there: {known})"
+              if ns.cluster else f"ipphpc restart: no cluster in profile {pdir}", file=sys.stderr)
+        return 1
+    c = HPCCluster.from_dict(json.loads(files[0].read_text()))
+    try:
+        if ns.restart_ids:
+            done = sorted({e for eid in ns.restart_ids for e in c.restart_engine_sync(eid, ns.timeout)})
+        else:
+            done = c.restart_engines_sync(timeout=ns.timeout)
+    except (RuntimeError, TimeoutError, ConnectionError) as e:
+        print(f"ipphpc restart: cluster {c.cluster_id}: {e}", file=sys.stderr)
+        return 1
+    print(f"cluster {c.cluster_id}: restarted engine(s) {', '.join(map(str, done)) or 'none'}")
+    return 0
+
+
 def stop(ns: argparse.Namespace, cfg: Config) -> int:
     pdir = _pdir(ns)
     files = list_cluster_files(pdir)

@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
     p.add_argument("--all", action="store_true", help="stop every cluster of the profile")
 
+    p = sub.add_parser("restart", help="restart a cluster's engines in place (same ids, fresh interpreters)")
+    _common(p)
+    p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
+    p.add_argument("--engine", type=int, action="append", default=None, dest="restart_ids", metavar="ID",
+                   help="restart this engine only (repeat for more)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for them to register again")
+
     p = sub.add_parser("logs", help="controller log, engine logs and job outputs of a cluster")
     _common(p)
     p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     check_extra(parser.subparser(ns.cmd), extra)
     prog = f"ipphpc {ns.cmd}"
+    ns.argv = list(sys.argv[1:] if argv is None else argv)  # an engine restarts itself with them
     try:
         return _run(ns, extra)
     except (UserError, TraitError) as e:
@@ -205,7 +213,8 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
         return run_controller(to_config(ns, extra, ("Controller",)), ns.log_to_stderr, ns.log_level)
     if ns.cmd == "engine":
         from ..engine.main import run_engines
-        return run_engines(to_config(ns, extra, ("Engine",)), ns.nproc, ns.log_to_stderr, ns.log_level)
+        return run_engines(to_config(ns, extra, ("Engine",)), ns.nproc, ns.log_to_stderr, ns.log_level,
+                           argv=ns.argv)
     from . import commands
     return getattr(commands, ns.cmd)(ns, to_config(ns, extra, ("HPCCluster", "Controller", "Engine")))
 

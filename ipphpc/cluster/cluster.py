@@ -513,6 +513,65 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             if own:
                 rc.close()
 
+    def restart_engines_sync(self, engine_set_id: str | None = None, timeout: float = 120.0) -> list[int]:
+        """Restart engines in place: each engine process executes a fresh interpreter, runs its startup
+        script again and registers under the same id, with an empty namespace; the same pid, so a batch
+        element goes on without a new submission. Queued tasks wait for it; returns the ids restarted.
+        MPI ranks cannot restart alone: for them this raises, naming them (restart the cluster)."""
+        targets = None
+        if engine_set_id is not None:
+            if engine_set_id not in self.engine_set_ids:
+                raise KeyError(f"no engine set {engine_set_id!r}; this cluster has {self.engine_set_ids}")
+            targets = self._engine_ids_of(self.engine_sets[self.engine_set_ids.index(engine_set_id)])
+        return self._restart(targets, timeout)
+
+    def restart_engine_sync(self, engine_id: int, timeout: float = 120.0) -> list[int]:
+        """Restart one engine in place (see restart_engines_sync)."""
+        return self._restart([engine_id], timeout)
+
+    def _engine_ids_of(self, launcher: Any) -> list[int]:
+        """The engines one engine set started: by job number for batch jobs, else by process group."""
+        def pgid(pid: Any) -> int | None:
+            try:
+                return os.getpgid(pid)
+            except (OSError, TypeError):
+                return None
+        jobs = {str(j).split(".")[0].split("[")[0] for j in getattr(launcher, "job_ids", None) or []}
+        rc, own = self._client_for_control()
+        try:
+            return sorted(eid for eid, i in rc.engines.items()
+                          if (jobs and str(i.get("job_id") or "").split(".")[0].split("[")[0].split("_")[0] in jobs)
+                          or (not jobs and getattr(launcher, "pid", None) and pgid(i.get("pid")) == launcher.pid))
+        finally:
+            if own:
+                rc.close()
+
+    def _restart(self, targets: list[int] | None, timeout: float) -> list[int]:
+        rc, own = self._client_for_control()
+        try:
+            t0 = time.time()
+            reply = rc._request("restart", {"targets": targets})
+            if reply.get("refused"):
+                by_why: dict[str, list[int]] = {}
+                for eid, why in reply["refused"].items():
+                    by_why.setdefault(why, []).append(int(eid))
+                raise RuntimeError("cannot restart engine(s) " + "; ".join(
+                    f"{', '.join(map(str, sorted(ids)))}: {why}" for why, ids in by_why.items()))
+            reached = reply["reached"]
+            deadline = time.monotonic() + timeout
+            while True:
+                info = rc.engines
+                back = [eid for eid in reached if info.get(eid, {}).get("since", 0) > t0]
+                if len(back) == len(reached):
+                    return sorted(reached)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"engines {sorted(set(reached) - set(back))} did not register again within "
+                                       f"{timeout:g} s of their restart (`ipphpc logs {self.cluster_id}` shows why)")
+                time.sleep(0.05)
+        finally:
+            if own:
+                rc.close()
+
     # -- the same, for an event loop: the work runs in a thread, the loop keeps running ------------
     async def start_controller(self) -> None:
         await _in_thread(self.start_controller_sync)
@@ -544,6 +603,12 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     async def stop_cluster(self) -> None:
         """Ask the controller to stop its engines and itself, then make sure every process is gone."""
         await _in_thread(self.stop_cluster_sync)
+
+    async def restart_engines(self, engine_set_id: str | None = None, timeout: float = 120.0) -> list[int]:
+        return await _in_thread(self.restart_engines_sync, engine_set_id, timeout)
+
+    async def restart_engine(self, engine_id: int, timeout: float = 120.0) -> list[int]:
+        return await _in_thread(self.restart_engine_sync, engine_id, timeout)
 
     async def signal_engines(self, signum: int | str) -> list[int]:
         """Send a signal to every engine (see signal_engines_sync)."""

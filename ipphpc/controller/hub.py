@@ -314,6 +314,18 @@ class Hub:
         elif t == "shutdown":
             self.log.info("shutdown requested by a client (engines too: %s)", bool(h.get("engines", True)))
             self.request_stop(engines=bool(h.get("engines", True)))
+        elif t == "restart":
+            refused, reached = {}, []
+            for eid in h.get("targets") or list(self.engines):
+                e = self.engines.get(eid)
+                if e is None:
+                    refused[str(eid)] = "not registered"
+                elif e.info.get("mpi_comm"):
+                    refused[str(eid)] = "it is one rank of an MPI job, which cannot restart alone (restart the cluster)"
+                else:
+                    self._send(self.engine_sock, e.ident, "restart", {})
+                    reached.append(eid)
+            reply.update(reached=reached, refused=refused)
         elif t == "stop_engines":
             for eid in h.get("targets") or list(self.engines):
                 e = self.engines.get(eid)
@@ -369,7 +381,7 @@ class Hub:
                 self.next_eid += 1
             eid = self.next_eid
         self.next_eid = max(self.next_eid, eid + 1)
-        info = {**h.get("info", {}), "engine_id": eid}
+        info = {**h.get("info", {}), "engine_id": eid, "since": time.time()}
         heart = h["hb"].encode()
         e = EngineRecord(eid, ident, heart, info, h["s"], last_pong=self.ping_seq, ctl=h.get("ctl", "").encode(),
                          ends=info.get("ends"), drain_at=info.get("drain_at"))

@@ -106,6 +106,7 @@ class Engine(LoggingConfigurable):
                                    "(end it with `from mpi4py import MPI`)")
             comm = ns["MPI"].COMM_WORLD
             ns.update(comm=comm, mpi_rank=comm.Get_rank(), mpi_size=comm.Get_size())
+            self.mpi_comm = True  # one rank of an MPI job: it cannot be restarted alone
             if self.engine_id < 0:
                 self.engine_id = comm.Get_rank()
         if self.startup_script:
@@ -160,6 +161,7 @@ class Engine(LoggingConfigurable):
         self.pump: Pump | None = None
         self.exit_code = 0
         self.leave_why = "it stopped"
+        self.restart = False  # asked to restart: run_engines starts a fresh interpreter in this process
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGTERM, self._leave, "it received SIGTERM (its job was cancelled, "
@@ -230,6 +232,8 @@ class Engine(LoggingConfigurable):
     def register(self) -> None:
         """The first registration: nothing else runs until it is answered."""
         self.origin = origin = {**engine_origin(), **self._lifetime()}
+        if getattr(self, "mpi_comm", False):
+            origin["mpi_comm"] = True
         self._send_register()
         deadline = time.monotonic() + self.register_timeout
         while True:
@@ -283,6 +287,10 @@ class Engine(LoggingConfigurable):
             dur = meta["completed"] - meta["started"]
             body = [json.dumps(meta).encode(), *value]
             self.pump.send(self.session.pack("result", {"p": h["id"], "ok": ok, "eid": self.id, "dur": dur}, body))
+        elif t == "restart":
+            self.log.info("restart requested by the controller")
+            self.restart = True
+            self._leave("it restarts")
         elif t == "stop":
             self.log.info("stop requested by the controller")
             self._leave(h.get("why") or "it was asked to stop")

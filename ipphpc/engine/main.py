@@ -18,7 +18,10 @@ from .engine import Engine, RegistrationFailed
 from .origin import engine_origin
 
 
-def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_level: str = "INFO") -> int:
+def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_level: str = "INFO",
+                argv: list[str] | None = None) -> int:
+    """Run n engines (this process and n-1 forked siblings); `argv`, the command's arguments, lets an
+    engine asked to restart execute a fresh interpreter in its own process, under the same id."""
     pdir = paths.profile_dir(config.Engine.get("profile", "default"), config.Engine.get("profile_dir") or None)
     cfg = load_profile_config(pdir, "engine")
     cfg.merge(config)
@@ -32,7 +35,8 @@ def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_lev
         boot_log.error("%s", e)
         print(f"ipphpc engine: {e}", file=sys.stderr)
         return 2
-    children: list[int] = []
+    # siblings forked before a restart of this process: still ours to wait for
+    children: list[int] = [int(p) for p in os.environ.pop("IPPHPC_ENGINE_CHILDREN", "").split(",") if p]
     for _ in range(n - 1):
         pid = os.fork()
         if pid == 0:
@@ -47,6 +51,8 @@ def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_lev
         engine.log.error("%s", e)
         print(f"ipphpc engine: {e}", file=sys.stderr)
         code = 2
+    if engine.restart and argv is not None:
+        _restart(engine, argv, children)
     for pid in children:
         try:
             _, status = os.waitpid(pid, 0)
@@ -54,6 +60,36 @@ def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_lev
         except ChildProcessError:
             pass
     return code
+
+
+def restart_argv(argv: list[str], engine_id: int) -> list[str]:
+    """The `ipphpc engine` arguments for one engine that keeps its id: -n and any id dropped, the id added."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("-n", "--n", "--engine-id"):
+            skip = True
+            continue
+        if a.startswith(("--n=", "--engine-id=", "--Engine.engine_id=")) or (a.startswith("-n") and a[2:].isdigit()):
+            continue
+        out.append(a)
+    return [*out, "--engine-id", str(engine_id)]
+
+
+def _restart(engine: Engine, argv: list[str], children: list[int]) -> None:
+    """Replace this process's image by a fresh `ipphpc engine`: same pid (so a job, a launcher or mpiexec
+    keeps tracking it), new interpreter, namespace and startup script, same engine id."""
+    args = [sys.executable, "-m", "ipphpc", *restart_argv(argv, engine.id)]
+    if children:
+        os.environ["IPPHPC_ENGINE_CHILDREN"] = ",".join(map(str, children))
+    engine.log.info("restarting: %s", " ".join(args))
+    for h in logging.getLogger("ipphpc").handlers:
+        h.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, args)
 
 
 def _relog(pdir, cid: str, log_to_stderr: bool, level: str) -> None:

@@ -120,3 +120,13 @@ def test_engine_mpi_flag_by_hand(ipphpc_dir, tmp_path):
             if p.poll() is None:
                 p.kill()
             p.wait(10)
+
+
+def test_restart_of_mpi_ranks_is_refused_by_name(mpi_cluster):
+    """A rank of an MPI job cannot restart alone (MPI_Init runs once per job): the refusal names the ranks
+    and what to do, and the engines keep serving."""
+    cluster, rc = mpi_cluster
+    with pytest.raises(RuntimeError, match=r"cannot restart engine\(s\) 0, 1, 2, 3: it is one rank of an MPI "
+                                           r"job.*restart the cluster"):
+        cluster.restart_engines_sync()
+    assert rc[:].apply_sync(lambda: 1) == [1] * 4
