@@ -79,6 +79,12 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                       "Python or environment.")
     engine_timeout = Float(0.0, config=True, help="Seconds start_and_connect waits for the engines "
                            "(0: 120 s for local engines, an hour for batch jobs, which may queue).")
+    replace_lost = Bool(True, config=True, help="Batch clusters: resubmit elements the scheduler ended (walltime, "
+                        "preemption, node failure, a cancel) or whose engines drained for the walltime, as one job "
+                        "array per look, so the cluster keeps n engines until stopped. Runs in the process that "
+                        "started the cluster, while it has a client.")
+    max_replacements = Integer(100, config=True, help="Most elements replaced over the cluster's life.")
+    replace_interval = Float(30.0, config=True, help="Seconds between two looks for lost elements.")
     held_grace = Float(15.0, config=True, help="Seconds the scheduler may hold a job of the cluster (a user's or "
                        "an admin's hold) while start_and_connect or `ipphpc submit --wait` waits; then the wait fails "
                        "naming the jobs, the scheduler's reason and how to release them, since a hold does not lift "
@@ -319,6 +325,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 # a refused submission or a bad option: no controller may be left waiting for engines
                 self.stop_cluster_sync()
                 raise
+            if self.replace_lost and isinstance(self.engine_sets[-1], BatchJobs):
+                from .replace import Replacer
+                self._replacer = Replacer(self, self.start_engines_sync, self.replace_interval,
+                                          self.max_replacements, self.log)
 
     def connect_client_sync(self, **kwargs: Any) -> Any:
         from ..client.client import Client
@@ -415,9 +425,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def stop_engines_sync(self, engine_set_id: str | None = None) -> None:
         """Stop one engine set (by the id start_engines returned), or all of them."""
         if engine_set_id is None:
-            for e in self.engine_sets:
+            # out of the list before they stop: what they end is not lost (nothing replaces it)
+            sets, self.engine_sets, self.engine_set_ids = self.engine_sets, [], []
+            for e in sets:
                 e.stop()
-            self.engine_sets, self.engine_set_ids = [], []
         else:
             if engine_set_id not in self.engine_set_ids:
                 raise KeyError(f"no engine set {engine_set_id!r} in cluster {self.cluster_id}; its sets: "
@@ -437,6 +448,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
 
     def _stop_all(self) -> None:
         """Plain blocking code, so it also runs at interpreter exit, when thread pools are closed."""
+        replacer = getattr(self, "_replacer", None)
+        if replacer is not None:
+            replacer.stop()
+            self._replacer = None
         self._polite_shutdown()
         for e in self.engine_sets:
             e.stop()

@@ -95,6 +95,9 @@ class Hub:
         # hearts of engines declared dead, so one that comes back (SIGCONT, a network healed) is asked to
         # register again instead of staying unknown: heart -> (engine ident, when)
         self.gone_hearts: dict[bytes, tuple[bytes, float]] = {}
+        # engines that left, in order, for a cluster that replaces lost batch elements (status "departed_since")
+        self.departed: deque[dict] = deque(maxlen=100_000)
+        self.departures = 0
         self._stopping = asyncio.Event()
         self._stop_engines = False
 
@@ -303,6 +306,9 @@ class Hub:
                                   for e in self.engines.values()},
                          queued=len(self.lb_queue) + len(self.timed), stats=self.stats, limit=self.limit,
                          clients=len(self.clients), pid=os.getpid(), taskdb=self.db.stats())
+            since = h.get("departed_since")
+            if since is not None:
+                reply["departed"] = [d for d in self.departed if d["n"] >= since]
         elif t == "queue_status":
             reply.update(status=self._status(bool(h.get("verbose"))))
         elif t == "abort":
@@ -508,6 +514,9 @@ class Hub:
             (self.picky if task.among is not None else self.timed if task.deadline else self.lb_queue).appendleft(task)
         if self.picky:
             self.picky = deque(t for t in self.picky if self._possible(t))
+        self.departures += 1
+        self.departed.append({"n": self.departures, "eid": e.eid, "job_id": e.info.get("job_id"),
+                              "array_index": e.info.get("array_index"), "drained": clean and e.draining, "why": why})
         if not self.engines:
             self.empty_since, self.last_gone = time.monotonic(), f"engine {e.eid}: {why}"
         self.log.info("engine %d (%s pid %s) unregistered: %s%s", e.eid, host, e.info.get("pid"), why,
