@@ -258,6 +258,26 @@ def list(ns: argparse.Namespace, cfg: Config) -> int:  # noqa: A001 - the subcom
     return 0
 
 
+def scale(ns: argparse.Namespace, cfg: Config) -> int:
+    """Bring a running cluster to N engines."""
+    pdir = _pdir(ns)
+    path = paths.cluster_file(pdir, ns.cluster)
+    if not path.exists():
+        known = ", ".join(p.name[8:-5] for p in list_cluster_files(pdir)) or "none"
+        print(f"ipphpc scale: no cluster {ns.cluster!r} in profile {pdir} (clusters there: {known})", file=sys.stderr)
+        return 1
+    c = HPCCluster.from_dict(json.loads(path.read_text()))
+    try:
+        done = c.scale_sync(ns.engines, ns.timeout)
+    except (ValueError, KeyError, RuntimeError, TimeoutError, ConnectionError) as e:
+        print(f"ipphpc scale: cluster {c.cluster_id}: {e}", file=sys.stderr)
+        return 1
+    what = (f"added {done['added']} engine(s)" if "added" in done else
+            f"stopped engine(s) {', '.join(map(str, done['stopped']))}" if "stopped" in done else "nothing to do")
+    print(f"cluster {c.cluster_id}: {what}; {ns.engines} engine(s) wanted")
+    return 0
+
+
 def restart(ns: argparse.Namespace, cfg: Config) -> int:
     """Restart engines in place: the same processes execute fresh interpreters and register under their ids."""
     pdir = _pdir(ns)

@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")
     p.add_argument("--all", action="store_true", help="stop every cluster of the profile")
 
+    p = sub.add_parser("scale", help="grow or shrink a running cluster to N engines (shrinking waits for "
+                       "engines to finish their tasks)")
+    _common(p)
+    p.add_argument("cluster", help="cluster id")
+    p.add_argument("engines", type=int, metavar="N", help="number of engines")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for engines to finish and leave")
+
     p = sub.add_parser("restart", help="restart a cluster's engines in place (same ids, fresh interpreters)")
     _common(p)
     p.add_argument("cluster", nargs="?", default=None, help="cluster id (default: the newest)")

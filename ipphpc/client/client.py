@@ -243,9 +243,12 @@ class Client(TaskDBMixin):
                       f"{datetime.datetime.fromtimestamp(since):%H:%M:%S} and it did not come back within "
                       f"{self.controller_timeout:g} s (Client(controller_timeout=...)); `ipphpc list` shows "
                       f"whether it runs")
+        if getattr(self, "_ending", False):
+            self._lost = f"the controller at {self.url} was shut down"
         with self._lock:
             lost = [self._pending.pop(mid) for mid in list(self._pending)]
-        log.error("%s; %d unfinished tasks failed", self._lost, len(lost))
+        if lost or not getattr(self, "_ending", False):
+            log.error("%s; %d unfinished tasks failed", self._lost, len(lost))
         for p in lost:
             p.ar._child_done(p.index, None, ControllerLost(self._lost), {})
         for f in list(self._requests.values()):
@@ -532,6 +535,8 @@ class Client(TaskDBMixin):
                  via_results: bool = False) -> dict:
         """Send a request to the controller and wait for its reply (from any thread but the I/O thread)."""
         fields = dict(fields or {}, c=self.cid)
+        if msg_type == "shutdown":
+            self._ending = True  # the controller's going is expected from now on
 
         def send() -> asyncio.Future:
             f = self._loop.create_future()

@@ -422,8 +422,40 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 pass
 
     # -- stop --------------------------------------------------------------------------------
-    def stop_engines_sync(self, engine_set_id: str | None = None) -> None:
-        """Stop one engine set (by the id start_engines returned), or all of them."""
+    def add_engines_sync(self, n: int) -> str:
+        """Start `n` more engines (one job array for a batch cluster); returns the new engine set's id."""
+        return self.start_engines_sync(n)
+
+    def scale_sync(self, n: int, timeout: float = 300.0) -> dict:
+        """Bring the cluster to `n` engines: more are submitted as one set; fewer are stopped once idle
+        (idle and newest first; an engine finishes what it holds, so no task is killed or lost).
+        Returns {'added': k} or {'stopped': [ids]}."""
+        from .scale import scale
+        rc, own = self._client_for_control()
+        try:
+            return scale(self, rc, n, timeout)
+        finally:
+            if own:
+                rc.close()
+
+    def stop_engine_sync(self, engine_id: int, timeout: float = 300.0) -> None:
+        """Stop one engine once it has finished the tasks it holds."""
+        self.stop_engines_sync([engine_id], timeout)
+
+    def stop_engines_sync(self, engine_set_id: Any = None, timeout: float = 300.0) -> None:
+        """Stop one engine set (by the id start_engines returned), or all of them; given engine ids (ints),
+        stop those engines once they have finished the tasks they hold."""
+        if isinstance(engine_set_id, int) or (isinstance(engine_set_id, (list, tuple, set)) and engine_set_id
+                                              and all(isinstance(i, int) for i in engine_set_id)):
+            from .scale import stop_engine_ids
+            ids = [engine_set_id] if isinstance(engine_set_id, int) else list(engine_set_id)
+            rc, own = self._client_for_control()
+            try:
+                stop_engine_ids(rc, ids, timeout)
+            finally:
+                if own:
+                    rc.close()
+            return
         if engine_set_id is None:
             # out of the list before they stop: what they end is not lost (nothing replaces it)
             sets, self.engine_sets, self.engine_set_ids = self.engine_sets, [], []
@@ -608,9 +640,18 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             rc.activate()
         return rc
 
-    async def stop_engines(self, engine_set_id: str | None = None) -> None:
-        """Stop one engine set (by the id start_engines returned), or all of them."""
-        await _in_thread(self.stop_engines_sync, engine_set_id)
+    async def stop_engines(self, engine_set_id: Any = None, timeout: float = 300.0) -> None:
+        """Stop one engine set (by the id start_engines returned), all of them, or engines by id."""
+        await _in_thread(self.stop_engines_sync, engine_set_id, timeout)
+
+    async def add_engines(self, n: int) -> str:
+        return await _in_thread(self.add_engines_sync, n)
+
+    async def scale(self, n: int, timeout: float = 300.0) -> dict:
+        return await _in_thread(self.scale_sync, n, timeout)
+
+    async def stop_engine(self, engine_id: int, timeout: float = 300.0) -> None:
+        await _in_thread(self.stop_engine_sync, engine_id, timeout)
 
     async def stop_controller(self) -> None:
         await _in_thread(self.stop_controller_sync)

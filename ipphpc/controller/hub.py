@@ -336,6 +336,7 @@ class Hub:
             for eid in h.get("targets") or list(self.engines):
                 e = self.engines.get(eid)
                 if e:
+                    e.draining = True  # no new tasks; it leaves once it has run those it holds
                     self._send(self.engine_sock, e.ident, "stop", {})
         elif t == "bye":
             gone = self.clients.pop(h.get("c"), b"")
@@ -515,8 +516,9 @@ class Hub:
         if self.picky:
             self.picky = deque(t for t in self.picky if self._possible(t))
         self.departures += 1
+        drained = clean and e.draining and e.drain_at is not None and time.time() >= e.drain_at  # for its walltime
         self.departed.append({"n": self.departures, "eid": e.eid, "job_id": e.info.get("job_id"),
-                              "array_index": e.info.get("array_index"), "drained": clean and e.draining, "why": why})
+                              "array_index": e.info.get("array_index"), "drained": drained, "why": why})
         if not self.engines:
             self.empty_since, self.last_gone = time.monotonic(), f"engine {e.eid}: {why}"
         self.log.info("engine %d (%s pid %s) unregistered: %s%s", e.eid, host, e.info.get("pid"), why,
