@@ -438,6 +438,16 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             if own:
                 rc.close()
 
+    def adapt(self, minimum: int = 0, maximum: int = 8, idle_timeout: float = 300.0, interval: float = 5.0) -> Any:
+        """Add engines while tasks wait (up to `maximum`, one submission per look) and release engines idle
+        for `idle_timeout` seconds (down to `minimum`). Returns at once: the adaptation runs in the
+        background until `.stop()` on what this returns, or until the cluster stops."""
+        from .adapt import Adaptive
+        if getattr(self, "_adaptive", None) is not None:
+            self._adaptive.stop()
+        self._adaptive = Adaptive(self, minimum, maximum, idle_timeout, interval, self.log)
+        return self._adaptive
+
     def stop_engine_sync(self, engine_id: int, timeout: float = 300.0) -> None:
         """Stop one engine once it has finished the tasks it holds."""
         self.stop_engines_sync([engine_id], timeout)
@@ -480,10 +490,11 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
 
     def _stop_all(self) -> None:
         """Plain blocking code, so it also runs at interpreter exit, when thread pools are closed."""
-        replacer = getattr(self, "_replacer", None)
-        if replacer is not None:
-            replacer.stop()
-            self._replacer = None
+        for name in ("_adaptive", "_replacer"):  # nothing may start engines while the cluster stops
+            helper = getattr(self, name, None)
+            if helper is not None:
+                helper.stop()
+                setattr(self, name, None)
         self._polite_shutdown()
         for e in self.engine_sets:
             e.stop()

@@ -332,6 +332,8 @@ class Hub:
                     self._send(self.engine_sock, e.ident, "restart", {})
                     reached.append(eid)
             reply.update(reached=reached, refused=refused)
+        elif t == "engine_wait":  # an adapting cluster lets queued tasks wait while it adds engines
+            self.cfg.engine_wait = float(h["seconds"])
         elif t == "stop_engines":
             for eid in h.get("targets") or list(self.engines):
                 e = self.engines.get(eid)
