@@ -91,6 +91,8 @@ def pick_address(addrs: list[str], port: int, timeout: float = 10.0, what: str =
                         for p in pending:
                             p.cancel()
                         await asyncio.gather(*pending, return_exceptions=True)
+                        for other in done:  # a loser that failed in the same turn: its error is read, not
+                            other.exception()  # left to be reported as "never retrieved"
                         return t.result(), errors
                     exc = t.exception()
                     errors[tasks[t]] = ("timed out" if isinstance(exc, asyncio.TimeoutError)
