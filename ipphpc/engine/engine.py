@@ -75,6 +75,8 @@ class Engine(LoggingConfigurable):
     drain_stagger = Float(30.0, config=True, help="Up to this many seconds more, drawn at random per engine, so "
                           "the elements of an array do not all drain at once.")
 
+    restart = False  # set when the controller asks for a restart: run_engines then executes a fresh interpreter
+
     def connection_path(self) -> Path:
         if self.file:
             return Path(self.file).expanduser()
@@ -161,7 +163,6 @@ class Engine(LoggingConfigurable):
         self.pump: Pump | None = None
         self.exit_code = 0
         self.leave_why = "it stopped"
-        self.restart = False  # asked to restart: run_engines starts a fresh interpreter in this process
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGTERM, self._leave, "it received SIGTERM (its job was cancelled, "
