@@ -614,8 +614,6 @@ class LSF(Emulated):
     running_natives = ("RUN",)
     accounted_ok = accounted_failed = "done"
     walltime = "0:01:00"  # the emulator's minute lasts one second here
-    cannot = {**Emulated.cannot, "drain": "the emulator's minute of walltime lasts one second: too short for an "
-                                           "engine to start, run tasks and drain"}
 
     def setup(self, monkeypatch: pytest.MonkeyPatch) -> Path:
         root = super().setup(monkeypatch)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from ipphpc import HPCCluster
+from ipphpc.batch.states import State
 from ipphpc.cluster.replace import job_number, lost_elements
 
 from .sched_facts import Sched
@@ -55,6 +56,9 @@ def test_drained_elements_are_replaced_and_no_task_is_lost(sched: Sched) -> None
             if len(new) == 2 and sum(1 for ar in ars if ar.ready() and ar.engine_id in new) >= 4:
                 break
         assert len(set(rc.ids) - old) == 2 and not old & set(rc.ids), (old, rc.ids)
+        # the first array's elements ended because their engines drained: COMPLETED, before their walltime
+        assert first.poller.wait_until(lambda recs: all(r.state is State.COMPLETED for r in recs), 30,
+                                       first.job_ids), first.states()
         for ar in ars:
             ar.get(timeout=60)  # every task completes, none failed with the engines that drained
         assert len(cluster.engine_sets) == 2 and cluster._replacer.count == 2, cluster.engine_sets

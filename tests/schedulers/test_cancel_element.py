@@ -1,0 +1,34 @@
+"""Cancelling one element of a running array during a long map loses nothing: its engine finishes the
+task it runs (the scheduler's SIGTERM comes before its kill), the tasks it held go to the other engine,
+and the element is replaced."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ipphpc import HPCCluster
+
+from .sched_facts import Sched
+from .scheduler_support import wait_until
+
+
+@pytest.mark.parametrize("sched", ["slurm"], indirect=True)
+def test_scancel_of_one_element_during_a_map(sched: Sched) -> None:
+    profile = sched.profile(sched.root / "profile", "cancel1")
+    cluster = HPCCluster(scheduler=sched.scheduler, n=2, walltime="0:10:00", profile_dir=str(profile),
+                         cluster_id="cancel1", engine_timeout=240, shutdown_atexit=False, replace_interval=0.5,
+                         **sched.cluster_options())
+    with cluster as rc:
+        (engines,) = cluster.engine_sets
+        (job,) = engines.job_ids
+        victim = next(e for e, i in rc.engines.items() if i["array_index"] == 0)
+        ar = rc.load_balanced_view().map_async(time.sleep, [0.5] * 40)
+        wait_until(lambda: ar.progress >= 4, 60, what="the map to be under way")
+        sched.cancel(f"{job}_0")
+        assert ar.get(timeout=120) == [None] * 40  # every task ran, none failed
+        assert victim in set(ar.engine_id)
+        wait_until(lambda: victim not in rc.ids, 30, what="the cancelled element's engine to leave")
+        wait_until(lambda: len(cluster.engine_sets) == 2 and len(rc.ids) == 2, 120,
+                   what=f"a replacement for the cancelled element ({cluster.engine_sets}, {rc.ids})")
+        assert cluster.engine_sets[1].n == 1
