@@ -141,6 +141,7 @@ class Client(TaskDBMixin):
         self.metadata: dict[str, Metadata] = {}
         self.history: list[str] = []
         self._hub_waiting: dict[str, list] = {}  # msg_id -> [(AsyncHubResult, index)] awaiting the controller
+        self._hub_submitted: dict[str, float] = {}  # msg_id -> when it was submitted, from the task database
         self._held = Held(self)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()

@@ -56,7 +56,7 @@ class TaskDBMixin:
         if not waiting:
             return False
         value, error, meta = self._decode(h, payload)
-        md = build_metadata(mid, 0, meta, h.get("eid"))
+        md = build_metadata(mid, self._hub_submitted.pop(mid, 0), meta, h.get("eid"))
         self.results[mid] = error if error is not None else value
         self.metadata[mid] = md
         for ar, i in waiting:
@@ -86,6 +86,19 @@ class TaskDBMixin:
         except Exception:
             self._unwait_hub(ar, mids)
             raise
+        submitted = reply.get("submitted") or {}
+        for i, m in pairs:
+            t = submitted.get(m)
+            if t is None:
+                continue
+            md = self.metadata.get(m)
+            if md is None:  # its result comes later: it takes the time then
+                self._hub_submitted[m] = t
+                continue
+            when = datetime.datetime.fromtimestamp(t)  # its result came before this reply
+            for d in (md, ar._meta[i]):
+                if d.get("submitted") is None:
+                    d["submitted"] = when
         missing = reply.get("missing") or {}
         if missing:
             self._unwait_hub(ar, mids)

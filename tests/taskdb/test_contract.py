@@ -90,6 +90,9 @@ def test_get_result_of_a_gone_client(work, rc2):
     assert isinstance(ar, ipphpc.AsyncHubResult)
     assert ar.get(10) == 2
     assert ar.metadata["engine_id"] == work.meta[mid]["engine_id"]
+    # when it was submitted comes from the record: the same second the first client noted
+    assert abs((ar.metadata["submitted"] - work.meta[mid]["submitted"]).total_seconds()) < 1
+    assert ar.metadata["submitted"] <= ar.metadata["completed"]
     out = rc2.get_result(work.mids["s"]).get(10)
     assert out == 5
     assert rc2.metadata[work.mids["s"]]["stdout"] == "hello 5\n"

@@ -84,7 +84,7 @@ class TaskDBService:
 
     def _db_get(self, ident: bytes, h: dict, reply: dict) -> None:
         ids = [str(m) for m in h["ids"]]
-        keys = ("msg_id", "completed", "result_header", "result_sig", "result_buffers")
+        keys = ("msg_id", "submitted", "completed", "result_header", "result_sig", "result_buffers")
 
         def lookup(store: Store) -> tuple[dict, dict]:
             got = store.get(ids, keys)
@@ -97,6 +97,8 @@ class TaskDBService:
                 rec = got.get(m)
                 if rec is None:
                     continue
+                if rec.get("submitted") is not None:
+                    reply.setdefault("submitted", {})[m] = rec["submitted"]
                 if rec["result_header"] is not None:
                     self.hub._out(self.hub.client_sock, [ident, b"<IPH>", rec["result_sig"].encode(),
                                                          rec["result_header"].encode(), *rec["result_buffers"]])
