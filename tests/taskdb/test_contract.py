@@ -241,3 +241,14 @@ def test_controller_made_errors_are_recorded(work, rc2):
 
 
 ship_by_value(__name__)
+
+
+def test_broadcast_tasks_are_recorded_once_per_engine(work, rc2):
+    """A broadcast view's task runs on every engine: each engine's run is a record of its own."""
+    ar = rc2.broadcast_view().apply_async(double, 21)
+    assert ar.get(30) == [42, 42]
+    if _no_db(work, lambda: rc2.db_query({"msg_id": {"$in": ar.msg_ids}})):
+        return
+    recs = rc2.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["msg_id", "engine_id", "completed"])
+    assert sorted(r["engine_id"] for r in recs) == sorted(rc2.ids) and all(r["completed"] for r in recs), recs
+    assert [rc2.get_result(m).get(10) for m in ar.msg_ids] == [42, 42]
