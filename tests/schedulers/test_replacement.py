@@ -14,7 +14,7 @@ from ipphpc.cluster.replace import job_number, lost_elements
 
 from .sched_facts import Sched
 
-WALLTIME = {"slurm": ("0:01:00", 30), "sge": ("0:00:30", 10)}
+WALLTIME = {"slurm": ("0:01:00", 30), "sge": ("0:00:20", 6)}
 
 
 class Rec:

@@ -1,9 +1,10 @@
-"""Engines live with their walltime on every scheduler: the job script tells them when their allocation
+"""Engines live with their walltime: the job script (common to every scheduler) tells them when their allocation
 ends, they stop taking tasks before it and leave on their own, so no task fails and the element ends as
 a job that finished (COMPLETED, exit 0), not one the scheduler killed (TIMEOUT).
 
-LSF is not among them: its emulator runs a minute of walltime in one second, too short for an engine.
-Slurm and SGE show it in test_replacement.py.
+Here on HTCondor and the PBS emulator (Torque shares it); Slurm and SGE show it in test_replacement.py,
+where the drained elements are also replaced. LSF's emulator runs a minute of walltime in one second, too
+short for an engine to start.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .sched_facts import Sched
 
 # the walltime each scheduler is given and the margin engines keep; Slurm and SGE drain their engines in
 # test_replacement.py, where the drained elements are also replaced (Slurm counts whole minutes)
-WALLTIME = {"htcondor": ("0:00:20", 6), "pbspro": ("0:00:20", 6), "torque": ("0:00:20", 6)}
+WALLTIME = {"htcondor": ("0:00:20", 6), "pbspro": ("0:00:20", 6)}  # Torque shares PBS Pro's emulator
 
 
 def started(ar) -> float:
