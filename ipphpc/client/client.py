@@ -111,6 +111,7 @@ class Client(TaskDBMixin):
                 from ..ssh import tunnel_info
                 self._tunnel, info = tunnel_info(info, connection.CLIENT_PORTS, server, sshkey or "",
                                                  password=password, timeout=max(timeout, 10.0))
+                self._tunnel.keep_open(log)  # a dropped tunnel comes back on the same ports; the sockets reconnect
             addr = connection.reachable_address(info, "client", timeout, "controller")
         except ConnectionError as e:
             if self._tunnel is not None:
@@ -180,6 +181,7 @@ class Client(TaskDBMixin):
         # reconnection look like the first connection, and the client would not say hello again
         monitor = self._results.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._handshakes = 0
+        self._before_reconnect: set = set()
         self._connected = False
         self._away: asyncio.TimerHandle | None = None
         self._results.connect(self.url)
@@ -223,6 +225,8 @@ class Client(TaskDBMixin):
         event = parse_monitor_message([bytes(f) for f in frames])["event"]
         if event == zmq.EVENT_DISCONNECTED:
             self._connected = False
+            with self._lock:  # tasks sent from now on wait in the socket for the controller that answers next
+                self._before_reconnect |= set(self._pending)
             if self._away is None and not self._closed:
                 self._away = self._loop.call_later(self.controller_timeout, self._controller_lost, time.time())
             return
@@ -264,12 +268,14 @@ class Client(TaskDBMixin):
 
     def _welcomed_again(self, h: dict) -> None:
         if h.get("s") == self._controller_session:
+            self._before_reconnect = set()
             self._resync()
             return
         self._controller_session = h.get("s")
         self._generation += 1
         with self._lock:
-            lost = [self._pending.pop(mid) for mid in list(self._pending)]
+            lost = [self._pending.pop(mid) for mid in list(self._pending) if mid in self._before_reconnect]
+            self._before_reconnect = set()
         log.warning("reconnected to the controller at %s (restarted); %d unfinished tasks failed", self.url,
                     len(lost))
         for p in lost:

@@ -42,6 +42,7 @@ class EngineRecord:
     ends: float | None = None  # epoch seconds at which its allocation ends (walltime), if known
     drain_at: float | None = None  # from then on it takes no new load-balanced tasks
     draining: bool = False
+    sync: tuple = ()  # (number, msg_ids outstanding when the last "sync" was sent) while one is unanswered
 
 
 @dataclass
@@ -367,6 +368,12 @@ class Hub:
             self.on_control(e, h, frames)
         elif t == "register":
             self.on_register(ident, h)
+        elif t == "resync" and e is not None:
+            n = (e.sync[0] if e.sync else 0) + 1
+            e.sync = (n, list(e.outstanding))
+            self._send(self.engine_sock, ident, "sync", {"n": n})
+        elif t == "synced" and e is not None:
+            self.on_synced(e, h)
         elif t == "bye":
             if e is not None:
                 self._unregister(e, h.get("why") or "it stopped", clean=True)
@@ -380,9 +387,15 @@ class Hub:
             self.log.warning("refused engine from %s: %s", h.get("info", {}).get("host"), bad)
             return
         old = self.by_ident.get(ident)
+        if old is not None and old.session == h["s"]:  # asked twice (a lost answer, a reconnection): same answer
+            self._send(self.engine_sock, ident, "registered", {"p": h["id"], "eid": old.eid,
+                                                              "hb": self.cfg.heartbeat_period})
+            return
+        want = h.get("want_id")
         if old is not None:
             self._unregister(old, "it registered again")
-        want = h.get("want_id")
+            if want is None:
+                want = old.eid  # the same socket: the same engine, keeping its id
         if isinstance(want, int) and want >= 0 and want not in self.engines:
             eid = want
         else:
@@ -404,6 +417,43 @@ class Hub:
         self._note("add", eid, info)
         if e.drain_at is not None:
             asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
+        self._refill(e)
+        self._dispatch()
+
+    def on_synced(self, e: EngineRecord, h: dict) -> None:
+        """The engine's connection dropped and came back. It read the tasks sent to it up to `last`, in order;
+        later ones sent before the sync were lost on the way (load-balanced ones go to the queue again, direct
+        ones fail), and those it finished whose results have not come were lost on the way back."""
+        if not e.sync or h.get("n") != e.sync[0]:
+            return  # answers an older sync: a newer one is on its way
+        sent, e.sync = e.sync[1], ()
+        last, done = h.get("last"), set(h.get("done") or ())
+        cut = sent.index(last) + 1 if last in sent else 0
+        who = f"engine {e.eid} (pid {e.info.get('pid')} on {e.info.get('host')})"
+        requeue, lost = [], 0
+        for i, msg_id in enumerate(sent):
+            client = e.outstanding.get(msg_id)
+            if client is None:
+                continue
+            if i >= cut:
+                task = e.balanced.pop(msg_id, None)
+                del e.outstanding[msg_id]
+                if task is not None:
+                    requeue.append(task)
+                else:
+                    lost += 1
+                    self._fail(client, msg_id, "EngineError", f"the connection to {who} dropped before this task "
+                               f"reached it; it did not run", e.eid)
+            elif msg_id in done:
+                lost += 1
+                e.balanced.pop(msg_id, None)
+                del e.outstanding[msg_id]
+                self._fail(client, msg_id, "EngineError", f"{who} ran this task, but the connection dropped "
+                           f"before its result reached the controller", e.eid)
+        for task in reversed(requeue):
+            (self.picky if task.among is not None else self.timed if task.deadline else self.lb_queue).appendleft(task)
+        self.log.warning("the connection to %s dropped and came back: %d tasks queued again, %d failed", who,
+                         len(requeue), lost)
         self._refill(e)
         self._dispatch()
 

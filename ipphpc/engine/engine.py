@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from collections import deque
 from pathlib import Path
 
 import zmq
@@ -135,18 +136,25 @@ class Engine(LoggingConfigurable):
                                                 timeout=self.register_timeout)
                 self.log.info("tunnel to the controller at %s through %s (ssh pid %s, up in %.2f s)",
                               info["tunnel"]["to"], server, self.tunnel.pid, self.tunnel.setup_time)
+                self.tunnel.keep_open(self.log)
             addr = connection.reachable_address(info, "engine", self.register_timeout, "controller")
         except ConnectionError as e:
             raise RegistrationFailed(str(e)) from None
         self.url = connection.url(addr, info, "engine")
         self.log.info("controller reachable at %s (addresses in the file: %s)", addr, ", ".join(info["addresses"]))
+        self.heart_id = os.urandom(8).hex()
         self.sock = ctx.socket(zmq.DEALER)  # the task path: read by a Pump
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IDENTITY, f"{self.heart_id}-eng".encode())  # the same after a reconnection
+        # watched from before the connection: a dropped and remade connection may have lost messages both ways
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.dropped = False
+        self.last_task = None  # msg_id of the last task read, in the controller's order
+        self.done: deque = deque(maxlen=4096)  # msg_ids whose results were sent, newest last
         self.sock.connect(self.url)
         self.ping = zmq.asyncio.Context.shadow(ctx).socket(zmq.SUB)
         self.ping.setsockopt(zmq.SUBSCRIBE, b"")
         self.ping.connect(connection.url(addr, info, "hb_ping"))
-        self.heart_id = os.urandom(8).hex()
         self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
         self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
         self.heart.setsockopt_out(zmq.IDENTITY, self.heart_id.encode())
@@ -174,13 +182,17 @@ class Engine(LoggingConfigurable):
         try:
             self.register()
             self.pump = pump = Pump(self.sock, self._on_message)
+            watch = Pump(self.monitor, self._on_monitor)
             watcher = asyncio.ensure_future(self._watch_controller())
             await self.stopping.wait()
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             self._send("bye", {"why": self.leave_why})
             pump.close()
+            watch.close()
         finally:
+            self.sock.disable_monitor()
+            self.monitor.close(0)
             self.control.stop()
             self.control.join(2)
             control_line.active = None
@@ -235,11 +247,17 @@ class Engine(LoggingConfigurable):
         self.origin = origin = {**engine_origin(), **self._lifetime()}
         if getattr(self, "mpi_comm", False):
             origin["mpi_comm"] = True
+        opened = self.tunnel.opened if self.tunnel is not None else 0
         self._send_register()
         deadline = time.monotonic() + self.register_timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(left * 1000):
+            if left > 0 and not self.sock.poll(min(left, 1.0) * 1000):
+                if self.tunnel is not None and self.tunnel.opened != opened:
+                    opened = self.tunnel.opened
+                    self._send_register()  # the request or its answer may have died with the tunnel
+                continue
+            if left <= 0:
                 raise RegistrationFailed(
                     f"the controller at {self.url} did not answer registration within {self.register_timeout:g} s; "
                     f"is it running (its pid is in {self.connection_path().parent.parent / 'pid'})? If it listens on "
@@ -279,7 +297,9 @@ class Engine(LoggingConfigurable):
                 self.pump.send(self.session.pack("result", {"p": mid, "ok": False, "eid": self.id, "dur": 0.0, "err": {
                     "ename": "TaskAborted", "evalue": f"task {mid} was aborted before it started on engine {self.id}",
                     "tb": ""}}))
+                self.done.append(mid)
                 return
+            self.last_task = mid
             ok, value, meta = self.executor.run(h["k"], payload, mid)
             if self.control.data:  # what the task published and the control line has not sent: before the result
                 for pmid, frames in self.control.take_data():
@@ -288,6 +308,11 @@ class Engine(LoggingConfigurable):
             dur = meta["completed"] - meta["started"]
             body = [json.dumps(meta).encode(), *value]
             self.pump.send(self.session.pack("result", {"p": h["id"], "ok": ok, "eid": self.id, "dur": dur}, body))
+            self.done.append(mid)
+        elif t == "sync":
+            # read after every task sent before it: the controller learns which of its tasks never came,
+            # and which results did not reach it
+            self._send("synced", {"n": h["n"], "last": self.last_task, "done": list(self.done)})
         elif t == "restart":
             self.log.info("restart requested by the controller")
             self.restart = True
@@ -304,6 +329,17 @@ class Engine(LoggingConfigurable):
         elif t == "reregister":
             self.log.info("the controller does not know this engine (restarted?); registering again")
             self._send_register()
+
+    def _on_monitor(self, frames: list) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+        event = parse_monitor_message([bytes(f) for f in frames])["event"]
+        if event == zmq.EVENT_DISCONNECTED:
+            self.dropped = True
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.dropped:
+            self.dropped = False
+            if getattr(self, "id", None) is not None:
+                self.log.warning("the connection to the controller dropped and is back; checking for lost messages")
+                self._send("resync", {})
 
     async def _watch_controller(self) -> None:
         """Track pings: a new controller session means a restart; silence means it is gone."""

@@ -16,6 +16,7 @@ import atexit
 import collections
 import ctypes
 import getpass
+import logging
 import os
 import re
 import shlex
@@ -199,6 +200,9 @@ class Tunnel:
         self._owner = os.getpid()
         self._errfile: Any = None
         self._output: collections.deque[str] = collections.deque(maxlen=200)
+        self.opened = 0  # how many times ssh came up: a change means connections through it were remade
+        self._closing = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     # -- command -----------------------------------------------------------------------------
     def command(self, batch: bool) -> list[str]:
@@ -242,15 +246,59 @@ class Tunnel:
                 break
             raise self._error(self._stderr(), "")
         self.setup_time = time.monotonic() - t0
+        self.opened += 1
         _register(self)
         return self
+
+    def reopen(self) -> "Tunnel":
+        """Start ssh again on the same local ports, which the sockets using the tunnel keep connecting to,
+        after its process died. Key logins only: a tunnel that needed a password is not reopened unattended."""
+        if self.interactive:
+            raise SSHTunnelError(f"the SSH tunnel through {self.server} needed a password: it is not reopened "
+                                 f"unattended; use a key (sshkey=) for tunnels that must survive")
+        self._kill()
+        if self._start_batch(time.monotonic() + self.timeout) != "ready":
+            raise self._error(self._stderr(), "reopening the tunnel")
+        self.opened += 1
+        return self
+
+    def keep_open(self, log: logging.Logger, retry: float = 2.0) -> None:
+        """Reopen the tunnel whenever ssh dies (a dropped network, a killed process), from a thread that lives
+        as long as the tunnel, so it comes back within a second even while its owner is busy running a task."""
+        if self.interactive:
+            log.warning("the SSH tunnel through %s needed a password: if it dies it is not reopened; use a key "
+                        "(sshkey=) for tunnels that must survive", self.server)
+            return
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, args=(log, retry), name="ipphpc-tunnel", daemon=True)
+            self._keeper.start()
+
+    def _keep(self, log: logging.Logger, retry: float) -> None:
+        while not self._closing.is_set():
+            proc = self.proc
+            if proc is not None:
+                proc.wait()
+            if self._closing.is_set():
+                return
+            try:
+                self.reopen()
+            except SSHTunnelError as e:
+                log.error("the ssh tunnel to the controller died and could not be reopened (trying again in %g s): "
+                          "%s", retry, e)
+                self._closing.wait(retry)
+                continue
+            if self._closing.is_set():  # closed while it was reopening
+                self._kill()
+                return
+            log.warning("the ssh tunnel to the controller died; reopened it (ssh pid %s)", self.pid)
 
     def _start_batch(self, deadline: float) -> str:
         global _libc
         if self._errfile is not None:
             self._errfile.close()
         self._errfile = tempfile.TemporaryFile()  # noqa: SIM115 - ssh writes to it; closed above or in close()
-        in_main = threading.current_thread() is threading.main_thread()
+        # the starting thread's death signals ssh: only threads that live as long as the tunnel may ask for it
+        in_main = threading.current_thread() in (threading.main_thread(), self._keeper)
         if in_main and _libc is None and sys.platform.startswith("linux"):
             try:
                 _libc = ctypes.CDLL(None, use_errno=True)
@@ -416,6 +464,7 @@ class Tunnel:
         """Kill the ssh process group and reap it; a no-op in a forked child (the tunnel is its parent's)."""
         if os.getpid() != self._owner:
             return
+        self._closing.set()
         _unregister(self)
         self._kill()
         if self._errfile is not None:

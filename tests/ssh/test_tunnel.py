@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -254,3 +255,17 @@ def test_forked_child_leaves_the_tunnel_alone(shim_path: SSHEnv, routers) -> Non
         os.waitpid(child, 0)
         assert t.alive
         assert roundtrip(socks[0], t.local_ports[0], b"f") == b"f!"
+
+
+@pytest.mark.ssh
+def test_reopen_keeps_the_local_ports(shim_path: SSHEnv, routers) -> None:
+    socks, ports = routers
+    t = open_tunnel(shim_path.host, [("127.0.0.1", p) for p in ports], timeout=15)
+    try:
+        before, pid = list(t.local_ports), t.pid
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not t.alive, 10, what="the ssh process to die")
+        t.reopen()
+        assert t.alive and t.pid != pid and t.local_ports == before
+    finally:
+        t.close()
