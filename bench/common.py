@@ -19,7 +19,7 @@ import time
 # what is measured
 # ---------------------------------------------------------------------------
 
-SYSTEMS = ("ipphpc", "ipyparallel", "dask")
+SYSTEMS = ("ipphpc", "ipphpc-curve", "ipyparallel", "dask")  # ipphpc-curve: every connection CurveZMQ-encrypted
 PEERS = ("ipyparallel", "dask")
 
 # figure name -> short description (the names are what --only accepts)

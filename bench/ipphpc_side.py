@@ -32,3 +32,12 @@ class Ipphpc(IPStyle):
         return cluster.controller_pid
 
     # ipphpc engines have no nanny process: nanny_pid() stays None
+
+
+class IpphpcCurve(Ipphpc):
+    """The same, with CurveZMQ encryption on (the default for clusters whose engines are on other hosts)."""
+
+    name = "ipphpc-curve"
+
+    def make_cluster(self, n):
+        return self.ipphpc.HPCCluster(n=n, curve=True)

@@ -258,6 +258,8 @@ def build_rows(results, params, figures):
         for peer in PEERS:
             a, b = values["ipphpc"], values[peer]
             ratios[peer] = a / b if a is not None and b else None
+        a, b = values["ipphpc-curve"], values["ipphpc"]
+        ratios["curve"] = a / b if a is not None and b else None
         rows.append(
             {"figure": fig, "label": label, "unit": unit, "better": better, "values": values, "ratios": ratios}
         )
@@ -279,12 +281,12 @@ def cell(results, system, fig, value):
 
 
 def render_table(rows, results):
-    head = ["figure", "unit", "better", *SYSTEMS, *(f"ipphpc/{p}" for p in PEERS)]
+    head = ["figure", "unit", "better", *SYSTEMS, *(f"ipphpc/{p}" for p in PEERS), "curve/plain"]
     body = []
     for r in rows:
         line = [r["label"], r["unit"], r["better"]]
         line += [cell(results, s, r["figure"], r["values"][s]) for s in SYSTEMS]
-        line += [fmt_ratio(r["ratios"][p]) for p in PEERS]
+        line += [fmt_ratio(r["ratios"][p]) for p in (*PEERS, "curve")]
         body.append(line)
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
 

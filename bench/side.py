@@ -43,6 +43,10 @@ def load_system(name):
         from ipphpc_side import Ipphpc
 
         return Ipphpc()
+    if name == "ipphpc-curve":
+        from ipphpc_side import IpphpcCurve
+
+        return IpphpcCurve()
     if name == "ipyparallel":
         from peers import IPyParallel
 

@@ -3,11 +3,13 @@
 Two JSON files (mode 0600) in the profile's security folder, one for engines and one
 for clients. Both carry the key; the engine file lists the engine-facing ports, the client
 file the client-facing one. `addresses` lists every address the controller can be reached
-at, most specific first.
+at, most specific first. `curve`, when present, is the controller's CurveZMQ public key:
+every connection is then encrypted, and a socket without that key cannot complete the handshake.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ def write(path: Path, info: dict[str, Any]) -> None:
 def read(path: Path) -> dict[str, Any]:
     try:
         with open(path) as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o777
             info = json.load(f)
     except FileNotFoundError:
         raise ConnectionFileError(f"connection file {path} does not exist; is the controller running "
@@ -40,7 +43,15 @@ def read(path: Path) -> dict[str, Any]:
     for k in ("key", "addresses", "ports"):
         if k not in info:
             raise ConnectionFileError(f"connection file {path} lacks '{k}'; was it written by ipphpc?")
+    if mode & 0o077 and not _warned.get(str(path)):
+        _warned[str(path)] = True
+        logging.getLogger("ipphpc").warning("connection file %s is readable by group or others (mode %o): whoever "
+                                            "reads it can run code as you on the engines; chmod 600 %s", path,
+                                            mode, path)
     return info
+
+
+_warned: dict[str, bool] = {}
 
 
 def wait_for(path: Path, timeout: float, poll: float = 0.02) -> dict[str, Any]:
@@ -61,6 +72,32 @@ def wait_for(path: Path, timeout: float, poll: float = 0.02) -> dict[str, Any]:
                 f"or wait longer (--wait-for-file)")
         time.sleep(delay)
         delay = min(delay * 1.5, 1.0)
+
+
+_keys: dict[int, tuple[bytes, bytes]] = {}
+
+
+def curve_options(info: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """Socket options that make a connecting socket speak CurveZMQ to the controller of `info` (none when the
+    controller does not encrypt). Each process has its own key pair, made on first use (after any fork)."""
+    server = info.get("curve")
+    if not server:
+        return []
+    import zmq
+    if not zmq.has("curve"):
+        raise ConnectionFileError("the controller encrypts its traffic with CurveZMQ, and this pyzmq/libzmq has no "
+                                  "Curve support; install pyzmq from PyPI (its wheels include it)")
+    pair = _keys.get(os.getpid())
+    if pair is None:
+        pair = _keys[os.getpid()] = zmq.curve_keypair()
+    return [(zmq.CURVE_SERVERKEY, server.encode()), (zmq.CURVE_PUBLICKEY, pair[0]), (zmq.CURVE_SECRETKEY, pair[1])]
+
+
+def secure(sock: Any, info: dict[str, Any]) -> Any:
+    """Apply `curve_options` to a zmq socket before it connects; returns the socket."""
+    for opt, value in curve_options(info):
+        sock.setsockopt(opt, value)
+    return sock
 
 
 def urls(info: dict[str, Any], port_name: str) -> list[str]:

@@ -30,6 +30,17 @@ def is_wildcard(ip: str) -> bool:
     return ip in ("*", "0.0.0.0", "")
 
 
+def is_loopback(ip: str) -> bool:
+    """True for an interface only this host can reach: traffic on it never leaves the host."""
+    import ipaddress
+    if ip in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(ip.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def advertised_addresses(ip: str, location: str = "") -> list[str]:
     """What to write into connection files for a controller bound to `ip`."""
     if is_wildcard(ip):

@@ -1,6 +1,7 @@
 """Where ipphpc keeps its state: $IPPHPC_DIR/profile_<name>/{security,log,pid}."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -40,9 +41,16 @@ def profile_dir(profile: str = "default", profile_dir: str | os.PathLike | None 
     path = profile_path(profile, profile_dir)
     if create:
         try:
+            existed = (path / "security").is_dir()
             for sub in ("security", "log", "pid"):
                 (path / sub).mkdir(parents=True, exist_ok=True)
-            os.chmod(path / "security", 0o700)
+            mode = (path / "security").stat().st_mode & 0o777
+            if mode != 0o700:
+                os.chmod(path / "security", 0o700)
+                if existed and mode & 0o077:
+                    logging.getLogger("ipphpc").warning(
+                        "the security folder %s was open to group or others (mode %o); made it 0700: its "
+                        "connection files let whoever reads them run code as you", path / "security", mode)
         except (FileExistsError, NotADirectoryError):
             blocker = _blocking_file(path / "security") or path
             raise UserError(f"cannot create the profile directory {path}: {blocker} is a file, not a directory; "

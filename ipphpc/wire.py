@@ -10,8 +10,9 @@ A message on the wire is ``[routing ids..., DELIM, signature, header, payload...
   deserializes anything has an authenticated payload, while a router that never
   deserializes can check the header alone and forward large buffers untouched.
 
-Replays are refused where messages enter a bound socket (the controller): each session's
-sequence numbers must grow, and a session never seen before must be recent.
+Replays are refused where messages enter a bound socket (the controller): a sender is heard only
+after it proved it is alive now, by signing the controller's one-time nonce into its hello or
+register, and from then on its sequence numbers must grow (see `Freshness`).
 """
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ class Session:
         self._seq = itertools.count(1)
         self.version = list(PROTOCOL_VERSION)
 
+    def member(self, name: str) -> "Session":
+        """A session of the same family (id `<this id>/<name>`) that numbers its messages from this one's
+        sequence, so one hello admits them all and nothing sent before it can pass afterwards."""
+        other = Session.__new__(Session)
+        other._mac, other._seq, other.version = self._mac, self._seq, self.version
+        other.id = f"{self.id}/{name}"
+        return other
+
     def sign(self, header: bytes) -> bytes:
         m = self._mac.copy()
         m.update(header)
@@ -114,31 +123,97 @@ class Session:
                 raise AuthError("payload does not match the signed digest")
 
 
+def beat(session: Session, n: int) -> bytes:
+    """Heartbeat ping `n` of the controller whose session this is: the number and a MAC that binds it to that
+    session, so a reader without the key learns only a counter (no session id, nothing to replay elsewhere)."""
+    return b"%d:" % n + session.sign(b"beat:%s:%d" % (session.id.encode(), n))[:32]
+
+
+def read_beat(session: Session, controller: str, frame: Any) -> int | None:
+    """The number of a ping sent by the controller session `controller`; None for any other frame (including a
+    ping of another controller session: a restarted controller)."""
+    try:
+        num, mac = _bytes(frame).split(b":", 1)
+        n = int(num)
+    except ValueError:
+        return None
+    want = session.sign(b"beat:%s:%d" % (controller.encode(), n))[:32]
+    return n if hmac.compare_digest(want, mac) else None
+
+
 def _bytes(frame: Any) -> bytes:
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
-class ReplayGuard:
-    """Refuse a message whose session sequence did not grow, or an unknown session's stale message."""
+class NotAdmitted(AuthError):
+    """A message of a session family that has not proven freshness to this controller: held, not run."""
 
-    def __init__(self, window: float = 600.0):
-        self.window = window
-        self._last: dict[str, int] = {}
+
+def family(session_id: str) -> str:
+    return session_id.split("/", 1)[0]
+
+
+class Freshness:
+    """Which senders a controller hears, so that no captured message ever works again.
+
+    A family of sessions (a client's or an engine's: ids `<root>` and `<root>/<name>`, numbered from
+    one sequence) is admitted by a hello or register that carries a nonce this controller issued:
+    one use, for `nonce_life` seconds. From then on a message is taken only if its number is above
+    the admitting one and above its session's last. A controller restarted with --reuse starts with
+    no families, so frames captured before come from no admitted family (or are numbered below the
+    new hello), and a dead engine's family is forgotten, so its old register needs a new nonce.
+    """
+
+    def __init__(self, nonce_life: float = 60.0, max_nonces: int = 10_000):
+        self.nonce_life = nonce_life
+        self.max_nonces = max_nonces
+        self.floor: dict[str, int] = {}  # family -> number of its admitting hello, minus one
+        self.last: dict[str, dict[str, int]] = {}  # family -> session -> its last number
+        self.nonces: dict[str, float] = {}  # nonce -> when it expires
+
+    def issue(self) -> str:
+        now = time.monotonic()
+        if len(self.nonces) >= self.max_nonces:  # the oldest go first (a flood of hellos cannot grow this)
+            self.nonces = {n: t for n, t in self.nonces.items() if t > now}
+            while len(self.nonces) >= self.max_nonces:
+                self.nonces.pop(next(iter(self.nonces)))
+        nonce = os.urandom(16).hex()
+        self.nonces[nonce] = now + self.nonce_life
+        return nonce
+
+    def admitted(self, session_id: str) -> bool:
+        return family(session_id) in self.floor
+
+    def admit(self, header: dict) -> bool:
+        """Admit the family of a hello/register that signed a live nonce of ours; False otherwise."""
+        nonce, s, q = header.get("nonce"), header.get("s"), header.get("q")
+        if not isinstance(nonce, str) or not isinstance(s, str) or not isinstance(q, int):
+            return False
+        expires = self.nonces.pop(nonce, None)
+        if expires is None or expires < time.monotonic():
+            return False
+        fam = family(s)
+        self.floor[fam] = max(self.floor.get(fam, 0), q - 1)
+        return True
 
     def check(self, header: dict) -> None:
         s, q = header.get("s"), header.get("q")
         if not isinstance(s, str) or not isinstance(q, int):
             raise AuthError("header lacks session or sequence")
-        last = self._last.get(s)
-        if last is None:
-            if abs(time.time() - float(header.get("ts", 0))) > self.window:
-                raise AuthError("stale message from an unknown session (replay?)")
-        elif q <= last:
-            raise AuthError(f"replayed or reordered message (seq {q} <= {last})")
-        self._last[s] = q
+        fam = family(s)
+        floor = self.floor.get(fam)
+        if floor is None:
+            raise NotAdmitted(f"session {s} has not said hello to this controller")
+        seen = self.last.setdefault(fam, {})
+        last = max(floor, seen.get(s, 0))
+        if q <= last:
+            raise AuthError(f"replayed or stale message (seq {q} <= {last})")
+        seen[s] = q
 
-    def forget(self, session: str) -> None:
-        self._last.pop(session, None)
+    def forget(self, session_id: str) -> None:
+        fam = family(session_id)
+        self.floor.pop(fam, None)
+        self.last.pop(fam, None)
 
 
 def check_version(header: dict, who: str) -> str | None:

@@ -31,6 +31,12 @@ def _db_flags(p: argparse.ArgumentParser) -> None:
                    "(default: <profile>/db/tasks-<cluster id>.sqlite or .h5)")
 
 
+def _curve_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curve", action=argparse.BooleanOptionalAction, default=None,
+                   help="encrypt traffic with CurveZMQ (default: on unless the controller listens on loopback only "
+                        "and engines are local)")
+
+
 def _db_name(value: str) -> str:
     from ..controller.taskdb.config import backend_name
     try:
@@ -50,6 +56,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "location": [("Controller", "location", str), ("HPCCluster", "controller_location", str)],
     "ports": [("Controller", "ports", lambda s: [int(x) for x in s.split(",")])],
     "reuse": [("Controller", "reuse", bool)],
+    "curve": [("Controller", "curve", bool), ("HPCCluster", "curve", bool)],
     "db": [("Controller", "db_class", str)],
     "db_file": [("Controller", "db_file", str)],
     "file": [("Engine", "file", str)],
@@ -75,11 +82,14 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
 }
 
 
+TRISTATE = {"curve"}  # --x / --no-x: False is a choice, not an absent flag
+
+
 def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
     cfg = Config()
     for dest, targets in FLAG_TRAITS.items():
         v = getattr(ns, dest, None)
-        if v is None or v is False:
+        if v is None or (v is False and dest not in TRISTATE):
             continue
         for cls, trait, conv in targets:
             if cls in classes:
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ports", default=None, type=ports,
                    help="client,engine,hb_ping,hb_pong ports (default: random free)")
     p.add_argument("--reuse", action="store_true", help="reuse ports and key from existing connection files")
+    _curve_flag(p)
     p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="ssh server engines tunnel through (written into the engine connection file)")
     _db_flags(p)
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="batch template file (Jinja2 or IPython Parallel style)")
     p.add_argument("--max-array-size", type=int, default=None)
     p.add_argument("--ip", default=None, help="controller interface ('*' for all)")
+    _curve_flag(p)
     p.add_argument("--location", default=None)
     _db_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the scripts and exact commands; submit nothing")

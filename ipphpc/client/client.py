@@ -101,8 +101,10 @@ class Client(TaskDBMixin):
         self._info = info = connection.read(path)
         self.cluster_id = info.get("cluster_id", "")
         self.session = Session(info["key"])
-        # the result socket signs with a session of its own: each session's sequence must arrive in order
-        self._rsession = Session(info["key"])
+        # the result socket signs with a session of its own (each session's sequence must arrive in order),
+        # of the same family: one hello proves both fresh to the controller
+        self._rsession = self.session.member("r")
+        self._hello_q = 0  # sequence number of the last hello that answered a challenge
         self.cid = self.session.id
         self._tunnel = None
         server = sshserver or info.get("ssh", "")
@@ -123,7 +125,7 @@ class Client(TaskDBMixin):
         self._submit = self._ctx.socket(zmq.DEALER)
         self._submit.setsockopt(zmq.LINGER, 1000)
         self._submit.setsockopt(zmq.SNDHWM, 0)
-        self._submit.connect(self.url)
+        connection.secure(self._submit, info).connect(self.url)
         self._pending: dict[str, _Pending] = {}
         self._requests: dict[str, asyncio.Future] = {}
         self._engines: dict[int, dict] = {}
@@ -151,6 +153,9 @@ class Client(TaskDBMixin):
         self._ready.wait()
         try:
             welcome = self._request("hello", {"c": self.cid}, timeout=timeout, via_results=True)
+            if welcome["t"] == "challenge":  # sign its nonce into a second hello: proof this one is not a replay
+                welcome = self._request("hello", {"c": self.cid, "nonce": welcome.get("nonce")}, timeout=timeout,
+                                        via_results=True)
         except TimeoutError:
             self.close()
             raise ControllerUnreachable(
@@ -181,10 +186,9 @@ class Client(TaskDBMixin):
         # reconnection look like the first connection, and the client would not say hello again
         monitor = self._results.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._handshakes = 0
-        self._before_reconnect: set = set()
         self._connected = False
         self._away: asyncio.TimerHandle | None = None
-        self._results.connect(self.url)
+        connection.secure(self._results, self._info).connect(self.url)
         self._io_stop = self._loop.create_future()
 
         async def serve() -> None:
@@ -225,8 +229,6 @@ class Client(TaskDBMixin):
         event = parse_monitor_message([bytes(f) for f in frames])["event"]
         if event == zmq.EVENT_DISCONNECTED:
             self._connected = False
-            with self._lock:  # tasks sent from now on wait in the socket for the controller that answers next
-                self._before_reconnect |= set(self._pending)
             if self._away is None and not self._closed:
                 self._away = self._loop.call_later(self.controller_timeout, self._controller_lost, time.time())
             return
@@ -268,14 +270,12 @@ class Client(TaskDBMixin):
 
     def _welcomed_again(self, h: dict) -> None:
         if h.get("s") == self._controller_session:
-            self._before_reconnect = set()
             self._resync()
             return
         self._controller_session = h.get("s")
         self._generation += 1
-        with self._lock:
-            lost = [self._pending.pop(mid) for mid in list(self._pending) if mid in self._before_reconnect]
-            self._before_reconnect = set()
+        with self._lock:  # what was sent before the hello it answered is refused as stale: it did not run
+            lost = [self._pending.pop(mid) for mid in list(self._pending) if _seq_of(mid) < self._hello_q]
         log.warning("reconnected to the controller at %s (restarted); %d unfinished tasks failed", self.url,
                     len(lost))
         for p in lost:
@@ -332,6 +332,10 @@ class Client(TaskDBMixin):
                     except AuthError as e:
                         h["error"] = f"a reply from the controller was damaged: {e}"
                 fut.set_result(h)
+            elif t == "challenge":  # after a reconnection, from a controller that does not know this client
+                q, mid = self._rsession.next_id()
+                self._hello_q = q
+                self._pump.send(self._rsession.pack("hello", {"c": self.cid, "nonce": h.get("nonce")}, seq=(q, mid)))
             elif t == "welcome":  # after a reconnection: the controller's engines now
                 with self._engine_cond:
                     self._engines = {int(k): v for k, v in h.get("engines", {}).items()}
@@ -923,6 +927,14 @@ class Client(TaskDBMixin):
         return f"<Client {self.cluster_id or self.url_file.name}: {len(self._engines)} engines>"
 
 
+def _seq_of(msg_id: str) -> int:
+    """The sequence number in a msg_id (`<session>-<number>`); 0 for another form."""
+    try:
+        return int(msg_id.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
 class _SyncChannel:
     """One calling thread's socket for synchronous calls (`apply_sync` on one engine or load-balanced).
 
@@ -934,12 +946,12 @@ class _SyncChannel:
     def __init__(self, client: Client):
         self.client = client
         self.generation = client._generation
-        self.session = Session(client._info["key"])
+        self.session = client.session.member(f"s{os.urandom(4).hex()}")  # admitted with its client
         self.cid = self.session.id
         self.sock = client._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.rcvtimeo = 500  # wake now and then to see whether the client closed or reconnected
-        self.sock.connect(client.url)
+        connection.secure(self.sock, client._info).connect(client.url)
 
     def _wait(self, mid: str) -> tuple[dict, list]:
         """The result of task `mid` (anything else that arrives is dropped)."""

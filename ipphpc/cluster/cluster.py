@@ -70,6 +70,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     controller = Unicode("local", config=True, help="Where the controller runs.")
     controller_ip = Unicode("", config=True, help="Controller interface ('*' for all).")
     controller_location = Unicode("", config=True)
+    curve = Bool(None, allow_none=True, config=True, help="Encrypt the cluster's traffic with CurveZMQ. Default: on "
+                 "whenever engines are not local processes (batch, SSH, MPI) or the controller listens beyond "
+                 "loopback; off for a local cluster on loopback.")
     controller_args = List(Unicode(), [], config=True, help="Extra `ipphpc controller` arguments.")
     engine_args = List(Unicode(), [], config=True, help="Extra `ipphpc engine` arguments.")
     controller_cmd = List(Unicode(), [], config=True, help="Command that starts a controller (default: this "
@@ -220,6 +223,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             cmd += ["--ip", self.controller_ip]
         if self.controller_location:
             cmd += ["--location", self.controller_location]
+        curve = self.curve if self.curve is not None else (True if self.engines != "local" else None)
+        if curve is not None:
+            cmd += ["--curve" if curve else "--no-curve"]
         # how long queued tasks wait for engines once all have gone: batch elements may be replaced after
         # a wait in the queue, local processes come back at once or not at all (later arguments win)
         cmd += [f"--Controller.engine_wait={10 if self.engines in ('local', 'mpi', 'ssh') else 300}"]

@@ -17,7 +17,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import connection, paths
 from .._version import __version__
-from ..netutil import advertised_addresses, is_wildcard
+from ..netutil import advertised_addresses, is_loopback, is_wildcard
 from ..wire import Session, new_key
 from . import record
 from .hub import Hub
@@ -57,7 +57,12 @@ class Controller(LoggingConfigurable):
                            "database).")
     interrupt_orphans = Bool(True, config=True, help="When a client is gone, also interrupt (SIGINT) the tasks of "
                              "it that engines are running.")
-    replay_window = Float(600.0, config=True, help="Seconds a message from a new session may be old.")
+    curve = Bool(None, allow_none=True, config=True, help="Encrypt every connection with CurveZMQ. Default: on "
+                 "when listening on anything but loopback (engines on other hosts), off for a loopback-only cluster. "
+                 "The public key goes into the connection files; sockets without it cannot complete the handshake.")
+    hold_time = Float(30.0, config=True, help="Seconds a message of a sender that has not proven it is alive (by "
+                      "a hello answering the controller's challenge) is held for that hello to arrive; then it is "
+                      "dropped, never run.")
     extra_info = Dict({}, config=True, help="Extra fields for the connection files.")
     enginessh = Unicode("", config=True, help="[user@]host[:port] of an ssh server engines tunnel through to reach "
                         "this controller; written into the engine connection file as 'ssh'.")
@@ -74,10 +79,15 @@ class Controller(LoggingConfigurable):
         self.engine_file = paths.connection_file(self.pdir, "engine", self.cluster_id)
         self.client_file = paths.connection_file(self.pdir, "client", self.cluster_id)
         self.pid_file = paths.pid_file(self.pdir, "ipcontroller", self.cluster_id)
+        self.curve_file = self.engine_file.with_name(self.engine_file.name.replace("-engine.json", "-curve.key"))
         self.urls: dict[str, str] = {}
         self.record_file: Path | None = None  # the cluster file this controller wrote itself, if any
 
     # -- files -----------------------------------------------------------------------------
+    @property
+    def curve_on(self) -> bool:
+        return self.curve if self.curve is not None else not is_loopback(self.ip)
+
     def _load_reuse(self) -> tuple[str | None, list[int]]:
         if not (self.reuse and self.engine_file.exists() and self.client_file.exists()):
             return None, list(self.ports)
@@ -85,7 +95,29 @@ class Controller(LoggingConfigurable):
         self.log.info("reusing key and ports from %s", self.engine_file)
         return e["key"], [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
 
-    def _write_files(self, key: str, ports: dict[str, int]) -> None:
+    def _curve_keys(self) -> tuple[bytes, bytes] | None:
+        """The CurveZMQ key pair: kept (0600, never in the connection files) so a --reuse restart keeps the
+        public key engines and clients already hold."""
+        if not self.curve_on:
+            return None
+        if not zmq.has("curve"):
+            raise SystemExit("ipphpc controller: this pyzmq/libzmq has no CurveZMQ support; install pyzmq from "
+                             "PyPI (its wheels include it) or start with --no-curve")
+        path = self.curve_file
+        if self.reuse:
+            try:
+                public, secret = path.read_bytes().split()
+                if zmq.curve_public(secret) == public:
+                    return public, secret
+            except (OSError, ValueError, zmq.ZMQError):
+                pass
+        public, secret = zmq.curve_keypair()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(public + b"\n" + secret + b"\n")
+        return public, secret
+
+    def _write_files(self, key: str, ports: dict[str, int], curve: bytes | None = None) -> None:
         # the pid file first: whoever sees the connection files may look for it
         tmp = self.pid_file.with_name(f".{self.pid_file.name}.tmp")
         tmp.write_text(str(os.getpid()))
@@ -94,6 +126,8 @@ class Controller(LoggingConfigurable):
         base = {"key": key, "signature_scheme": "hmac-sha256", "transport": "tcp", "addresses": addrs,
                 "bind_ip": self.ip, "location": self.location, "cluster_id": self.cluster_id,
                 "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), **self.extra_info}
+        if curve is not None:
+            base["curve"] = curve.decode()
         eng = {"ssh": self.enginessh} if self.enginessh else {}
         cli = {"ssh": self.clientssh} if self.clientssh else {}
         connection.write(self.engine_file, {**base, **eng, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},
@@ -104,7 +138,7 @@ class Controller(LoggingConfigurable):
 
     def _remove_files(self) -> None:
         record.release(self.record_file)
-        files = [self.pid_file] + ([] if self.reuse else [self.engine_file, self.client_file])
+        files = [self.pid_file] + ([] if self.reuse else [self.engine_file, self.client_file, self.curve_file])
         for f in files:
             try:
                 f.unlink()
@@ -112,16 +146,26 @@ class Controller(LoggingConfigurable):
                 pass
 
     # -- sockets ---------------------------------------------------------------------------
-    def _bind(self, ctx: zmq.Context, ports: list[int]) -> dict[str, zmq.Socket]:
+    def _bind(self, ctx: zmq.Context, ports: list[int], curve: tuple[bytes, bytes] | None = None
+              ) -> dict[str, zmq.Socket]:
         host = "*" if is_wildcard(self.ip) else self.ip
         kinds = {"client": zmq.ROUTER, "engine": zmq.ROUTER, "hb_ping": zmq.PUB, "hb_pong": zmq.ROUTER}
         socks, bound = {}, {}
         for i, name in enumerate(PORT_NAMES):
             s = ctx.socket(kinds[name])
             s.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                s.curve_server = True
+                s.curve_secretkey = curve[1]
+            if name in ("hb_ping", "hb_pong"):
+                # heartbeats are tiny: a larger frame (a subscription topic, too) ends its connection, and a
+                # flood waits in its own pipe (not smaller: CurveZMQ handshakes pass through this limit)
+                s.setsockopt(zmq.MAXMSGSIZE, 1024)
+                s.setsockopt(zmq.RCVHWM, 10_000)
             if kinds[name] == zmq.ROUTER:
                 s.setsockopt(zmq.SNDHWM, 0)
-                s.setsockopt(zmq.RCVHWM, 0)
+                if name != "hb_pong":
+                    s.setsockopt(zmq.RCVHWM, 0)
                 s.setsockopt(zmq.ROUTER_HANDOVER, 1)
             try:
                 if i < len(ports) and ports[i]:
@@ -165,12 +209,14 @@ class Controller(LoggingConfigurable):
         key = key or new_key()
         session = Session(key)
         store, recorder = self._open_db(session)
+        curve = self._curve_keys()
         ctx = zmq.Context()
-        socks = self._bind(ctx, ports)
+        socks = self._bind(ctx, ports, curve)
         hub = Hub(session, socks, self, self.log, store, recorder)
-        self._write_files(key, self.ports_bound)
-        self.log.info("controller %s (ipphpc %s) listening on %s ports %s; files %s", self.cluster_id or "-",
-                      __version__, self.ip, self.ports_bound, self.engine_file.parent)
+        self._write_files(key, self.ports_bound, curve[0] if curve else None)
+        self.log.info("controller %s (ipphpc %s) listening on %s ports %s%s; files %s", self.cluster_id or "-",
+                      __version__, self.ip, self.ports_bound, ", CurveZMQ-encrypted" if curve else "",
+                      self.engine_file.parent)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

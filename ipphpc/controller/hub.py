@@ -16,8 +16,9 @@ from typing import Any
 
 import zmq
 
-from ..wire import AuthError, ReplayGuard, Session, check_version
-from ..zmqpump import Pump, send_frames
+from .._version import PROTOCOL_VERSION
+from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_version, family, read_beat
+from ..zmqpump import Pump
 from .memtrim import Trimmer
 from .taskdb.service import TaskDBService
 
@@ -69,7 +70,9 @@ class Hub:
         self.engine_sock = socks["engine"]
         self.ping_sock = socks["hb_ping"]
         self.pong_sock = socks["hb_pong"]  # drained in bulk once per heartbeat period
-        self.guard = ReplayGuard(cfg.replay_window)
+        self.fresh = Freshness()
+        # messages of session families that have not proven freshness (yet): (arrival, handler, frames, family)
+        self.held: deque[tuple[float, str, list, str]] = deque()
         self.engines: dict[int, EngineRecord] = {}
         self.by_ident: dict[bytes, EngineRecord] = {}
         self.by_heart: dict[bytes, EngineRecord] = {}
@@ -91,6 +94,7 @@ class Hub:
         self.pending_notes: dict[str, Any] = {"add": {}, "rm": []}
         self.note_scheduled = False
         self.stats = {"tasks": 0, "results": 0, "dropped": 0, "engines_died": 0}
+        self._drop_window = [time.monotonic(), 0]  # start of the minute, messages dropped in it
         self.empty_since: float | None = None  # when the last engine went (None: engines, or none ever)
         self.last_gone = ""
         # hearts of engines declared dead, so one that comes back (SIGCONT, a network healed) is asked to
@@ -108,8 +112,10 @@ class Hub:
         self._stopping.set()
 
     async def serve(self) -> None:
-        self.pumps = {self.client_sock: Pump(self.client_sock, self._guarded(self.on_client, "client")),
-                      self.engine_sock: Pump(self.engine_sock, self._guarded(self.on_engine, "engine"))}
+        self.handlers = {"client": self._guarded(self.on_client, "client"),
+                         "engine": self._guarded(self.on_engine, "engine")}
+        self.pumps = {self.client_sock: Pump(self.client_sock, self.handlers["client"]),
+                      self.engine_sock: Pump(self.engine_sock, self.handlers["engine"])}
         beat = asyncio.ensure_future(self._heartbeat())
         try:
             await self._stopping.wait()
@@ -128,9 +134,21 @@ class Hub:
             try:
                 handler(frames)
             except AuthError as e:
-                self.stats["dropped"] += 1
-                self.log.warning("dropped a message on the %s socket: %s", name, e)
+                self._dropped(name, str(e))
         return handle
+
+    def _dropped(self, where: str, why: str) -> None:
+        """Count a refused message; log the first few of each minute, then how many more (a flood of forged
+        or replayed messages must not fill the disk with log lines)."""
+        self.stats["dropped"] += 1
+        now = time.monotonic()
+        if now - self._drop_window[0] > 60.0:
+            if self._drop_window[1] > 10:
+                self.log.warning("... and %d more messages dropped in the last minute", self._drop_window[1] - 10)
+            self._drop_window = [now, 0]
+        self._drop_window[1] += 1
+        if self._drop_window[1] <= 10:
+            self.log.warning("dropped a message on the %s socket: %s", where, why)
 
     def _out(self, sock, frames: list) -> None:
         self.pumps[sock].send(frames)
@@ -138,14 +156,59 @@ class Hub:
     def _send(self, sock, ident: bytes, msg_type: str, fields: dict, payload=()) -> None:
         self._out(sock, [ident, *self.session.pack(msg_type, fields, payload)])
 
-    def _split(self, frames) -> tuple[list, dict, list]:
+    def _split(self, frames, where: str) -> tuple[list, dict, list] | None:
+        """(routing ids, header, payload) of an authentic, fresh message; None when it was held or answered
+        with a challenge instead. Raises AuthError for a message to drop."""
         idents, header, payload = self.session.split(frames)
-        self.guard.check(header)
+        t, v = header.get("t"), header.get("v")
+        opening = t in ("hello", "register")
+        if not opening and not (isinstance(v, list) and v and v[0] == PROTOCOL_VERSION[0]):
+            raise AuthError(f"message of wire protocol {v!r}, this controller speaks {list(PROTOCOL_VERSION)}")
+        if opening and not self.fresh.admitted(str(header.get("s"))) and not self.fresh.admit(header):
+            if idents:  # prove you are alive now: sign this nonce into the same message again
+                sock = self.client_sock if where == "client" else self.engine_sock
+                self._send(sock, idents[0].bytes, "challenge", {"p": header.get("id"), "nonce": self.fresh.issue()})
+            return None
+        try:
+            self.fresh.check(header)
+        except NotAdmitted:
+            if header.get("t") != "bye":  # a goodbye of a family already forgotten needs nothing more
+                self._hold(where, frames, header)
+            return None
         return [i.bytes for i in idents], header, payload
+
+    def _hold(self, where: str, frames: list, header: dict) -> None:
+        """Keep a message of a family not admitted (yet): its hello may be on the way on another connection.
+        Bounded in count; what is not released within `held_for` seconds is dropped and counted."""
+        if len(self.held) >= 10_000:
+            self.held.popleft()
+            self._dropped(where, "too many messages of senders that never said hello")
+        self.held.append((time.monotonic(), where, frames, family(header["s"])))
+
+    def _release(self, fam: str) -> None:
+        """A family was admitted: take its held messages, in arrival order (those older than its hello are
+        then refused as stale)."""
+        if not self.held:
+            return
+        mine = [x for x in self.held if x[3] == fam]
+        if mine:
+            self.held = deque(x for x in self.held if x[3] != fam)
+            for _, where, frames, _ in mine:
+                self.handlers[where](frames)
+
+    def _expire_held(self, held_for: float = 30.0) -> None:
+        now = time.monotonic()
+        while self.held and now - self.held[0][0] > held_for:
+            _, where, _, fam = self.held.popleft()
+            self._dropped(where, f"session {fam} never proved it is alive (a replay, or a sender of before a "
+                                 f"restart)")
 
     # -- clients -------------------------------------------------------------------------------
     def on_client(self, frames) -> None:
-        idents, h, payload = self._split(frames)
+        split = self._split(frames, "client")
+        if split is None:
+            return
+        idents, h, payload = split
         t = h["t"]
         if t == "task":
             self.on_task(idents[0], h, frames)
@@ -171,6 +234,7 @@ class Hub:
         self._send(self.client_sock, ident, "welcome", {
             "p": h["id"], "engines": {str(e.eid): e.info for e in self.engines.values()},
             "cluster_id": self.cfg.cluster_id})
+        self._release(family(h["s"]))
 
     def _client_ident(self, h: dict) -> bytes | None:
         return self.clients.get(h.get("c"))
@@ -306,7 +370,7 @@ class Hub:
             reply.update(engines={str(e.eid): {**e.info, "outstanding": len(e.outstanding)}
                                   for e in self.engines.values()},
                          queued=len(self.lb_queue) + len(self.timed), stats=self.stats, limit=self.limit,
-                         clients=len(self.clients), pid=os.getpid(), taskdb=self.db.stats())
+                         clients=len(self.clients), pid=os.getpid(), taskdb=self.db.stats(), held=len(self.held))
             since = h.get("departed_since")
             if since is not None:
                 reply["departed"] = [d for d in self.departed if d["n"] >= since]
@@ -345,6 +409,13 @@ class Hub:
             gone = self.clients.pop(h.get("c"), b"")
             self.quiet.discard(gone)
             self.client_seen.pop(gone, None)
+            c = h.get("c")
+            if c == family(h["s"]):  # the client itself (not one of its channels) is leaving: with its channels
+                for ch in [k for k in self.clients if k.startswith(f"{c}/")]:
+                    gone = self.clients.pop(ch)
+                    self.quiet.discard(gone)
+                    self.client_seen.pop(gone, None)
+                self.fresh.forget(h["s"])
             return
         else:
             reply.update(error=f"unknown request {t!r}")
@@ -353,7 +424,10 @@ class Hub:
 
     # -- engines -------------------------------------------------------------------------------
     def on_engine(self, frames) -> None:
-        idents, h, payload = self._split(frames)
+        split = self._split(frames, "engine")
+        if split is None:
+            return
+        idents, h, payload = split
         ident, t = idents[0], h["t"]
         e = self.by_ident.get(ident)
         if e is None and ident in self.by_ctl:
@@ -419,6 +493,7 @@ class Hub:
             asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
         self._refill(e)
         self._dispatch()
+        self._release(family(h["s"]))
 
     def on_synced(self, e: EngineRecord, h: dict) -> None:
         """The engine's connection dropped and came back. It read the tasks sent to it up to `last`, in order;
@@ -548,7 +623,7 @@ class Hub:
         self.gone_hearts[e.heart] = (e.ident, now)
         if len(self.gone_hearts) > 4096:
             self.gone_hearts = {k: v for k, v in self.gone_hearts.items() if now - v[1] < 3600}
-        self.guard.forget(e.session)
+        self.fresh.forget(e.session)  # coming back takes a new nonce: its old register cannot be replayed
         host = e.info.get("host")
         who = f"engine {e.eid} (pid {e.info.get('pid')} on {host})"
         requeue = []
@@ -673,9 +748,10 @@ class Hub:
         period = self.cfg.heartbeat_period
         while True:
             self.ping_seq += 1
-            send_frames(self.ping_sock, self.session.pack("ping", {"n": self.ping_seq}))
+            self.ping_sock.send(beat(self.session, self.ping_seq))
             await asyncio.sleep(period)
             self._drain_pongs()
+            self._expire_held(self.cfg.hold_time)
             self._sweep_timeouts()
             self._sweep_stranded()
             if self.cfg.client_timeout > 0:
@@ -691,20 +767,21 @@ class Hub:
                                                                             for e in self.engines.values())
 
     def _drain_pongs(self) -> None:
-        while True:
+        # bounded, so a flood of the pong port (which waits in its own pipe) cannot stall routing
+        for _ in range(4 * len(self.engines) + 1000):
             try:
                 frames = self.pong_sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                idents, h, _ = self.session.split(frames)
-            except AuthError:
-                self.stats["dropped"] += 1
+            n = read_beat(self.session, self.session.id, frames[-1]) if len(frames) == 2 else None
+            if n is None or n > self.ping_seq:
+                self._dropped("heartbeat", "not an echo of this controller's ping")
                 continue
-            e = self.by_heart.get(idents[0]) if idents else None
-            if e is not None and h.get("s") == self.session.id:
-                e.last_pong = max(e.last_pong, h.get("n", 0))
-            elif e is None and idents and idents[0] in self.gone_hearts:
+            idents = frames[:1]
+            e = self.by_heart.get(idents[0])
+            if e is not None:
+                e.last_pong = max(e.last_pong, n)
+            elif idents[0] in self.gone_hearts:
                 ident, _ = self.gone_hearts.pop(idents[0])
                 self._send(self.engine_sock, ident, "reregister", {})
 

@@ -81,12 +81,14 @@ class Output:
 class Control(threading.Thread):
     """Signals, aborts and streamed output for one engine."""
 
-    def __init__(self, ctx: zmq.Context, url: str, key: str, ident: str):
+    def __init__(self, ctx: zmq.Context, url: str, session: Session, ident: str, curve: list = ()):
         super().__init__(name="ipphpc-engine-control", daemon=True)
-        self.session = Session(key)
+        self.session = session  # of the engine's family: admitted with the engine's registration
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, ident.encode())
         self.sock.setsockopt(zmq.LINGER, 0)
+        for opt, value in curve:  # the controller's CurveZMQ key, when it encrypts
+            self.sock.setsockopt(opt, value)
         self.sock.connect(url)
         self.aborted: dict[str, None] = {}  # insertion-ordered set
         self.task: str | None = None  # msg_id of the task running now

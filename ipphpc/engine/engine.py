@@ -22,7 +22,7 @@ from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
 from .. import connection, paths
-from ..wire import AuthError, Session
+from ..wire import AuthError, Session, read_beat
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control
@@ -146,6 +146,9 @@ class Engine(LoggingConfigurable):
         self.sock = ctx.socket(zmq.DEALER)  # the task path: read by a Pump
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.IDENTITY, f"{self.heart_id}-eng".encode())  # the same after a reconnection
+        curve = connection.curve_options(info)
+        for opt, value in curve:
+            self.sock.setsockopt(opt, value)
         # watched from before the connection: a dropped and remade connection may have lost messages both ways
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.dropped = False
@@ -154,15 +157,20 @@ class Engine(LoggingConfigurable):
         self.sock.connect(self.url)
         self.ping = zmq.asyncio.Context.shadow(ctx).socket(zmq.SUB)
         self.ping.setsockopt(zmq.SUBSCRIBE, b"")
+        for opt, value in curve:
+            self.ping.setsockopt(opt, value)
         self.ping.connect(connection.url(addr, info, "hb_ping"))
         self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
         self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
         self.heart.setsockopt_out(zmq.IDENTITY, self.heart_id.encode())
+        for opt, value in curve:
+            self.heart.setsockopt_in(opt, value)
+            self.heart.setsockopt_out(opt, value)
         self.heart.connect_in(connection.url(addr, info, "hb_ping"))
         self.heart.connect_out(connection.url(addr, info, "hb_pong"))
         self.heart.daemon = True
         self.heart.start()
-        self.control = Control(ctx, self.url, info["key"], f"{self.heart_id}-ctl")
+        self.control = Control(ctx, self.url, self.session.member("ctl"), f"{self.heart_id}-ctl", curve)
         self.executor.control = self.control
         control_line.active = self.control
         self.control.start()
@@ -217,8 +225,10 @@ class Engine(LoggingConfigurable):
         else:
             send_frames(self.sock, frames)
 
-    def _send_register(self) -> None:
+    def _send_register(self, nonce: str | None = None) -> None:
         fields = {"info": self.origin, "hb": self.heart_id, "ctl": f"{self.heart_id}-ctl"}
+        if nonce is not None:  # the controller's challenge, signed back: this register is not a replay
+            fields["nonce"] = nonce
         # registering again (controller restarted) asks for the same id, so rc[i] keeps meaning this engine
         want = self.engine_id if self.engine_id >= 0 else getattr(self, "id", -1)
         if want >= 0:
@@ -270,7 +280,9 @@ class Engine(LoggingConfigurable):
                 continue
             if h["t"] == "refused":
                 raise RegistrationFailed(f"the controller refused this engine: {h.get('why')}")
-            if h["t"] == "registered":
+            if h["t"] == "challenge":
+                self._send_register(h.get("nonce"))
+            elif h["t"] == "registered":
                 self._registered(h)
                 return
 
@@ -322,6 +334,8 @@ class Engine(LoggingConfigurable):
             self._leave(h.get("why") or "it was asked to stop")
         elif t == "registered":
             self._registered(h)
+        elif t == "challenge":
+            self._send_register(h.get("nonce"))
         elif t == "refused":
             self.log.error("the controller refused this engine: %s", h.get("why"))
             self.exit_code = 4
@@ -346,12 +360,10 @@ class Engine(LoggingConfigurable):
         while True:
             if await self.ping.poll(1000):
                 frames = await self.ping.recv_multipart(copy=False)
-                try:
-                    _, h, _ = self.session.split(frames)
-                except AuthError:
-                    continue
+                # only the controller writes to this socket: a ping that is not of its session is of a new one
                 self.last_heard = time.monotonic()
-                if h["s"] != self.controller_session and time.monotonic() - self.register_sent > 2.0:
+                if read_beat(self.session, self.controller_session, frames[-1]) is None and \
+                        time.monotonic() - self.register_sent > 2.0:
                     self.log.info("controller restarted (new session); registering again")
                     self._send_register()
             silent = time.monotonic() - self.last_heard

@@ -32,8 +32,10 @@ def test_resync_requeues_unsent_and_fails_the_lost(spawner, pdir) -> None:
     sock.setsockopt(zmq.IDENTITY, b"hand-made-engine")
     sock.connect(f"tcp://127.0.0.1:{einfo['ports']['engine']}")
     try:
-        sock.send_multipart(session.pack("register", {"info": {"host": "here", "pid": os.getpid()},
-                                                      "hb": "hand-made-heart", "ctl": ""}))
+        fields = {"info": {"host": "here", "pid": os.getpid()}, "hb": "hand-made-heart", "ctl": ""}
+        sock.send_multipart(session.pack("register", fields))
+        nonce = _recv(sock, session, "challenge")["nonce"]
+        sock.send_multipart(session.pack("register", {**fields, "nonce": nonce}))
         eid = _recv(sock, session, "registered")["eid"]
         with Client(paths.connection_file(pdir, "client", "resync")) as rc:
             rc.wait_for_engines(1, timeout=20)

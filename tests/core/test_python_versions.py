@@ -37,6 +37,10 @@ def test_by_value_code_refused_for_engines_on_another_python(spawner, pdir):
     Engine._send_register(other)
     assert sock.poll(10_000), "the controller did not answer the registration"
     _, h, _ = session.split(sock.recv_multipart())
+    assert h["t"] == "challenge", h
+    Engine._send_register(other, h["nonce"])
+    assert sock.poll(10_000), "the controller did not answer the registration"
+    _, h, _ = session.split(sock.recv_multipart())
     other_id = h["eid"]
     try:
         with Client(paths.connection_file(pdir, "client", cid)) as rc:

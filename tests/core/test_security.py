@@ -84,8 +84,24 @@ def _hello(peer: RawPeer) -> str:
     frames = peer.session.pack("hello", {"c": peer.session.id})
     peer.send(frames)
     h, _ = peer.recv_reply_to(_msg_id(frames))
+    assert h["t"] == "challenge"  # first prove this hello is no replay: sign the controller's nonce
+    frames = peer.session.pack("hello", {"c": peer.session.id, "nonce": h["nonce"]})
+    peer.send(frames)
+    h, _ = peer.recv_reply_to(_msg_id(frames))
     assert h["t"] == "welcome"
     return peer.session.id
+
+
+def _register(peer: RawPeer, fields: dict) -> tuple[dict, list]:
+    """Register a raw engine, answering the controller's challenge; (its answer, the frames that got it)."""
+    frames = peer.session.pack("register", fields)
+    peer.send(frames)
+    h, _ = peer.recv_reply_to(_msg_id(frames))
+    if h["t"] != "challenge":
+        return h, frames
+    frames = peer.session.pack("register", {**fields, "nonce": h["nonce"]})
+    peer.send(frames)
+    return peer.recv_reply_to(_msg_id(frames))[0], frames
 
 
 def _msg_id(frames: list) -> str:
@@ -149,9 +165,7 @@ def test_replayed_register_dropped(rc, cluster, ctx):
     """A captured engine registration sent again does not register another engine."""
     einfo = _engine_info(cluster)
     peer = RawPeer(ctx, connection.urls(einfo, "engine")[0], einfo["key"])
-    frames = peer.session.pack("register", {"info": {"host": "replay-test", "pid": 1}, "hb": os.urandom(8).hex()})
-    peer.send(frames)
-    h, _ = peer.recv_reply_to(_msg_id(frames))
+    h, frames = _register(peer, {"info": {"host": "replay-test", "pid": 1}, "hb": os.urandom(8).hex()})
     assert h["t"] == "registered"
     eid = h["eid"]
     wait_until(lambda: eid in rc.ids, 10, what="the registration to reach the client")
@@ -165,6 +179,13 @@ def test_replayed_register_dropped(rc, cluster, ctx):
     # this engine will never answer: say goodbye so it does not linger until the heartbeat notices
     peer.send(peer.session.pack("bye", {}))
     wait_until(lambda: eid not in rc.ids, 10, what="the fake engine to unregister")
+    # the engine is gone and its session forgotten: its register, replayed, is only asked for a new nonce
+    phantom = RawPeer(ctx, connection.urls(einfo, "engine")[0], einfo["key"])
+    phantom.send(frames)
+    got = phantom.recv(5)
+    assert got is not None and got[0]["t"] == "challenge"
+    assert phantom.sock.poll(500) == 0
+    assert not [i for i, info in rc.engines.items() if info.get("host") == "replay-test"]
 
 
 def test_tampered_payload_never_deserialized_by_engine(rc, cluster, ctx, tmp_path):
@@ -212,7 +233,32 @@ def test_incompatible_engine_refused(cluster, ctx):
     einfo = _engine_info(cluster)
     peer = RawPeer(ctx, connection.urls(einfo, "engine")[0], einfo["key"])
     peer.session.version = [wire.PROTOCOL_VERSION[0] + 1, 0]
-    frames = peer.session.pack("register", {"info": {"host": "old"}, "hb": os.urandom(8).hex()})
-    peer.send(frames)
-    h, _ = peer.recv_reply_to(_msg_id(frames))
+    h, _ = _register(peer, {"info": {"host": "old"}, "hb": os.urandom(8).hex()})
     assert h["t"] == "refused" and "same ipphpc version" in h["why"]
+
+
+def test_open_security_folder_is_closed_with_a_warning(tmp_path, caplog):
+    pdir = paths.profile_dir(profile_dir=str(tmp_path / "p"))
+    os.chmod(pdir / "security", 0o755)
+    with caplog.at_level("WARNING", logger="ipphpc"):
+        paths.profile_dir(profile_dir=str(tmp_path / "p"))
+    assert (pdir / "security").stat().st_mode & 0o777 == 0o700
+    assert [r for r in caplog.records if "open to group or others (mode 755)" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ipphpc"):
+        paths.profile_dir(profile_dir=str(tmp_path / "p"))
+    assert not caplog.records
+
+
+def test_readable_connection_file_warns_once(tmp_path, caplog):
+    f = tmp_path / "ipcontroller-x-client.json"
+    connection.write(f, {"key": "k", "addresses": ["127.0.0.1"], "ports": {"client": 1}})
+    with caplog.at_level("WARNING", logger="ipphpc"):
+        connection.read(f)
+    assert not caplog.records  # written 0600
+    os.chmod(f, 0o644)
+    with caplog.at_level("WARNING", logger="ipphpc"):
+        connection.read(f)
+        connection.read(f)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "readable by group or others (mode 644)" in warned[0] and f"chmod 600 {f}" in warned[0]

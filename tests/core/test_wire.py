@@ -9,7 +9,7 @@ import pytest
 
 from ipphpc import serialize
 from ipphpc._version import PROTOCOL_VERSION
-from ipphpc.wire import DELIM, AuthError, ReplayGuard, Session, check_version, new_key, payload_digest
+from ipphpc.wire import DELIM, AuthError, Freshness, NotAdmitted, Session, check_version, new_key, payload_digest
 
 KEY = new_key()
 
@@ -117,37 +117,65 @@ def test_missing_signature_rejected():
         s.split([b"ident", delim])
 
 
-def test_replay_guard_refuses_repeat_and_lower_sequence():
+def _admitted(fresh: Freshness, s: Session) -> dict:
+    """Admit `s`'s family the way a controller does: a hello carrying a nonce it issued."""
+    h = s.split(s.pack("hello", {"nonce": fresh.issue()}))[1]
+    assert fresh.admit(h)
+    fresh.check(h)
+    return h
+
+
+def test_freshness_refuses_repeat_and_lower_sequence():
     """Within a session the sequence must grow: a repeat or an older number is refused."""
     s = Session(KEY)
-    guard = ReplayGuard(window=600)
+    fresh = Freshness()
+    _admitted(fresh, s)
     headers = [s.split(s.pack("status"))[1] for _ in range(3)]
-    guard.check(headers[0])
-    guard.check(headers[2])
+    fresh.check(headers[0])
+    fresh.check(headers[2])
     with pytest.raises(AuthError, match="replayed"):
-        guard.check(headers[2])
+        fresh.check(headers[2])
     with pytest.raises(AuthError, match="replayed"):
-        guard.check(headers[1])
-    # other sessions are tracked independently
-    guard.check(Session(KEY).split(Session(KEY).pack("status"))[1])
+        fresh.check(headers[1])
+    other = Session(KEY)
+    with pytest.raises(NotAdmitted):  # other families are not heard before their own hello
+        fresh.check(other.split(other.pack("status"))[1])
+    with pytest.raises(AuthError):
+        fresh.check({"q": 1})
+    with pytest.raises(AuthError):
+        fresh.check({"s": s.id, "q": "1"})
 
 
-def test_replay_guard_refuses_stale_unknown_session():
-    """A session never seen before must be recent; a known session may keep going."""
-    guard = ReplayGuard(window=5)
-    old = {"s": "aaaa", "q": 1, "ts": time.time() - 60}
+def test_freshness_nonce_is_one_use_and_admits_the_family_from_its_hello_on():
+    s = Session(KEY)
+    member = s.member("r")
+    before = member.split(member.pack("task"))[1]  # sent before the hello (a capture, or queued in a restart)
+    fresh = Freshness()
+    nonce = fresh.issue()
+    hello = s.split(s.pack("hello", {"nonce": nonce}))[1]
+    replay = dict(hello, q=hello["q"] + 100)  # another message carrying the same nonce
+    assert not fresh.admit({**hello, "nonce": "0" * 32})  # a nonce never issued
+    assert fresh.admit(hello)
+    assert not fresh.admit(replay)  # used up
     with pytest.raises(AuthError, match="stale"):
-        guard.check(old)
-    guard.check({"s": "bbbb", "q": 1, "ts": time.time()})
-    guard.check({"s": "bbbb", "q": 2, "ts": time.time() - 60})
-    # forgotten sessions are unknown again
-    guard.forget("bbbb")
-    with pytest.raises(AuthError, match="stale"):
-        guard.check({"s": "bbbb", "q": 3, "ts": time.time() - 60})
-    with pytest.raises(AuthError):
-        guard.check({"q": 1, "ts": time.time()})
-    with pytest.raises(AuthError):
-        guard.check({"s": "cccc", "q": "1", "ts": time.time()})
+        fresh.check(before)
+    fresh.check(member.split(member.pack("task"))[1])  # numbered after the hello: taken
+    fresh.forget(member.id)  # forgetting any member forgets the family
+    with pytest.raises(NotAdmitted):
+        fresh.check(s.split(s.pack("task"))[1])
+
+
+def test_freshness_nonces_expire_and_are_bounded():
+    fresh = Freshness(nonce_life=0.0, max_nonces=3)
+    s = Session(KEY)
+    late = s.split(s.pack("hello", {"nonce": fresh.issue()}))[1]
+    time.sleep(0.01)
+    assert not fresh.admit(late)
+    fresh = Freshness(max_nonces=3)
+    first = fresh.issue()
+    for _ in range(5):
+        fresh.issue()
+    assert len(fresh.nonces) == 3 and first not in fresh.nonces
 
 
 def test_check_version_message():

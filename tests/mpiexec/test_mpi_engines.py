@@ -38,8 +38,10 @@ def mpi_cluster(ipphpc_dir):
 
 
 def test_engine_ids_are_ranks_and_allreduce_runs(mpi_cluster):
-    """Each engine's id is its rank; `comm`, `mpi_rank` and `mpi_size` are in the namespace."""
-    _, rc = mpi_cluster
+    """Each engine's id is its rank; `comm`, `mpi_rank` and `mpi_size` are in the namespace; the cluster's
+    traffic is CurveZMQ-encrypted, as for every cluster whose engines are not local processes."""
+    cluster, rc = mpi_cluster
+    assert "curve" in ipphpc.connection.read(paths.connection_file(cluster.pdir, "engine", cluster.cluster_id))
     assert rc.ids == [0, 1, 2, 3]
     ranks = rc[:].apply_sync(lambda: (mpi_rank, mpi_size, comm.Get_rank()))  # noqa: F821 - engine names
     assert ranks == [(i, 4, i) for i in range(4)]

@@ -29,7 +29,8 @@ def test_client_tunnel_killed_is_reopened(shim_path: SSHEnv, tmp_path) -> None:
     sp = Spawner(tmp_path)
     pdir = paths.profile_dir(profile_dir=str(tmp_path / "profile"))
     try:
-        sp.controller(pdir, "tun")
+        _, _, cinfo = sp.controller(pdir, "tun", "--curve")  # encrypted inside the tunnel too
+        assert "curve" in cinfo
         sp.engine(pdir, "tun")
         with ipphpc.Client(profile_dir=str(pdir), cluster_id="tun", sshserver=shim_path.host) as rc:
             rc.wait_for_engines(1, timeout=30)
@@ -84,7 +85,8 @@ def test_engine_tunnel_killed_is_reopened(shim_path: SSHEnv, tmp_path) -> None:
     sp = Spawner(tmp_path)
     pdir = paths.profile_dir(profile_dir=str(tmp_path / "profile"))
     try:
-        _, einfo, _ = sp.controller(pdir, "etun")
+        _, einfo, _ = sp.controller(pdir, "etun", "--curve")
+        assert "curve" in einfo
         engine = sp.engine(pdir, "etun", "--ssh", shim_path.host)
         with ipphpc.Client(profile_dir=str(pdir), cluster_id="etun") as rc:
             rc.wait_for_engines(1, timeout=30)
