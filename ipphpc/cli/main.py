@@ -56,6 +56,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "location": [("Controller", "location", str), ("HPCCluster", "controller_location", str)],
     "ports": [("Controller", "ports", lambda s: [int(x) for x in s.split(",")])],
     "reuse": [("Controller", "reuse", bool)],
+    "new_key": [("Controller", "new_key", bool)],
     "curve": [("Controller", "curve", bool), ("HPCCluster", "curve", bool)],
     "db": [("Controller", "db_class", str)],
     "db_file": [("Controller", "db_file", str)],
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ports", default=None, type=ports,
                    help="client,engine,hb_ping,hb_pong ports (default: random free)")
     p.add_argument("--reuse", action="store_true", help="reuse ports and key from existing connection files")
+    p.add_argument("--new-key", action="store_true", help="with --reuse: keep the ports, make a new key (rotation: "
+                   "holders of the old connection files can no longer connect)")
     _curve_flag(p)
     p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="ssh server engines tunnel through (written into the engine connection file)")

@@ -39,6 +39,8 @@ class Controller(LoggingConfigurable):
                  "ports when empty.")
     reuse = Bool(False, config=True, help="Reload ports and key from existing connection files, so engines "
                  "and clients written against them keep working across a restart.")
+    new_key = Bool(False, config=True, help="With reuse: keep the ports but make a new key (and new CurveZMQ keys), "
+                   "so whoever held the old connection files can no longer connect.")
     cluster_id = Unicode("", config=True, help="Cluster id: part of file names, so clusters can share a profile.")
     profile = Unicode("default", config=True)
     profile_dir = Unicode("", config=True)
@@ -92,8 +94,9 @@ class Controller(LoggingConfigurable):
         if not (self.reuse and self.engine_file.exists() and self.client_file.exists()):
             return None, list(self.ports)
         e, c = connection.read(self.engine_file), connection.read(self.client_file)
-        self.log.info("reusing key and ports from %s", self.engine_file)
-        return e["key"], [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
+        self.log.info("reusing %s from %s", "ports (with a new key)" if self.new_key else "key and ports",
+                      self.engine_file)
+        return None if self.new_key else e["key"], [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
 
     def _curve_keys(self) -> tuple[bytes, bytes] | None:
         """The CurveZMQ key pair: kept (0600, never in the connection files) so a --reuse restart keeps the
@@ -104,7 +107,7 @@ class Controller(LoggingConfigurable):
             raise SystemExit("ipphpc controller: this pyzmq/libzmq has no CurveZMQ support; install pyzmq from "
                              "PyPI (its wheels include it) or start with --no-curve")
         path = self.curve_file
-        if self.reuse:
+        if self.reuse and not self.new_key:
             try:
                 public, secret = path.read_bytes().split()
                 if zmq.curve_public(secret) == public:

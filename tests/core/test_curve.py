@@ -9,11 +9,11 @@ import time
 import pytest
 import zmq
 
-from ipphpc import Client, paths
+from ipphpc import Client, connection, paths
 from ipphpc.netutil import is_loopback
 from ipphpc.wire import Session
 
-from .helpers import clean_env
+from .helpers import clean_env, wait_until
 
 
 def _silent(sock: zmq.Socket, seconds: float) -> bool:
@@ -97,3 +97,35 @@ def test_submit_encrypts_unless_engines_are_local(tmp_path, argv: list[str], wan
     flags = {"--curve": True, "--no-curve": False, "--Controller.curve=True": True,
              "--Controller.curve=False": False}
     assert {flags[a] for a in cmd if a in flags} == ({want} if want is not None else set()), cmd
+
+
+def test_reuse_with_new_key_rotates_every_key_and_keeps_the_ports(spawner, pdir) -> None:
+    """`--reuse --new-key`: the same ports, a new HMAC key and new Curve keys; the old files open nothing."""
+    p, old, _ = spawner.controller(pdir, "rot", "--ip", "*", "--reuse")
+    assert spawner.stop(p) == 0
+    _, new, cinfo = spawner.controller(pdir, "rot", "--ip", "*", "--reuse", "--new-key")
+    assert new["ports"] == old["ports"] and new["key"] != old["key"] and new["curve"] != old["curve"]
+    ctx = zmq.Context.instance()
+    with Client(paths.connection_file(pdir, "client", "rot")) as rc:
+        before = rc.controller_status()["stats"]["dropped"]
+        socks = []
+        try:
+            # the old key through the new Curve key (someone who also read the new public key): dropped, counted
+            stale = Session(old["key"])
+            s = connection.secure(ctx.socket(zmq.DEALER), cinfo)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(f"tcp://127.0.0.1:{cinfo['ports']['client']}")
+            s.send_multipart(stale.pack("hello", {"c": stale.id}))
+            socks.append(s)
+            # the old files as they were: the Curve handshake with the old server key fails
+            s = connection.secure(ctx.socket(zmq.DEALER), {**old, "curve": old["curve"]})
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(f"tcp://127.0.0.1:{cinfo['ports']['client']}")
+            s.send_multipart(stale.pack("hello", {"c": stale.id}))
+            socks.append(s)
+            wait_until(lambda: rc.controller_status()["stats"]["dropped"] == before + 1, 10,
+                       what="the old-key hello to be dropped")
+            assert all(_silent(s, 1.0) for s in socks)
+        finally:
+            for s in socks:
+                s.close(0)
