@@ -96,7 +96,8 @@ class Controller(LoggingConfigurable):
         e, c = connection.read(self.engine_file), connection.read(self.client_file)
         self.log.info("reusing %s from %s", "ports (with a new key)" if self.new_key else "key and ports",
                       self.engine_file)
-        return None if self.new_key else e["key"], [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
+        ports = [c["ports"]["client"], e["ports"]["engine"], e["ports"]["hb_ping"], e["ports"]["hb_pong"]]
+        return (None if self.new_key else e["key"]), ports
 
     def _curve_keys(self) -> tuple[bytes, bytes] | None:
         """The CurveZMQ key pair: kept (0600, never in the connection files) so a --reuse restart keeps the
