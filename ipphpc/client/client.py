@@ -179,6 +179,9 @@ class Client(TaskDBMixin):
         self._results = self._ctx.socket(zmq.DEALER)
         self._results.setsockopt(zmq.LINGER, 0)
         self._results.setsockopt(zmq.RCVHWM, 0)
+        # the same routing id after a reconnection: results the controller sends to it later (of tasks
+        # still running while the connection was down) reach the new connection, not a vanished one
+        self._results.setsockopt(zmq.IDENTITY, f"{self.cid}-r".encode())
         # a controller that stops answering (stopped, its host gone) drops the connection as one that died
         self._results.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         self._results.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
