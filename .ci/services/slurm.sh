@@ -14,9 +14,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/lib.sh"
 
 CPUS=${IPPHPC_SLURM_CPUS:-16}
+GPUS=${IPPHPC_SLURM_GPUS:-4}
 MIN_JOB_AGE=${IPPHPC_SLURM_MIN_JOB_AGE:-600}
 CLUSTER=ipphpc
 STATE=$IPPHPC_CI_STATE/slurm
+GPU_DIR=$STATE/gpu
 LOGDIR=/var/log/slurm
 PKGS=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server)
 ACTION=${1:-start}
@@ -102,10 +104,19 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOGDIR/slurmctld.log
 SlurmdLogFile=$LOGDIR/slurmd.log
-# a node feature, so that tests can see a --constraint arrive
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=1000 Features=ipphpc-ci State=UNKNOWN
+GresTypes=gpu
+# a node feature, so that tests can see a --constraint arrive, and GPUs
+# that are character devices standing in for real ones (see gres.conf)
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=1000 Features=ipphpc-ci Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 PartitionName=batch Nodes=$node Default=NO MaxTime=INFINITE State=UP
+EOF
+    if write_if_changed /etc/slurm/gres.conf 0644 root:root <<EOF; then CONF_CHANGED=1; fi
+# Written by ipphpc .ci/services/slurm.sh: no GPU here, so $GPUS character
+# devices (copies of /dev/null) play them; Slurm hands them out and sets
+# CUDA_VISIBLE_DEVICES for each job as it would for real ones.
+AutoDetect=off
+NodeName=$node Name=gpu File=$GPU_DIR/nvidia[0-$((GPUS - 1))]
 EOF
     if write_if_changed /etc/slurm/slurmdbd.conf 0600 slurm:slurm <<EOF; then DBD_CHANGED=1; fi
 # Written by ipphpc .ci/services/slurm.sh
@@ -194,6 +205,13 @@ ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$dbpass';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 EOF
 
+    # --- stand-in GPUs: character devices with /dev/null's numbers
+    install -d -m 0755 "$GPU_DIR"
+    local i
+    for ((i = 0; i < GPUS; i++)); do
+        [ -c "$GPU_DIR/nvidia$i" ] || mknod -m 0666 "$GPU_DIR/nvidia$i" c 1 3
+    done
+
     # --- configuration; a changed file means the daemons reading it restart
     write_configs "$node" "$dbpass"
     if [ $DBD_CHANGED = 1 ]; then stop_pid /run/slurmdbd.pid slurmdbd; fi
@@ -246,6 +264,7 @@ EOF
     env_fragment <<EOF
 export IPPHPC_SLURM_PARTITIONS="debug batch"
 export IPPHPC_SLURM_CPUS=$CPUS
+export IPPHPC_SLURM_GPUS=$GPUS
 export IPPHPC_SLURM_MIN_JOB_AGE=$MIN_JOB_AGE
 EOF
     summary "up (${started[*]:-all already running}); node $node $(node_state) $(sinfo -h -n "$node" -o %c) cpus; partitions $(sinfo -h -o %P | tr '\n' ' ')- $SMOKE_MSG"

@@ -17,7 +17,8 @@ GPUS = ("nvidia", "amd")
 CONTAINER_ENGINE_CMD = ("python3", "-m", "ipphpc", "engine")
 
 # what else a task commonly needs from the job: its GPUs and thread count
-_EXTRA_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+_EXTRA_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+              "ZE_AFFINITY_MASK", "OMP_NUM_THREADS",
               "IPPHPC_ELEMENT", "IPPHPC_ENGINE_INDEX", "IPPHPC_PROFILE_DIR", "IPPHPC_CLUSTER_ID", "IPPHPC_DIR")
 
 

@@ -238,5 +238,13 @@ def test_engines_split_amd_devices(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(BASH is None, reason="needs bash")
+def test_every_device_variable_the_scheduler_set_is_split(tmp_path: Path) -> None:
+    """Slurm sets CUDA_VISIBLE_DEVICES and ROCR_VISIBLE_DEVICES together: both must be split, or
+    every engine of an element would still see all of its devices through the other one."""
+    assert run_element(tmp_path, {"CUDA_VISIBLE_DEVICES": "2,3", "ROCR_VISIBLE_DEVICES": "2,3"},
+                       gpus=1, per_task=2) == ["0 2 2", "1 3 3"]
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
 def test_engines_number_devices_when_the_scheduler_set_none(tmp_path: Path) -> None:
     assert run_element(tmp_path, {}) == ["0 0,1 0,1", "1 2,3 2,3", "2 4,5 4,5"]
