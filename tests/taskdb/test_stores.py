@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ipphpc.controller.taskdb.memory import DictStore
+from ipphpc.controller.taskdb.memory import CulledIds, DictStore
 from ipphpc.controller.taskdb.query import QueryError
 
 from .conftest import make_store
@@ -114,3 +114,28 @@ def test_dict_byte_limit():
     assert s.nbytes <= 200_000 and len(s.records) < 40
     assert "size_limit=200000 bytes" in s.culled("s-0")
     assert s.culled("s-39") is None
+
+
+def test_culled_ids_are_kept_as_runs_and_bounded():
+    c = CulledIds(limit=4)
+    for n in [1, 2, 3, 5, 6, 4]:  # 4 arrives last and joins the two runs
+        c.add(f"abc-{n}", "why")
+    assert c.count == 1 and c.runs["abc"] == [[1, 6, 0]]
+    assert [c.get(f"abc-{n}") for n in (0, 1, 6, 7)] == [None, "why", "why", None]
+    c.add("abc-9", "other")  # another reason starts its own run
+    c.add("abc-10", "other")
+    assert c.runs["abc"] == [[1, 6, 0], [9, 10, 1]] and c.get("abc-10") == "other"
+    c.add("odd id", "why")
+    c.add("def-1", "why")
+    c.add("ghi-1", "why")  # a fifth entry: the oldest session's first run goes
+    assert c.count == 4 and c.get("abc-3") is None and c.get("abc-9") == "other"
+    assert c.get("odd id") == "why" and c.get("ghi-1") == "why"
+
+
+def test_a_million_culled_ids_cost_little():
+    s = DictStore(record_limit=100, size_limit=10**9)
+    for start in range(0, 200_000, 1000):
+        s.insert([_task(i) for i in range(start, start + 1000)])
+        s.update([_result(i) for i in range(start, start + 1000)])
+    assert len(s.records) <= 100 and s._culled.count <= 2
+    assert "record_limit=100" in s.culled("s-0") and "record_limit=100" in s.culled("s-199000")

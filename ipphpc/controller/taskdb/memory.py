@@ -6,6 +6,7 @@ says it was culled and which limit to raise, instead of "unknown".
 """
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from typing import Iterable, Iterator
 
@@ -23,6 +24,72 @@ def _own(rec: dict) -> dict:
     return rec
 
 
+class CulledIds:
+    """The ids of culled records and why, in little memory. A task id is `<session>-<n>` and culling takes
+    the oldest first, so a session's culled ids are kept as a few runs of n; other ids one by one. At most
+    `limit` runs and ids are kept, the oldest sessions forgotten first."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.reasons: list[str] = []
+        self.runs: OrderedDict[str, list[list[int]]] = OrderedDict()  # session -> sorted [first, last, reason]
+        self.other: OrderedDict[str, int] = OrderedDict()
+        self.count = 0  # runs + other ids
+
+    def add(self, msg_id: str, why: str) -> None:
+        if why not in self.reasons:  # a handful: which limit, with its value
+            self.reasons.append(why)
+        r = self.reasons.index(why)
+        session, _, num = msg_id.rpartition("-")
+        if not (session and num.isdigit()):
+            if msg_id not in self.other:
+                self.count += 1
+            self.other[msg_id] = r
+        else:
+            self._add_run(session, int(num), r)
+        while self.count > self.limit:
+            self._forget_oldest()
+
+    def _add_run(self, session: str, n: int, r: int) -> None:
+        runs = self.runs.setdefault(session, [])
+        i = bisect.bisect_right(runs, [n, float("inf")])  # runs[i-1] starts at or before n
+        if i and runs[i - 1][1] >= n:
+            return  # already there
+        if i and runs[i - 1][1] == n - 1 and runs[i - 1][2] == r:
+            runs[i - 1][1] = n
+            if i < len(runs) and runs[i][0] == n + 1 and runs[i][2] == r:  # closes a gap: join the two runs
+                runs[i - 1][1] = runs.pop(i)[1]
+                self.count -= 1
+        elif i < len(runs) and runs[i][0] == n + 1 and runs[i][2] == r:
+            runs[i][0] = n
+        else:
+            runs.insert(i, [n, n, r])
+            self.count += 1
+
+    def _forget_oldest(self) -> None:
+        if self.other and (not self.runs or len(self.other) >= self.count // 2):
+            self.other.popitem(last=False)
+            self.count -= 1
+            return
+        session, runs = next(iter(self.runs.items()))
+        runs.pop(0)
+        self.count -= 1
+        if not runs:
+            del self.runs[session]
+
+    def get(self, msg_id: str) -> str | None:
+        r = self.other.get(msg_id)
+        if r is None:
+            session, _, num = msg_id.rpartition("-")
+            runs = self.runs.get(session) if num.isdigit() else None
+            if runs:
+                n = int(num)
+                i = bisect.bisect_right(runs, [n, float("inf")])
+                if i and runs[i - 1][1] >= n:
+                    r = runs[i - 1][2]
+        return None if r is None else self.reasons[r]
+
+
 RECORD_OVERHEAD = 3072  # bytes a record costs beyond its payloads (dicts, header texts, frame objects)
 
 
@@ -30,12 +97,11 @@ class DictStore(Store):
     name = "dict"
 
     def __init__(self, record_limit: int = 100_000, size_limit: int = 64 * 2**20, cull_fraction: float = 0.1,
-                 remember_culled: int = 1_000_000):
+                 remember_culled: int = 100_000):
         self.records: OrderedDict[str, dict] = OrderedDict()
         self.record_limit, self.size_limit, self.cull_fraction = record_limit, size_limit, cull_fraction
         self.nbytes = 0
-        self._culled: OrderedDict[str, str] = OrderedDict()
-        self._remember = remember_culled
+        self._culled = CulledIds(remember_culled)
 
     def _size(self, rec: dict) -> int:
         return blob_bytes(rec) + RECORD_OVERHEAD + len(rec.get("header") or "") + len(rec.get("stdout") or "")
@@ -77,9 +143,7 @@ class DictStore(Store):
             if len(self.records) <= keep_n and self.nbytes <= keep_b:
                 break
             self.nbytes -= self.records.pop(mid)["_size"]
-            self._culled[mid] = why
-        while len(self._culled) > self._remember:
-            self._culled.popitem(last=False)
+            self._culled.add(mid, why)
 
     def culled(self, msg_id: str) -> str | None:
         return self._culled.get(msg_id)
