@@ -13,13 +13,14 @@ import asyncio
 import atexit
 import functools
 import json
+import logging
 import os
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Float, Integer, List, TraitError, Unicode, validate
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, Union, default, observe, validate
 from traitlets.config import Config, LoggingConfigurable
 
 from .. import connection, paths
@@ -99,6 +100,32 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     max_array_size = Integer(0, config=True, help="Largest array the site allows (0: the scheduler's default).")
     shutdown_atexit = Bool(True, config=True, help="Stop the cluster when this Python process exits.")
     created = Float(0.0)
+    # IPython Parallel's Cluster settings, meaning the same here
+    log_level = Union([Integer(), Unicode()], default_value=logging.INFO, config=True,
+                      help="Level of this cluster object's log: a number or a name such as 'DEBUG'.")
+    delay = Float(0.0, config=True, help="Seconds to wait between starting the controller and the engines "
+                  "(IPython Parallel waits 1 s; ipphpc's engines wait for the connection file themselves).")
+    load_profile = Bool(True, config=True, help="Read the profile's cluster configuration files "
+                        "(ipphpc_config.py, ipphpc_cluster_config.py); False ignores them.")
+
+    @default("log")
+    def _default_log(self) -> logging.Logger:
+        log = logging.getLogger(f"ipphpc.cluster.{self.cluster_id or id(self)}")
+        log.setLevel(self.log_level)
+        return log
+
+    @validate("log_level")
+    def _valid_log_level(self, proposal: Any) -> int:
+        value = proposal.value
+        level = logging.getLevelName(value.upper()) if isinstance(value, str) else value
+        if not isinstance(level, int):
+            raise TraitError(f"log_level={value!r}: use a number or one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @observe("log_level")
+    def _set_log_level(self, change: Any) -> None:
+        if self.trait_has_value("log"):
+            self.log.setLevel(change.new)
 
     @validate("n")
     def _valid_n(self, proposal: Any) -> int:
@@ -116,7 +143,13 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         prof = kwargs.get("profile") or (config.HPCCluster.get("profile") if config else None) or "default"
         pdir_arg = kwargs.get("profile_dir") or (config.HPCCluster.get("profile_dir") if config else None)
         pdir = paths.profile_dir(prof, pdir_arg or None)
-        cfg = load_profile_config(pdir, "cluster")
+        # IPython Parallel's names for where the controller and engines start
+        for theirs, ours in (("engine_launcher_class", "engines"), ("controller_launcher_class", "controller")):
+            if theirs in kwargs:
+                cls = kwargs.pop(theirs)
+                kwargs[ours] = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        load = kwargs.get("load_profile", config.HPCCluster.get("load_profile", True) if config else True)
+        cfg = load_profile_config(pdir, "cluster") if load else Config()
         if config is not None:
             cfg.merge(config)
         if n is not None:
@@ -324,6 +357,8 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         find_launcher(self.engines)
         find_launcher(self.controller)
         self.start_controller_sync()
+        if self.delay > 0:
+            time.sleep(self.delay)
         if self.n > 0:  # n=0: a controller alone, for engines that users' own batch scripts start
             try:
                 self.start_engines_sync(self.n)

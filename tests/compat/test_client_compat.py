@@ -444,6 +444,36 @@ def test_engine_sets_by_id(ipphpc_dir):
         cluster.stop_cluster_sync()
 
 
+def _started(pid: int) -> float:
+    """When a process started, in seconds since boot."""
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_cluster_settings_of_ipython_parallel(ipphpc_dir, tmp_path, caplog):
+    """Cluster(log_level=, delay=, load_profile=, engine_launcher_class=) mean what they mean in IPython
+    Parallel; a log level name that does not exist is refused, naming the valid ones."""
+    quiet = ipp.Cluster(n=1, log_level=40)
+    assert quiet.log.getEffectiveLevel() == 40 and not quiet.log.isEnabledFor(30)
+    assert ipp.Cluster(n=1, log_level="debug").log.isEnabledFor(10)
+    with pytest.raises(Exception, match="log_level='LOUD': use a number or one of DEBUG"):
+        ipp.Cluster(log_level="LOUD")
+    assert ipp.Cluster(engine_launcher_class="MPI", controller_launcher_class="Local").engines == "MPI"
+    pdir = tmp_path / "prof"
+    pdir.mkdir()
+    (pdir / "ipphpc_cluster_config.py").write_text("c.HPCCluster.n = 7\n")
+    assert ipp.Cluster(profile_dir=str(pdir)).n == 7
+    assert ipp.Cluster(profile_dir=str(pdir), load_profile=False).n == 4
+    cluster = ipp.Cluster(n=1, delay=1.5, shutdown_atexit=False, profile_dir=str(pdir), load_profile=False)
+    try:
+        cluster.start_cluster_sync()
+        gap = _started(cluster.engine_sets[0].pid) - _started(cluster.controller_launcher.pid)
+        assert gap >= 1.5, gap  # the engines started the delay after the controller
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_ipython_syntax_on_engines(rc):
     """%magics and !commands in executed code run through IPython on the engines, as on IPython Parallel's."""
     dv = rc[:]
