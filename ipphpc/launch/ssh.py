@@ -37,7 +37,7 @@ from traitlets import Bool, Dict, Float, List, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
 from ..ssh.tunnel import SSHServer, ssh_command
-from .processes import pid_alive, spawn, terminate_groups
+from .processes import HUGEPAGE_SH, pid_alive, spawn, terminate_groups
 
 MARKER = "ipphpc-remote"
 _MARKER_RE = re.compile(rf"^{MARKER} (\S+) pid=(\d+) pgid=(\d*)", re.M)
@@ -139,6 +139,7 @@ class SSHLauncherBase(LoggingConfigurable):
         """Report pid and process group, then become the remote command (same pid, same group)."""
         lines = [f"printf '{MARKER} %s pid=%s pgid=%s\\n' {token} \"$$\" "
                  f"\"$(cut -d' ' -f5 /proc/$$/stat 2>/dev/null || ps -o pgid= -p $$ | tr -d ' ')\""]
+        lines.append(HUGEPAGE_SH)
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.remote_env.items()]
         if self.work_dir:
             cd = f"cd {shlex.quote(self.work_dir)}"

@@ -246,5 +246,23 @@ def test_every_device_variable_the_scheduler_set_is_split(tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(BASH is None, reason="needs bash")
+def test_engines_of_a_job_get_the_huge_page_tunable(tmp_path: Path) -> None:
+    """The element's engines run with glibc's huge-page tunable added, and a user's own value kept."""
+    for given, seen in ((None, "glibc.malloc.hugetlb=1"), ("glibc.malloc.check=3", "glibc.malloc.check=3:glibc.malloc"
+                        ".hugetlb=1"), ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0")):
+        record = tmp_path / f"env-{given}.txt"
+        spec = JobSpec(n=1, engine_command=f"sh -c 'echo \"$GLIBC_TUNABLES\" > {record}'",
+                       profile_dir=str(tmp_path / "p"), cluster_id="c1")
+        script = tmp_path / "job.sh"
+        script.write_text(render_job("slurm", spec, tmp_path)[0].text)
+        env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "0"}
+        if given:
+            env["GLIBC_TUNABLES"] = given
+        result = subprocess.run([BASH, str(script)], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert record.read_text().strip() == seen
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
 def test_engines_number_devices_when_the_scheduler_set_none(tmp_path: Path) -> None:
     assert run_element(tmp_path, {}) == ["0 0,1 0,1", "1 2,3 2,3", "2 4,5 4,5"]

@@ -7,6 +7,7 @@ left on any host.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -116,13 +117,15 @@ def test_unshared_filesystem_sends_the_engine_file() -> None:
 def test_remote_script_reports_its_group(tmp_path: Path) -> None:
     """Run the remote script here: the marker names the shell's pid, which leads its group."""
     L = SSHEngineSetLauncher("engines", 1, remote_env={"GREETING": "it's me"}, work_dir=str(tmp_path))
-    script = L.remote_script("tok-1", ["sh", "-c", 'echo "$GREETING from $$ in $(pwd)"'])
-    p = subprocess.run(["sh", "-c", script], capture_output=True, text=True, start_new_session=True, timeout=10)
+    script = L.remote_script("tok-1", ["sh", "-c", 'echo "$GREETING from $$ in $(pwd) $GLIBC_TUNABLES"'])
+    p = subprocess.run(["sh", "-c", script], capture_output=True, text=True, start_new_session=True, timeout=10,
+                       env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
     first, second = p.stdout.splitlines()
     assert first.startswith(f"{MARKER} tok-1 pid=")
     pid = first.split("pid=")[1].split()[0]
     assert first.endswith(f"pgid={pid}")
-    assert second == f"it's me from {pid} in {tmp_path}"
+    # the remote engine's large allocations go on huge pages (ipphpc.launch.processes.HUGEPAGE_TUNABLE)
+    assert second == f"it's me from {pid} in {tmp_path} glibc.malloc.hugetlb=1"
 
 
 # -- on the namespace hosts ------------------------------------------------------------------------

@@ -50,10 +50,12 @@ def from_task(h: dict, frames: list, now: float) -> dict:
 def from_result(h: dict, frames: list, now: float) -> dict:
     """The fields a result adds to its task's record: `frames` is [ident, DELIM, sig, header, *payload].
 
-    The engine's metadata frame is JSON (times, output, error): it is read only once the signed
-    digest in the header matched, so the controller never parses unauthenticated bytes.
+    The engine's metadata frame is JSON (times, output, error): it is read only once a signed digest
+    in the header matched, so the controller never parses unauthenticated bytes. That digest is `dm`,
+    over the metadata frame alone, when the engine sent one: a large result is then not hashed here
+    (the client checks all of it against `d` when it reads it).
     """
-    from ...wire import Session
+    from ...wire import Session, payload_digest
     payload = frames[4:]
     out: dict[str, Any] = {
         "engine_id": h.get("eid"), "engine_uuid": h.get("s"), "received": _t(now),
@@ -65,7 +67,11 @@ def from_result(h: dict, frames: list, now: float) -> dict:
         out.update(error=err, completed=_t(now))
         return out
     try:
-        Session.check_payload(h, payload)
+        if "dm" in h:
+            if payload_digest(payload[:1]) != h["dm"]:
+                return out
+        else:
+            Session.check_payload(h, payload)
         meta = json.loads(bytes(_raw(payload[0])))
     except Exception:  # noqa: BLE001 - a damaged result is still stored; the client reports why it is unreadable
         return out

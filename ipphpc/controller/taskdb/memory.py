@@ -13,14 +13,18 @@ from typing import Iterable, Iterator
 from .base import Store
 from .fields import BLOBS, FIELDS, blob_bytes
 
+# frames at least this large are kept as received: zmq gives each its own buffer, and copying one would
+# double what the controller holds and stall routing meanwhile
+_SHARED_BELOW = 64 * 1024
+
 
 def _own(rec: dict) -> dict:
-    """Copy the payload frames: a received zmq frame may share its receive buffer with its neighbours,
-    so keeping a view of a small frame would keep kilobytes of other messages alive."""
+    """Copy the small payload frames: a small received zmq frame may share its receive buffer with its
+    neighbours, so keeping a view of it would keep kilobytes of other messages alive."""
     for k in BLOBS:
         v = rec.get(k)
         if v is not None:
-            rec[k] = [bytes(f) for f in v]
+            rec[k] = [f if memoryview(f).nbytes >= _SHARED_BELOW else bytes(f) for f in v]
     return rec
 
 

@@ -1,0 +1,50 @@
+"""What the controller records of a result: the engine's metadata frame is read only when a signed
+digest matched it, and a large result is recorded without being hashed by the controller."""
+from __future__ import annotations
+
+import json
+
+from ipphpc.controller.taskdb import fields
+from ipphpc.wire import Session, payload_digest
+
+META = {"started": 1000.0, "completed": 1001.5, "stdout": "hi"}
+
+
+def _result(session: Session, meta: dict, bufs: list[bytes], with_dm: bool) -> tuple[dict, list]:
+    body = [json.dumps(meta).encode(), *bufs]
+    extra = {"p": "c-1", "ok": True, "eid": 0}
+    if with_dm:
+        extra["dm"] = payload_digest(body[:1])
+    frames = [b"engine-ident", *session.pack("result", extra, body)]
+    return session.split(frames)[1], frames
+
+
+def test_metadata_is_read_after_its_own_digest_matched(monkeypatch):
+    s = Session("k" * 64)
+    big = b"x" * (8 * 2**20)
+    h, frames = _result(s, META, [big], with_dm=True)
+    hashed = []
+    monkeypatch.setattr("ipphpc.wire.payload_digest",
+                        lambda fr: hashed.append(sum(len(f) for f in fr)) or payload_digest(fr))
+    rec = fields.from_result(h, frames, 5.0)
+    assert (rec["stdout"], rec["completed"]) == ("hi", 1001.5)
+    assert rec["result_buffers"][1] is big or bytes(rec["result_buffers"][1]) == big
+    assert hashed and max(hashed) < 2**20  # only the metadata frame was hashed, not the 8 MiB
+
+
+def test_damaged_metadata_is_stored_but_never_parsed():
+    s = Session("k" * 64)
+    for with_dm in (True, False):
+        h, frames = _result(s, META, [b"y" * 100_000], with_dm)
+        frames[4] = json.dumps({**META, "stdout": "forged"}).encode()  # after signing: the digests no longer match
+        rec = fields.from_result(h, frames, 5.0)
+        assert "stdout" not in rec and "completed" not in rec, with_dm
+        assert rec["result_header"] == frames[3].decode()  # kept: the client says why it cannot read it
+
+
+def test_results_without_a_metadata_digest_are_checked_whole():
+    s = Session("k" * 64)
+    h, frames = _result(s, META, [b"z" * 1000], with_dm=False)
+    assert fields.from_result(h, frames, 5.0)["stdout"] == "hi"
+    frames[5] = b"Z" * 1000  # a changed buffer fails the whole-payload digest: metadata not trusted
+    assert "stdout" not in fields.from_result(h, frames, 5.0)
