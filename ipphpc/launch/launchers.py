@@ -30,7 +30,7 @@ class LocalLauncher:
     def start(self, cmd: list[str], log_path: Path) -> None:
         """`cmd` starts one process; an engine set runs it with `-n` to fork its siblings."""
         self.cmd = cmd + (["-n", str(self.n)] if self.role == "engines" and self.n > 1 else [])
-        self.proc = spawn(self.cmd, log_path)
+        self.proc = spawn(self.cmd, log_path, engines=self.role == "engines")
         self.pid = self.proc.pid
 
     @property

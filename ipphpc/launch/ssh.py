@@ -139,7 +139,8 @@ class SSHLauncherBase(LoggingConfigurable):
         """Report pid and process group, then become the remote command (same pid, same group)."""
         lines = [f"printf '{MARKER} %s pid=%s pgid=%s\\n' {token} \"$$\" "
                  f"\"$(cut -d' ' -f5 /proc/$$/stat 2>/dev/null || ps -o pgid= -p $$ | tr -d ' ')\""]
-        lines.append(HUGEPAGE_SH)
+        if self.role == "engines":
+            lines.append(HUGEPAGE_SH)
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.remote_env.items()]
         if self.work_dir:
             cd = f"cd {shlex.quote(self.work_dir)}"

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ipphpc import HPCCluster
+from tests.core.helpers import ship_by_value
 
 from .sched_facts import Sched
 
@@ -39,3 +40,6 @@ def test_engines_of_one_element_get_their_own_gpu(sched: Sched) -> None:
         mine = [e["CUDA_VISIBLE_DEVICES"] for e in engines]
         assert sorted(mine) == sorted(granted), (element, engines)  # one each, none shared
         assert all(e["ROCR_VISIBLE_DEVICES"] == e["CUDA_VISIBLE_DEVICES"] for e in engines), engines
+
+
+ship_by_value(__name__)
