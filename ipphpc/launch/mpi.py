@@ -61,7 +61,7 @@ class MPILauncher(LocalLauncher):
         prefix, env = mpiexec_args(mpiexec, self.n)
         engine = cmd + (["--mpi"] if self.role == "engines" and "--mpi" not in cmd else [])
         self.cmd = prefix + self.mpi_args + engine
-        self.proc = spawn(self.cmd, log_path, env={**os.environ, **env}, engines=True)
+        self.proc = spawn(self.cmd, log_path, env={**os.environ, **env}, engines=self.role == "engines")
         self.pid = self.proc.pid
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def pid_alive(pid: int) -> bool:
 #: that zmq receives faults in 50 pages instead of 25,600, which was a third of the time it took to move.
 #: Older glibc ignores it; a GLIBC_TUNABLES that already says glibc.malloc.hugetlb is left alone.
 #: Engines only: it puts the heap on huge pages too, and a controller that keeps many small records (the
-#: dict task database) then cannot give freed memory back (216 MiB instead of 109 after a 200,000-task map).
+#: dict task database) then cannot give freed memory back (216 MiB instead of 99 after a 200,000-task map).
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
@@ -37,7 +37,7 @@ HUGEPAGE_SH = ('case ":${GLIBC_TUNABLES:-}:" in *:glibc.malloc.hugetlb=*) ;; '
 
 
 def child_env(env: dict | None = None) -> dict:
-    """The environment for a controller or engine process: `env` (default: ours) with HUGEPAGE_TUNABLE."""
+    """The environment for an engine process: `env` (default: ours) with HUGEPAGE_TUNABLE."""
     env = dict(os.environ if env is None else env)
     have = env.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" not in have:

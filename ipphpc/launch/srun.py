@@ -29,7 +29,7 @@ class SrunLauncher(LocalLauncher):
             raise FileNotFoundError("srun not found on PATH inside this Slurm job")
         # --overlap: the batch step already holds the allocation's CPUs in recent Slurm releases
         self.cmd = [srun, f"--ntasks={self.n}", "--overlap", "--kill-on-bad-exit=0", *self.srun_args, *cmd]
-        self.proc = spawn(self.cmd, log_path, engines=True)
+        self.proc = spawn(self.cmd, log_path, engines=self.role == "engines")
         self.pid = self.proc.pid
 
     def to_dict(self) -> dict[str, Any]:
