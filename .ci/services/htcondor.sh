@@ -192,6 +192,10 @@ mount_shared() {
     chmod 1777 "$SHARED"
     rootpath "$SHARED"
     mkdir -p "$RP"
+    # a bind mount left from before the host's directory was removed and made again points at the old one
+    if mountpoint -q "$ROOT$SHARED" && [ "$(stat -c %d:%i "$SHARED")" != "$(stat -c %d:%i "$ROOT$SHARED")" ]; then
+        umount -l "$ROOT$SHARED"
+    fi
     mountpoint -q "$ROOT$SHARED" || mount --bind "$SHARED" "$ROOT$SHARED"
     [ "$(stat -c %d:%i "$SHARED")" = "$(stat -c %d:%i "$ROOT$SHARED")" ] \
         || die "$ROOT$SHARED is not the host's $SHARED"
