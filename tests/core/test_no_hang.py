@@ -220,7 +220,15 @@ def nap(s):
 lv = rc.load_balanced_view()
 lv.map_sync(nap, [0.3] * 2)
 ars = [lv.apply_async(nap, 5) for _ in range(6)]
-print("submitted", flush=True)
+import time
+deadline = time.monotonic() + 20
+while True:  # the controller holds all six before the test stops this process (else some are sent after)
+    st = rc.queue_status()
+    held = st.pop("unassigned") + sum(v["tasks"] for v in st.values())
+    if held == 6 or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+print("submitted", held, flush=True)
 sys.stdin.readline()  # the test stops this process, then continues it and writes a line
 for ar in ars:
     try:
@@ -241,7 +249,7 @@ def test_stopped_client_reads_why_its_queued_tasks_were_dropped(two, pdir, tmp_p
     p = subprocess.Popen([sys.executable, str(script), str(pdir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True, start_new_session=True)
     try:
-        assert p.stdout.readline().strip() == "submitted"
+        assert p.stdout.readline().strip() == "submitted 6"
         os.kill(p.pid, signal.SIGSTOP)
         time.sleep(2 + 2)  # client_timeout, and a heartbeat or two of the controller
         os.kill(p.pid, signal.SIGCONT)
