@@ -509,6 +509,36 @@ class Client(TaskDBMixin):
                 send_frames(self._submit, frames)
         return mid
 
+    def _send_fan(self, kind: str, payload: Sequence[Any], ar: AsyncResult, targets: list[int],
+                  label: str | None = None, track: bool = False) -> list[str]:
+        """One message for a task sent to many engines: the controller forwards the same frames to each
+        (one copy of the payload on the wire from here and in the controller's memory), and each engine
+        answers under its own msg_id, `ids[to.index(its id)]`."""
+        fields: dict[str, Any] = {"k": kind, "c": self.cid, "to": list(targets)}
+        if label is not None:
+            fields["lbl"] = label
+        if self._other_python and kind in ("apply", "push") and payload:
+            self._check_python(payload, list(targets))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this client is closed")
+            if self._lost:
+                raise ControllerLost(self._lost)
+            mids = [self.session.next_id()[1] for _ in targets]
+            seq = self.session.next_id()
+            fields["ids"] = mids
+            now = time.time()
+            for i, (mid, eid) in enumerate(zip(mids, targets)):
+                self._pending[mid] = _Pending(ar, i, now, eid)
+                ar.msg_ids[i] = mid
+                self._note_submitted(mid, ar, i, now, eid, label)
+            frames = self.session.pack("task", fields, payload, seq=seq)
+            if track:
+                ar._trackers.append(_send_tracked(self._submit, frames))
+            else:
+                send_frames(self._submit, frames)
+        return mids
+
     def _note_submitted(self, mid: str, ar: AsyncResult, index: int, now: float, target: int | None,
                         label: str | None) -> None:
         md = ar._meta[index]

@@ -210,15 +210,10 @@ class DirectView(View):
     def _send_all(self, kind: str, payload: list, fname: str) -> AsyncResult:
         ids = self._ids()
         ar = AsyncResult(len(ids), fname, single=self._single)
-        digest = None
-        from ..wire import payload_digest
-        if len(ids) > 1 and payload:
-            digest = payload_digest(payload)
-        if self.client._other_python and kind in ("apply", "push") and payload:
-            self.client._check_python(payload, ids)  # before any engine is sent anything
-        for i, eid in enumerate(ids):
-            self.client._send_task(kind, payload, ar, i, target=eid, digest=digest, label=self.label,
-                                   track=self.track)
+        if len(ids) > 1:  # one message, fanned out by the controller
+            self.client._send_fan(kind, payload, ar, ids, label=self.label, track=self.track)
+        else:
+            self.client._send_task(kind, payload, ar, 0, target=ids[0], label=self.label, track=self.track)
         return self._note(ar)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict) -> AsyncResult:
@@ -312,9 +307,7 @@ class DirectView(View):
         """Pull `key` from each engine and join the pieces in engine order."""
         ids = self._ids()
         ar = AsyncMapResult(len(ids), "gather", reduce=concat)
-        payload = serialize.dumps(key)
-        for i, eid in enumerate(ids):
-            self.client._send_task("pull", payload, ar, i, target=eid, label=self.label)
+        self.client._send_fan("pull", serialize.dumps(key), ar, ids, label=self.label)
         block = self.block if block is None else block
         self._note(ar)
         return ar.get() if block else ar
@@ -350,9 +343,7 @@ class DirectView(View):
         if value is not _ON_ROOT:
             self.client.direct_view(root).push({name: value}, block=True)
         ar = AsyncResult(len(ids), "mpi_bcast", single=self._single)
-        payload = serialize.dumps((mpi_bcast, (EngineNamespace(), name, root), {}))
-        for i, eid in enumerate(ids):
-            self.client._send_task("apply", payload, ar, i, target=eid)
+        self.client._send_fan("apply", serialize.dumps((mpi_bcast, (EngineNamespace(), name, root), {})), ar, ids)
         return self._finish(ar, block)
 
     def __len__(self) -> int:

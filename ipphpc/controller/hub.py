@@ -93,7 +93,8 @@ class Hub:
         self.limit = 2
         self.pending_notes: dict[str, Any] = {"add": {}, "rm": []}
         self.note_scheduled = False
-        self.stats = {"tasks": 0, "results": 0, "dropped": 0, "engines_died": 0}
+        # task_messages: tasks as clients sent them (one message may carry a task for many engines)
+        self.stats = {"tasks": 0, "task_messages": 0, "results": 0, "dropped": 0, "engines_died": 0}
         self._drop_window = [time.monotonic(), 0]  # start of the minute, messages dropped in it
         self.empty_since: float | None = None  # when the last engine went (None: engines, or none ever)
         self.last_gone = ""
@@ -252,11 +253,21 @@ class Hub:
             if len(held) < 100_000:
                 held.append((time.monotonic(), h, frames))
             return
-        self.stats["tasks"] += 1
+        self.stats["task_messages"] += 1
         if self.recording:
             self.db.task(h, frames)
         body = frames[1:]
         target = h.get("to")
+        if isinstance(target, list):  # one message for many engines: the same frames go to each
+            self.stats["tasks"] += len(target)
+            for eid, mid in zip(target, h["ids"]):
+                e = self.engines.get(eid)
+                if e is None:
+                    self._fail(client, mid, "EngineError", f"engine {eid} is not registered", eid)
+                else:
+                    self._to_engine(e, mid, client, body)
+            return
+        self.stats["tasks"] += 1
         if target is not None:
             e = self.engines.get(target)
             if e is None:

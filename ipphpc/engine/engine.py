@@ -286,6 +286,11 @@ class Engine(LoggingConfigurable):
                 self._registered(h)
                 return
 
+    def _task_id(self, h: dict) -> str:
+        """This engine's msg_id for a task: a message sent to many engines lists one per engine."""
+        ids = h.get("ids")
+        return h["id"] if ids is None else ids[h["to"].index(self.id)]
+
     def _on_message(self, frames: list) -> None:
         t = None
         try:
@@ -298,12 +303,13 @@ class Engine(LoggingConfigurable):
             if t == "task":
                 # the header is authentic, only the payload was damaged: say so instead of leaving a hang
                 meta = {"engine_id": self.id, "error": {"ename": "PayloadError", "evalue": str(e), "tb": ""}}
-                self.pump.send(self.session.pack("result", {"p": h["id"], "ok": False, "eid": self.id, "dur": 0.0},
+                self.pump.send(self.session.pack("result", {"p": self._task_id(h), "ok": False, "eid": self.id,
+                                                            "dur": 0.0},
                                                  [json.dumps(meta).encode()]))
             return
         self.last_heard = time.monotonic()
         if t == "task":
-            mid = h["id"]
+            mid = self._task_id(h)
             if mid in self.control.aborted:
                 self.control.aborted.pop(mid, None)
                 self.pump.send(self.session.pack("result", {"p": mid, "ok": False, "eid": self.id, "dur": 0.0, "err": {
@@ -319,7 +325,7 @@ class Engine(LoggingConfigurable):
             meta["engine_id"] = self.id
             dur = meta["completed"] - meta["started"]
             body = [json.dumps(meta).encode(), *value]
-            fields = {"p": h["id"], "ok": ok, "eid": self.id, "dur": dur}
+            fields = {"p": mid, "ok": ok, "eid": self.id, "dur": dur}
             if value:  # the controller records the metadata frame alone: it checks that without hashing the rest
                 fields["dm"] = payload_digest(body[:1])
             self.pump.send(self.session.pack("result", fields, body))

@@ -48,3 +48,14 @@ def test_results_without_a_metadata_digest_are_checked_whole():
     assert fields.from_result(h, frames, 5.0)["stdout"] == "hi"
     frames[5] = b"Z" * 1000  # a changed buffer fails the whole-payload digest: metadata not trusted
     assert "stdout" not in fields.from_result(h, frames, 5.0)
+
+
+def test_a_message_for_many_engines_is_a_record_per_engine():
+    s = Session("k" * 64)
+    payload = [b"f" * 10, b"a" * 1000]
+    frames = [b"client-ident", *s.pack("task", {"k": "apply", "c": "cl", "to": [3, 5], "ids": ["m3", "m5"]}, payload)]
+    h = s.split(frames)[1]
+    recs = fields.from_fan(h, frames, 7.0)
+    assert [(r["msg_id"], r["engine_id"], r["queue"]) for r in recs] == [("m3", 3, "mux"), ("m5", 5, "mux")]
+    assert all(r["header"] == bytes(frames[3]).decode() for r in recs)  # the text as signed, for resubmission
+    assert all([bytes(b) for b in r["buffers"]] == payload for r in recs)

@@ -139,3 +139,25 @@ def test_a_million_culled_ids_cost_little():
         s.update([_result(i) for i in range(start, start + 1000)])
     assert len(s.records) <= 100 and s._culled.count <= 2
     assert "record_limit=100" in s.culled("s-0") and "record_limit=100" in s.culled("s-199000")
+
+
+def test_dict_compaction_packs_finished_records_and_keeps_every_answer():
+    s = DictStore(record_limit=10**6, size_limit=10**9)
+    s.insert([_task(i) for i in range(30)])
+    s.update([_result(i) for i in range(0, 30, 2)])  # odd ones stay pending
+    s.insert([{**_task(30), "buffers": [memoryview(b"b" * 100_000)]}])  # a large frame is kept as received
+    s.update([(_result(30)[0], {**_result(30)[1], "result_buffers": [b"{}", memoryview(b"r" * 100_000)]})])
+    before = s.get([f"s-{i}" for i in range(31)])
+    order = list(s.records)
+    s.compact()
+    assert [type(s.records[f"s-{i}"]) for i in (0, 1, 30)] == [bytes, dict, dict]
+    assert list(s.records) == order
+    assert s.get([f"s-{i}" for i in range(31)]) == before
+    assert [r["msg_id"] for r in s.scan(["msg_id"])] == order
+    assert s.nbytes == sum(len(r) + 200 if type(r) is bytes else r["_size"] for r in s.records.values())
+    s.update([("s-0", {"resubmitted": "s-99"})])  # a packed record unpacked to be changed
+    assert s.get(["s-0"])["s-0"]["resubmitted"] == "s-99" and s.get(["s-0"])["s-0"]["stdout"] == "out 0"
+    s.size_limit = s.nbytes // 2
+    s.insert([_task(40)])
+    assert "s-2" not in s.records and "s-1" in s.records  # the oldest finished go first; pending ones stay
+    assert s.delete(["s-3", "s-1", "s-2"]) == 2 and "s-3" not in s.records

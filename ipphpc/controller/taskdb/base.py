@@ -21,6 +21,8 @@ class Store(ABC):
 
     name = "store"
     persistent = False  # whether records outlive the controller process
+    #: seconds the writer lets a batch gather: a store with a high cost per batch (HDF5) asks for more
+    window = 0.02
 
     @abstractmethod
     def insert(self, recs: list[dict]) -> None:
@@ -47,6 +49,10 @@ class Store(ABC):
 
     def recover(self) -> None:  # noqa: B027 - optional, as commit
         """Get ready for the next batch after one failed to be written (a full disk)."""
+
+    def compact(self) -> None:  # noqa: B027 - optional, as commit
+        """Called when the controller went idle after a burst: stores that keep records in memory move them
+        together, so that the heap pages the burst used can be given back."""
 
     def close(self) -> None:  # noqa: B027 - optional, as commit
         """Release files and connections."""

@@ -47,6 +47,18 @@ def from_task(h: dict, frames: list, now: float) -> dict:
     }
 
 
+def from_fan(h: dict, frames: list, now: float) -> list[dict]:
+    """The records of one message sent to many engines (`to` and `ids` lists): one per engine, sharing the
+    header text and the payload frames."""
+    first = from_task(h, frames, now)
+    out = []
+    for eid, mid in zip(h["to"], h["ids"]):
+        rec = dict(first)
+        rec["msg_id"], rec["engine_id"], rec["queue"] = mid, eid, "mux"
+        out.append(rec)
+    return out
+
+
 def from_result(h: dict, frames: list, now: float) -> dict:
     """The fields a result adds to its task's record: `frames` is [ident, DELIM, sig, header, *payload].
 

@@ -16,14 +16,15 @@ from typing import Any, Callable
 
 from ..memtrim import trim
 from .base import Store
-from .fields import from_result, from_task
+from .fields import from_fan, from_result, from_task
 
 _STOP = object()
 
 
 class Recorder:
-    def __init__(self, store: Store, log: logging.Logger, window: float = 0.02, max_batch: int = 20_000):
-        self.store, self.log, self.window, self.max_batch = store, log, window, max_batch
+    def __init__(self, store: Store, log: logging.Logger, window: float | None = None, max_batch: int = 20_000):
+        self.store, self.log, self.max_batch = store, log, max_batch
+        self.window = store.window if window is None else window
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.put: Callable[[tuple], None] = self.q.put
         self.failing = False
@@ -54,11 +55,18 @@ class Recorder:
 
     def _main(self) -> None:
         get, get_now = self.q.get, self.q.get_nowait
+        due = False  # a burst was written: tidy up once the queue has stayed empty for a second
         while True:
-            items = [get()]
+            try:
+                items = [get(timeout=1.0) if due else get()]
+            except queue.Empty:
+                due = False
+                self.store.compact()  # survivors of a burst packed together: the pages they pinned can go back
+                trim()
+                continue
             self.busy = True
-            if items[0][0] is not _STOP:
-                time.sleep(self.window)  # let a batch gather: one transaction for many tasks
+            if items[0][0] in ("task", "result", "set"):
+                time.sleep(self.window)  # let a batch gather: one transaction for many tasks (a lookup goes now)
             while len(items) < self.max_batch:
                 try:
                     items.append(get_now())
@@ -67,9 +75,9 @@ class Recorder:
             more = self._apply(items)
             del items  # a batch holds frames: let them go now, not when the next task arrives
             self.busy = False
-            if self.written - self._trimmed >= 20_000 and self.q.empty():
+            if self.written - self._trimmed >= 20_000:
                 self._trimmed = self.written
-                trim()  # the frames of a large burst were just let go: give their pages back
+                due = True
             if not more:
                 return
 
@@ -79,7 +87,10 @@ class Recorder:
         for it in items:
             kind = it[0]
             if kind == "task":
-                inserts.append(from_task(it[1], it[2], 0.0))
+                if "ids" in it[1]:
+                    inserts += from_fan(it[1], it[2], 0.0)
+                else:
+                    inserts.append(from_task(it[1], it[2], 0.0))
             elif kind == "result":
                 updates.append((it[1]["p"], from_result(it[1], it[2], it[3])))
             elif kind == "set":

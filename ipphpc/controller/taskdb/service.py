@@ -30,7 +30,10 @@ class TaskDBService:
 
     # -- recording (hot path) ----------------------------------------------------------------
     def task(self, h: dict, frames: list) -> None:
-        self.live.add(h["id"])
+        if "ids" in h:  # one message for many engines: a record per engine
+            self.live.update(h["ids"])
+        else:
+            self.live.add(h["id"])
         self.put(("task", h, frames))
 
     def result(self, h: dict, frames: list) -> None:
@@ -219,6 +222,8 @@ class TaskDBService:
         """A new task with the payload of `rec`, sent for client `cid` as if it had sent it."""
         old = json.loads(rec["header"])
         fields = {k: old[k] for k in _KEEP if k in old}
+        if isinstance(fields.get("to"), list):  # one engine's part of a message sent to many
+            fields["to"] = old["to"][old["ids"].index(rec["msg_id"])]
         fields["c"] = cid
         hub = self.hub
         q, _ = hub.session.next_id()
