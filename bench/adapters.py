@@ -13,7 +13,7 @@ import os
 import time
 
 from common import children, cmdline
-from workload import echo, inc, noop
+from workload import checksum, echo, inc, noop
 
 
 class System:
@@ -56,6 +56,17 @@ class System:
     def echo(self, value):
         """Send ``value`` to one engine and return what comes back."""
         raise NotImplementedError
+
+    def push_all(self, value) -> list:
+        """Put ``value`` on every engine, wait until it is there; return each engine's `checksum` of it."""
+        raise NotImplementedError
+
+    def drop_pushed(self) -> None:
+        """Forget what `push_all` put on the engines."""
+
+    def main_controller_pid(self):
+        """The pid of the process that routes data on the long-lived cluster, or None if it is this one."""
+        return None
 
     # -- figure 6 -----------------------------------------------------------
     rss_on_main_cluster = True
@@ -148,6 +159,19 @@ class IPStyle(System):
 
     def echo(self, value):
         return self.rc[0].apply_sync(echo, value)
+
+    def push_all(self, value):
+        self.rc[:].push({"bench_pushed": value}, block=True)
+        return self.rc[:].apply_sync(checksum, self.ipp_module().Reference("bench_pushed"))
+
+    def drop_pushed(self):
+        self.rc[:].execute("del bench_pushed", block=True)
+
+    def main_controller_pid(self):
+        return self.controller_pid(self.cluster)
+
+    def ipp_module(self):
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def idle_processes(self, n):

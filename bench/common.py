@@ -29,6 +29,7 @@ FIGURES = {
     "latency": "sequential no-op round trips to one engine",
     "coldstart": "nothing -> controller + 4 engines registered + one result",
     "array": "100 MB numpy array sent to one engine and returned",
+    "push": "one large array pushed to every engine; the controller's peak memory while it passes",
     "rss": "resident memory of an idle engine and of the controller",
 }
 
@@ -40,6 +41,7 @@ FULL = {
     "coldstart_engines": 4,
     "array_bytes": 100_000_000,
     "array_runs": 5,
+    "push_bytes": 1 << 30,
     "engines": 2,
 }
 QUICK = {
@@ -49,6 +51,7 @@ QUICK = {
     "coldstart_engines": 4,
     "array_bytes": 100_000_000,
     "array_runs": 3,
+    "push_bytes": 200_000_000,
     "engines": 2,
 }
 
@@ -74,6 +77,9 @@ def table_rows(params):
         ("latency", f"3. no-op round trip, p99 of {k:,}", "ms", "lower", get("p99_ms")),
         ("coldstart", f"4. cold start, {e} engines + 1 result", "s", "lower", get("median_s")),
         ("array", f"5. {mb:g} MB array there and back, median", "s", "lower", get("median_s")),
+        ("push", f"7. {params['push_bytes'] / 2**20:,.0f} MiB array pushed to {params['engines']} engines", "s",
+         "lower", get("seconds")),
+        ("push", "7. controller peak RSS above its level before the push", "MiB", "lower", get("controller_peak_mib")),
         ("rss", "6. idle engine RSS (incl. nanny if any)", "MiB", "lower", get("engine_mib")),
         ("rss", "6. controller RSS, main process", "MiB", "lower", get("controller_main_mib")),
         ("rss", "6. controller + child processes, sum of PSS", "MiB", "lower", get("controller_tree_pss_mib")),
@@ -109,6 +115,21 @@ def _read(path, mode="r"):
             return f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+
+
+def peak_rss_kib(pid):
+    """VmHWM of one process in KiB: the most it held since start, or since `reset_peak_rss`."""
+    status = _read(f"/proc/{pid}/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def reset_peak_rss(pid):
+    """Set VmHWM back to the current RSS (Linux: write 5 to clear_refs; needs the right to write it)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
 
 
 def rss_kib(pid):

@@ -31,6 +31,9 @@ class Ipphpc(IPStyle):
     def controller_pid(self, cluster):
         return cluster.controller_pid
 
+    def ipp_module(self):
+        return self.ipphpc
+
     # ipphpc engines have no nanny process: nanny_pid() stays None
 
 

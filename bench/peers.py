@@ -10,7 +10,7 @@ import warnings
 
 from adapters import IPStyle, System, nanny_child
 from common import ppid_of
-from workload import echo, inc, noop
+from workload import checksum, echo, inc, noop
 
 
 class IPyParallel(IPStyle):
@@ -30,6 +30,9 @@ class IPyParallel(IPStyle):
 
     def controller_pid(self, cluster):
         return cluster.controller.process.pid
+
+    def ipp_module(self):
+        return self.ipp
 
     def nanny_pid(self, engine_pid):
         # ipyparallel >= 7 runs a nanny as a child of each engine
@@ -132,6 +135,17 @@ class Dask(System):
         # pure=False: no hashing of the 100 MB argument, and no chance of a
         # repeated run being answered from a result that is still in memory
         return self.client.submit(echo, value, pure=False).result()
+
+    def push_all(self, value):
+        # the documented way to put one value on every worker; the data goes from the client to the workers
+        # (the scheduler runs in this process here: no separate peak to read)
+        self._pushed = self.client.scatter(value, broadcast=True)
+        workers = list(self.client.scheduler_info()["workers"])
+        return self.client.gather([self.client.submit(checksum, self._pushed, workers=[w], pure=False)
+                                   for w in workers])
+
+    def drop_pushed(self):
+        self._pushed = None
 
     @contextlib.contextmanager
     def idle_processes(self, n):

@@ -27,15 +27,17 @@ from common import (
     cmdline,
     descendants,
     median,
+    peak_rss_kib,
     percentile,
     pss_kib,
+    reset_peak_rss,
     rss_kib,
     time_limit,
     write_json,
 )
 
 # figures that run on the long-lived cluster, in the order they run
-MAIN_CLUSTER_FIGURES = ("rss", "latency", "apply", "map", "array")
+MAIN_CLUSTER_FIGURES = ("rss", "latency", "apply", "map", "array", "push")
 
 
 def load_system(name):
@@ -209,6 +211,35 @@ class Runner:
             "mb_per_s_both_ways": 2 * arr.nbytes / med / 1e6,
             "equal": equal,
         }
+
+    def fig_push(self):
+        import numpy as np
+
+        nbytes, n = self.p["push_bytes"], self.p["engines"]
+        arr = np.random.default_rng(54321).random(nbytes // 8)
+        want = (float(arr[::4096].sum()), arr.nbytes)
+        pid = self.sys.main_controller_pid()
+        before = None
+        if pid is not None:
+            reset_peak_rss(pid)
+            before = rss_kib(pid)
+        with time_limit(self.limit_step):
+            t0 = time.perf_counter()
+            sums = self.sys.push_all(arr)
+            dt = time.perf_counter() - t0
+        peak = peak_rss_kib(pid) if pid is not None else None
+        self.sys.drop_pushed()
+        out = {
+            "bytes": arr.nbytes,
+            "engines": n,
+            "seconds": dt,
+            "mb_per_s_to_all": n * arr.nbytes / dt / 1e6,
+            "controller_peak_mib": None if peak is None else (peak - before) / 1024,
+            "equal": [tuple(s) for s in sums] == [want] * n,
+        }
+        self.say(f"push: {arr.nbytes / 2**20:,.0f} MiB to {n} engines in {dt:.2f} s, controller peak "
+                 f"+{out['controller_peak_mib'] if peak is not None else float('nan'):.0f} MiB")
+        return out
 
     def fig_rss(self):
         n = self.p["engines"]
