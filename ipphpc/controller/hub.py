@@ -43,6 +43,7 @@ class EngineRecord:
     ends: float | None = None  # epoch seconds at which its allocation ends (walltime), if known
     drain_at: float | None = None  # from then on it takes no new load-balanced tasks
     draining: bool = False
+    leaving: str = ""  # why, once the engine said it is going (its job was sent SIGTERM); it may be killed next
     sync: tuple = ()  # (number, msg_ids outstanding when the last "sync" was sent) while one is unanswered
 
 
@@ -378,7 +379,7 @@ class Hub:
             return
         reply: dict[str, Any] = {"p": h["id"]}
         if t == "status":
-            reply.update(engines={str(e.eid): {**e.info, "outstanding": len(e.outstanding)}
+            reply.update(engines={str(e.eid): {**e.info, "outstanding": len(e.outstanding), "leaving": e.leaving}
                                   for e in self.engines.values()},
                          queued=len(self.lb_queue) + len(self.timed), stats=self.stats, limit=self.limit,
                          clients=len(self.clients), pid=os.getpid(), taskdb=self.db.stats(), held=len(self.held))
@@ -569,6 +570,10 @@ class Hub:
             client = e.outstanding.get(h.get("p"))
             if client is not None:
                 self._out(self.client_sock, [client, *frames[1:]])
+        elif h["t"] == "leaving":
+            e.leaving, e.draining = str(h.get("why") or "it is stopping"), True
+            self.log.info("engine %d (%s pid %s) leaves after its running task: %s", e.eid, e.info.get("host"),
+                          e.info.get("pid"), e.leaving)
 
     def _control(self, eids: list, msg_type: str, fields: dict) -> list[int]:
         """Send a control message to each engine of `eids` that has a control line; returns those reached."""
@@ -637,11 +642,13 @@ class Hub:
         self.fresh.forget(e.session)  # coming back takes a new nonce: its old register cannot be replayed
         host = e.info.get("host")
         who = f"engine {e.eid} (pid {e.info.get('pid')} on {host})"
+        if e.leaving and not clean:  # killed after it was told to go: the scheduler's doing, not its task's
+            why = f"{why}, after {e.leaving}"
         requeue = []
         for i, (msg_id, client) in enumerate(e.outstanding.items()):
             ran = i == 0 and not clean
             task = e.balanced.get(msg_id)
-            if task is not None and not ran:
+            if task is not None and (not ran or e.leaving):  # a task cut short by the scheduler runs again
                 requeue.append(task)
             else:
                 self._fail(client, msg_id, "EngineError",

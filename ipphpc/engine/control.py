@@ -96,6 +96,9 @@ class Control(threading.Thread):
         self.outputs: tuple[Output, ...] = ()
         self.data: list[tuple[str, list]] = []  # publications waiting to be sent: (msg_id, frames)
         self.controller_session: str | None = None
+        self.leaving: str | None = None  # why this engine is going, to be told to the controller (once)
+        self.signals: dict[int, str] = {}  # signal numbers seen on `wake_fd` -> why the engine leaves on them
+        self.wake_fd: int | None = None
         self._last_q = 0
         self._interrupting = False
         self._halt = threading.Event()
@@ -122,6 +125,31 @@ class Control(threading.Thread):
                 raise RuntimeError("publish_data is only meaningful inside a task")
             self.data.append((self.task, serialize.dumps(data)))
 
+    def watch_signals(self, signals: dict[int, str]) -> None:
+        """Main thread: have the signals `signals` noticed here at once. A signal may be delivered to any thread,
+        and Python runs its handler on the main thread only, when that thread next runs bytecode: a task
+        sleeping or in a C call would hold it back. Every signal is also written to a wake-up fd, read here."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self.wake_fd, self._wake_w, self.signals = r, w, dict(signals)
+
+    def unwatch_signals(self) -> None:
+        """Main thread, once this thread has stopped."""
+        if self.wake_fd is not None:
+            signal.set_wakeup_fd(-1)
+            os.close(self.wake_fd)
+            os.close(self._wake_w)
+            self.wake_fd = None
+
+    def leave(self, why: str) -> None:
+        """Tell the controller this engine is going, even while a task runs on the main thread (the scheduler
+        may kill the process before the task ends; the controller then runs the task again elsewhere)."""
+        with self._lock:
+            if self.leaving is None:
+                self.leaving = why
+
     def stop(self) -> None:
         self._halt.set()
 
@@ -129,10 +157,15 @@ class Control(threading.Thread):
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        if self.wake_fd is not None:
+            poller.register(self.wake_fd, zmq.POLLIN)
         try:
             while not self._halt.is_set():
-                if poller.poll(FLUSH_EVERY * 1000):
+                ready = dict(poller.poll(FLUSH_EVERY * 1000))
+                if self.sock in ready:
                     self._receive()
+                if self.wake_fd in ready:
+                    self._signalled()
                 self._flush()
         except zmq.ZMQError as e:
             if e.errno != zmq.ETERM:
@@ -162,6 +195,15 @@ class Control(threading.Thread):
                 while len(self.aborted) > _ABORTED_KEEP:
                     self.aborted.pop(next(iter(self.aborted)))
 
+    def _signalled(self) -> None:
+        try:
+            seen = os.read(self.wake_fd, 256)
+        except BlockingIOError:
+            return
+        for signum in seen:
+            if signum in self.signals:
+                self.leave(self.signals[signum])
+
     def _fresh(self, h: dict) -> bool:
         """Only the controller's current session, sequence growing: a replayed signal does nothing."""
         if h.get("s") != self.controller_session:
@@ -189,7 +231,10 @@ class Control(threading.Thread):
         with self._lock:
             task, outputs, data = self.task, self.outputs, self.data
             self.data = []
+            leaving, self.leaving = self.leaving, (self.leaving and "")  # sent once: "" stays, never resent
             young = task is None or time.monotonic() - self.task_started < FLUSH_EVERY
+        if leaving:
+            self._send("leaving", {"why": leaving}, [])
         for mid, frames in data:
             self._send("data", {"p": mid}, frames)
         if young:

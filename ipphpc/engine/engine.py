@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -173,18 +174,22 @@ class Engine(LoggingConfigurable):
         self.control = Control(ctx, self.url, self.session.member("ctl"), f"{self.heart_id}-ctl", curve)
         self.executor.control = self.control
         control_line.active = self.control
-        self.control.start()
-        self.last_heard = time.monotonic()
         self.stopping = asyncio.Event()
         self.pump: Pump | None = None
         self.exit_code = 0
         self.leave_why = "it stopped"
         loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGTERM, self._leave, "it received SIGTERM (its job was cancelled, "
-                                    "preempted or reached its walltime, or it was killed)")
-        except (NotImplementedError, RuntimeError):
-            pass
+        term_why = "it received SIGTERM (its job was cancelled, preempted or reached its walltime, or it was killed)"
+
+        def on_term(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(self._leave, term_why)
+        if threading.current_thread() is threading.main_thread():
+            # the loop leaves after the running task; the control thread tells the controller at once (the
+            # scheduler's SIGKILL may come before the task ends: the controller then runs it elsewhere)
+            signal.signal(signal.SIGTERM, on_term)
+            self.control.watch_signals({signal.SIGTERM: term_why})
+        self.control.start()
+        self.last_heard = time.monotonic()
         # SIGINT is the executor's: a running task's KeyboardInterrupt, else a stop
         self.executor.on_idle_interrupt = lambda: loop.call_soon_threadsafe(self.stopping.set)
         try:
@@ -203,6 +208,7 @@ class Engine(LoggingConfigurable):
             self.monitor.close(0)
             self.control.stop()
             self.control.join(2)
+            self.control.unwatch_signals()
             control_line.active = None
             self.sock.close(linger=500)
             self.ping.close(0)

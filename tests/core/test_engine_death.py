@@ -112,3 +112,37 @@ def test_killed_engine_fails_a_synchronous_call_promptly(fast_cluster, tmp_path)
         rc[victim].apply_sync(mark_then_sleep, marker, 60)
     assert time.monotonic() - t0 < MISSES * HEARTBEAT + 6.0
     assert rc.load_balanced_view().apply_sync(lambda: "still served") == "still served"
+
+
+def slow_the_first_time(marker: str) -> int:
+    import os as _os
+    import time as _t
+    if not _os.path.exists(marker):
+        open(marker, "w").close()
+        _t.sleep(60)
+    return _os.getpid()
+
+
+def test_task_cut_short_by_the_scheduler_runs_again_elsewhere(fast_cluster, tmp_path):
+    """SIGTERM, then SIGKILL before the running task ends, as a scheduler ends a job (Slurm's KillWait): the
+    load-balanced task runs again on another engine without using a retry, and the caller gets its result;
+    a direct task on that engine fails with an EngineError that says SIGTERM came first."""
+    rc = fast_cluster.client
+    marker = str(tmp_path / "started")
+    ar = rc.load_balanced_view().apply(slow_the_first_time, marker)  # retries=0
+    wait_until(lambda: os.path.exists(marker), 20, what="the task to start")
+    busy = [int(i) for i, info in rc.controller_status()["engines"].items() if info["outstanding"]]
+    assert len(busy) == 1
+    victim = busy[0]
+    pid = rc.engines[victim]["pid"]
+    direct = rc[victim].apply_async(os.getpid)  # queued behind the running task
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: rc.controller_status()["engines"][str(victim)]["leaving"], 10,
+               what="the controller to hear the engine is leaving")
+    assert alive(pid)  # still running its task, as a job does during the scheduler's grace time
+    os.kill(pid, signal.SIGKILL)
+    ran_on = ar.get(timeout=30)
+    assert ran_on != pid and ran_on in [rc.engines[i]["pid"] for i in rc.ids]
+    assert ar.engine_id != victim
+    with pytest.raises(EngineError, match="SIGTERM"):
+        direct.get(timeout=30)

@@ -32,3 +32,35 @@ def test_scancel_of_one_element_during_a_map(sched: Sched) -> None:
         wait_until(lambda: len(cluster.engine_sets) == 2 and len(rc.ids) == 2, 120,
                    what=f"a replacement for the cancelled element ({cluster.engine_sets}, {rc.ids})")
         assert cluster.engine_sets[1].n == 1
+
+
+def mark_and_sleep(seconds: float) -> int:
+    import os as _os
+    import time as _t
+    _t.sleep(seconds)
+    return _os.getpid()
+
+
+@pytest.mark.parametrize("sched", ["slurm"], indirect=True)
+def test_a_task_longer_than_the_grace_time_runs_again(sched: Sched) -> None:
+    """scancel of an element whose engine runs a task longer than Slurm's KillWait (5 s here): SIGTERM, then
+    SIGKILL mid-task. The engine told the controller at the SIGTERM, so the task runs again on the other
+    engine, without a retry being asked for, and the map completes."""
+    profile = sched.profile(sched.root / "profile", "cancel2")
+    cluster = HPCCluster(scheduler=sched.scheduler, n=2, walltime="0:10:00", profile_dir=str(profile),
+                         cluster_id="cancel2", engine_timeout=240, shutdown_atexit=False, replace_lost=False,
+                         **sched.cluster_options())
+    with cluster as rc:
+        (engines,) = cluster.engine_sets
+        (job,) = engines.job_ids
+        victim = next(e for e, i in rc.engines.items() if i["array_index"] == 0)
+        victim_pid = rc.engines[victim]["pid"]
+        lv = rc.load_balanced_view()
+        ars = [lv.apply_async(mark_and_sleep, 8) for _ in range(2)]
+        wait_until(lambda: all(rc.controller_status()["engines"][str(e)]["outstanding"] for e in rc.ids), 60,
+                   what="both engines to run a task")
+        time.sleep(1)
+        sched.cancel(f"{job}_0")
+        pids = [ar.get(timeout=120) for ar in ars]  # both finish, none raises
+        assert victim_pid not in pids
+        assert victim not in rc.ids
