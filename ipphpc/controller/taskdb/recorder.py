@@ -75,8 +75,9 @@ class Recorder:
             more = self._apply(items)
             del items  # a batch holds frames: let them go now, not when the next task arrives
             self.busy = False
-            if self.written - self._trimmed >= 20_000:
+            if self.written - self._trimmed >= 20_000 and self.q.empty():
                 self._trimmed = self.written
+                trim()  # the frames of a large burst were just let go: give their pages back
                 due = True
             if not more:
                 return
