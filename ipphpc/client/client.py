@@ -15,6 +15,7 @@ import platform
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -57,6 +58,8 @@ class _Pending:
     resend: tuple | None = None
     retries: int = 0
     tried: set | None = None  # engines that said UnmetDependency
+    duration: float | None = None  # seconds it was expected to run (sent as `xd`): kept for a retry
+    fkey: str | None = None  # the function it runs, when its run time is being learned
 
 
 def _copy_child(ar: AsyncResult, i: int, src: AsyncResult, mid: str) -> None:
@@ -130,6 +133,7 @@ class Client(TaskDBMixin):
         self._requests: dict[str, asyncio.Future] = {}
         self._engines: dict[int, dict] = {}
         self._other_python: dict[int, str] = {}  # engines whose Python cannot read this one's bytecode
+        self._durations: dict[str, deque] = {}  # function -> its last run times (load-balanced tasks)
         self._engine_cond = threading.Condition()
         self._local = threading.local()  # each calling thread's channel for synchronous calls
         self._channels: set[_SyncChannel] = set()
@@ -360,6 +364,8 @@ class Client(TaskDBMixin):
             if p.retries > 0:
                 self._retry(p)
                 return
+        if p.fkey is not None and error is None and h.get("dur") is not None:
+            self._learn(p.fkey, float(h["dur"]))
         self._record_done(mid, value, error)
         p.ar._child_done(p.index, value, error, build_metadata(mid, p.submitted, meta, h.get("eid")))
         if self._held:
@@ -469,9 +475,12 @@ class Client(TaskDBMixin):
                    timeout: float | None = None, retries: int = 0, digest: str | None = None,
                    among: frozenset | None = None, msg_id: str | None = None, label: str | None = None,
                    track: bool = False, resend: bool = False, tried: set | None = None,
-                   duration: float | None = None) -> str:
+                   duration: float | None = None, fkey: str | None = None) -> str:
         """Send one task; `among` limits a load-balanced task to some engines, `resend` keeps its payload
-        so that an engine that cannot meet its dependencies hands it to another."""
+        so that an engine that cannot meet its dependencies hands it to another. `fkey` names the function
+        of a load-balanced task: without a `duration`, the longest of its last runs is sent as one."""
+        if fkey is not None and not duration:
+            duration = self._learned(fkey)
         fields: dict[str, Any] = {"k": kind, "c": self.cid}
         if target is not None:
             fields["to"] = target
@@ -498,7 +507,7 @@ class Client(TaskDBMixin):
             mid = seq[1]
             keep = (kind, payload, target, timeout, digest, among) if retries or resend or tried else None
             now = time.time()
-            self._pending[mid] = _Pending(ar, index, now, target, keep, retries, tried)
+            self._pending[mid] = _Pending(ar, index, now, target, keep, retries, tried, duration, fkey)
             if ar.msg_ids[index] != mid:
                 ar.msg_ids[index] = mid
                 self._note_submitted(mid, ar, index, now, target, label)
@@ -573,7 +582,23 @@ class Client(TaskDBMixin):
 
     def _retry(self, p: _Pending) -> None:
         kind, payload, target, timeout, digest, among = p.resend
-        self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries - 1, digest, among=among)
+        self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries - 1, digest, among=among,
+                        duration=p.duration, fkey=p.fkey)
+
+    # -- run times learned, for engines whose allocation ends ----------------------------------------
+    def _learning(self) -> bool:
+        """Whether an engine's allocation has a known end: only then does a task's run time matter."""
+        return any(info.get("ends") for info in self._engines.values())
+
+    def _learned(self, fkey: str) -> float | None:
+        runs = self._durations.get(fkey)
+        return max(runs) if runs else None
+
+    def _learn(self, fkey: str, seconds: float) -> None:
+        runs = self._durations.setdefault(fkey, deque(maxlen=5))
+        runs.append(seconds)
+        if len(self._durations) > 1000:  # functions seen long ago are forgotten first
+            self._durations.pop(next(iter(self._durations)))
 
     def _request(self, msg_type: str, fields: dict | None = None, timeout: float = 10.0,
                  via_results: bool = False) -> dict:

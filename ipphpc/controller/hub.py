@@ -291,8 +291,8 @@ class Hub:
 
     def _possible(self, task: QueuedTask) -> bool:
         """A task that only absent engines may run fails now rather than waiting forever."""
-        if any(eid in self.engines for eid in task.among):
-            return True
+        if task.among is None or any(eid in self.engines for eid in task.among):
+            return True  # (a task picky only for its duration waits for an engine that lives long enough)
         self._fail(task.client, task.msg_id, "ImpossibleDependency",
                    f"no engine that may run this task is registered (allowed: {sorted(task.among)})")
         return False

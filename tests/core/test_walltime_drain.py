@@ -96,3 +96,56 @@ def test_bad_walltime_flag_is_one_line(spawner, pdir):
     out, err = spawner.output(p)
     assert err.strip().count("\n") == 0 and "--walltime" in err and "not a time" in err, err
     assert os.path.isdir(pdir)
+
+
+def test_run_times_are_learned_where_allocations_end(mortal):
+    """Without a duration, a function's next tasks carry the longest of its last runs as their expected
+    duration (so they start only where they can finish); a function not run yet carries none."""
+    rc, _, _ = mortal
+    lv = rc.load_balanced_view()
+
+    def sent_duration(ar):
+        (rec,) = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header"])
+        return rec["header"].get("xd")
+
+    first = lv.apply_async(where, 0.4)
+    first.get(timeout=30)
+    assert sent_duration(first) is None
+    lv.apply_sync(where, 0.2)
+    third = lv.apply_async(where, 0)
+    third.get(timeout=30)
+    assert sent_duration(third) == pytest.approx(0.4, abs=0.1)  # the longest of 0.4 and 0.2
+    chunks = lv.map_async(where, [0.1] * 4, chunksize=2)
+    chunks.get(timeout=30)
+    assert sent_duration(chunks) is None  # a map's chunks are learned on their own
+    assert sent_duration(lv.map_async(where, [0] * 2, chunksize=2)) == pytest.approx(0.2, abs=0.1)
+    assert sent_duration(lv.set_flags(duration=7).apply_async(where, 0)) == 7  # a duration given wins
+
+
+def test_nothing_is_learned_where_allocations_have_no_end(rc):
+    lv = rc.load_balanced_view()
+    lv.apply_sync(where, 0.1)
+    ar = lv.apply_async(where, 0)
+    ar.get(timeout=30)
+    (rec,) = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header"])
+    assert "xd" not in rec["header"] and not rc._durations
+
+
+def test_an_engine_leaving_while_tasks_of_a_duration_wait(spawner, pdir):
+    """Tasks whose duration no engine can give wait when the only engine leaves, and run on the engine that
+    comes next (the controller once failed on them when an engine unregistered, and clients kept listing it)."""
+    spawner.controller(pdir, "wait", *FAST)
+    short = spawner.engine(pdir, "wait", "--walltime", "0:30")
+    rc = ipphpc.Client(profile_dir=str(pdir), cluster_id="wait")
+    try:
+        rc.wait_for_engines(1, timeout=30)
+        (short_eid,) = rc.ids
+        waiting = rc.load_balanced_view().set_flags(duration=120).map_async(where, [0] * 3, chunksize=1)
+        wait_until(lambda: rc.queue_status()["unassigned"] == 3, 10, what="the tasks to wait for a longer engine")
+        short.terminate()
+        assert short.wait(10) == 0
+        wait_until(lambda: short_eid not in rc.ids, 10, what="the engine to leave rc.ids")
+        later = spawner.engine(pdir, "wait")
+        assert {pid for pid, _ in waiting.get(timeout=30)} == {later.pid}
+    finally:
+        rc.close()
