@@ -23,4 +23,6 @@ def echo(x):
 
 def checksum(x):
     """A cheap digest of an array an engine holds, to check a push arrived whole."""
-    return float(x[::4096].sum()), x.nbytes
+    import numpy as np
+
+    return int(x.reshape(-1).view(np.uint8)[::4093].sum(dtype=np.uint64)), x.nbytes  # integers: exact anywhere
