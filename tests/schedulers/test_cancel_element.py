@@ -8,6 +8,7 @@ import time
 import pytest
 
 from ipphpc import HPCCluster
+from tests.core.helpers import ship_by_value
 
 from .sched_facts import Sched
 from .scheduler_support import wait_until
@@ -64,3 +65,6 @@ def test_a_task_longer_than_the_grace_time_runs_again(sched: Sched) -> None:
         pids = [ar.get(timeout=120) for ar in ars]  # both finish, none raises
         assert victim_pid not in pids
         assert victim not in rc.ids
+
+
+ship_by_value(__name__)  # the task function goes to the engines by value: a batch job cannot import tests/

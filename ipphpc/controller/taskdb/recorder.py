@@ -32,6 +32,7 @@ class Recorder:
         self.lost = 0
         self.written = 0
         self._trimmed = 0
+        self._compacted = 0
         self.quiet = 60.0  # seconds between two full error lines about failing writes
         self._last_error = -self.quiet
         self.thread = threading.Thread(target=self._main, name="ipphpc-taskdb", daemon=True)
@@ -60,9 +61,12 @@ class Recorder:
             try:
                 items = [get(timeout=1.0) if due else get()]
             except queue.Empty:
-                due = False
+                due, self._compacted = False, self.written
+                t0 = time.perf_counter()
                 self.store.compact()  # survivors of a burst packed together: the pages they pinned can go back
                 trim()
+                self.log.debug("task database: idle after a burst; compacted and trimmed in %.3f s",
+                               time.perf_counter() - t0)
                 continue
             self.busy = True
             if items[0][0] in ("task", "result", "set"):
@@ -78,7 +82,9 @@ class Recorder:
             if self.written - self._trimmed >= 20_000 and self.q.empty():
                 self._trimmed = self.written
                 trim()  # the frames of a large burst were just let go: give their pages back
-                due = True
+            # compacted once quiet, if more than a few records came since the last time (a pause of the client
+            # may bring one mid-burst: the end of the burst still gets its own)
+            due = due or self.written - self._compacted >= 1000
             if not more:
                 return
 
