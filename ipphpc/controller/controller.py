@@ -217,16 +217,16 @@ class Controller(LoggingConfigurable):
         ctx = zmq.Context()
         socks = self._bind(ctx, ports, curve)
         hub = Hub(session, socks, self, self.log, store, recorder)
-        self._write_files(key, self.ports_bound, curve[0] if curve else None)
-        self.log.info("controller %s (ipphpc %s) listening on %s ports %s%s; files %s", self.cluster_id or "-",
-                      __version__, self.ip, self.ports_bound, ", CurveZMQ-encrypted" if curve else "",
-                      self.engine_file.parent)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before the files: whoever reads them may stop us at once
             try:
                 loop.add_signal_handler(sig, hub.request_stop)
             except (NotImplementedError, RuntimeError):
                 pass
+        self._write_files(key, self.ports_bound, curve[0] if curve else None)
+        self.log.info("controller %s (ipphpc %s) listening on %s ports %s%s; files %s", self.cluster_id or "-",
+                      __version__, self.ip, self.ports_bound, ", CurveZMQ-encrypted" if curve else "",
+                      self.engine_file.parent)
         try:
             await hub.serve()
         finally:
