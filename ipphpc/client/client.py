@@ -134,6 +134,7 @@ class Client(TaskDBMixin):
         self._engines: dict[int, dict] = {}
         self._other_python: dict[int, str] = {}  # engines whose Python cannot read this one's bytecode
         self._durations: dict[str, deque] = {}  # function -> its last run times (load-balanced tasks)
+        self._ends_known = False  # an engine's allocation has a known end: run times are learned
         self._engine_cond = threading.Condition()
         self._local = threading.local()  # each calling thread's channel for synchronous calls
         self._channels: set[_SyncChannel] = set()
@@ -431,9 +432,11 @@ class Client(TaskDBMixin):
         return value, error, meta
 
     def _note_pythons(self) -> None:
-        """Remember the engines on another Python minor version (called with _engine_cond held)."""
+        """Remember the engines on another Python minor version, and whether any engine's allocation has a
+        known end, so that sending a task need not look through the engines (called with _engine_cond held)."""
         self._other_python = {eid: v["python"] for eid, v in self._engines.items()
                               if v.get("python") and v["python"].rsplit(".", 1)[0] != _MINOR}
+        self._ends_known = any(v.get("ends") for v in self._engines.values())
 
     def _check_python(self, payload: Sequence[Any], targets: Iterable[int] | None) -> None:
         """Refuse to send bytecode to an engine of another Python version: reading it there may crash the
@@ -588,7 +591,7 @@ class Client(TaskDBMixin):
     # -- run times learned, for engines whose allocation ends ----------------------------------------
     def _learning(self) -> bool:
         """Whether an engine's allocation has a known end: only then does a task's run time matter."""
-        return any(info.get("ends") for info in self._engines.values())
+        return self._ends_known
 
     def _learned(self, fkey: str) -> float | None:
         runs = self._durations.get(fkey)

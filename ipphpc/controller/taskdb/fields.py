@@ -54,7 +54,7 @@ def from_fan(h: dict, frames: list, now: float) -> list[dict]:
     out = []
     for eid, mid in zip(h["to"], h["ids"]):
         rec = dict(first)
-        rec["msg_id"], rec["engine_id"], rec["queue"] = mid, eid, "mux"
+        rec["msg_id"], rec["engine_id"] = mid, eid
         out.append(rec)
     return out
 
