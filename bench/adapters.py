@@ -53,8 +53,8 @@ class System:
         """Return a zero-argument callable doing one no-op round trip to one engine."""
         raise NotImplementedError
 
-    def echo(self, value):
-        """Send ``value`` to one engine and return what comes back."""
+    def echo(self, value, fn=echo):
+        """Send ``value`` to one engine, run ``fn`` on it there and return what comes back."""
         raise NotImplementedError
 
     def push_all(self, value) -> list:
@@ -157,8 +157,8 @@ class IPStyle(System):
         view = self.rc[0]
         return lambda: view.apply_sync(noop)
 
-    def echo(self, value):
-        return self.rc[0].apply_sync(echo, value)
+    def echo(self, value, fn=echo):
+        return self.rc[0].apply_sync(fn, value)
 
     def push_all(self, value):
         self.rc[:].push({"bench_pushed": value}, block=True)

@@ -29,6 +29,7 @@ FIGURES = {
     "latency": "sequential no-op round trips to one engine",
     "coldstart": "nothing -> controller + 4 engines registered + one result",
     "array": "100 MB numpy array sent to one engine and returned",
+    "array_new": "100 MB numpy array sent to one engine, which returns a new copy of it",
     "push": "one large array pushed to every engine; the controller's peak memory while it passes",
     "rss": "resident memory of an idle engine and of the controller",
 }
@@ -77,6 +78,7 @@ def table_rows(params):
         ("latency", f"3. no-op round trip, p99 of {k:,}", "ms", "lower", get("p99_ms")),
         ("coldstart", f"4. cold start, {e} engines + 1 result", "s", "lower", get("median_s")),
         ("array", f"5. {mb:g} MB array there and back, median", "s", "lower", get("median_s")),
+        ("array_new", f"5b. {mb:g} MB array in, a new one back, median", "s", "lower", get("median_s")),
         ("push", f"7. {params['push_bytes'] / 2**20:,.0f} MiB array pushed to {params['engines']} engines", "s",
          "lower", get("seconds")),
         ("push", "7. controller peak RSS above its level before the push", "MiB", "lower", get("controller_peak_mib")),

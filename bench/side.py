@@ -38,7 +38,7 @@ from common import (
 from workload import checksum
 
 # figures that run on the long-lived cluster, in the order they run
-MAIN_CLUSTER_FIGURES = ("rss", "latency", "apply", "map", "array", "push")
+MAIN_CLUSTER_FIGURES = ("rss", "latency", "apply", "map", "array", "array_new", "push")
 
 
 def load_system(name):
@@ -189,7 +189,11 @@ class Runner:
         self.say(f"latency: median {out['median_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms")
         return out
 
-    def fig_array(self):
+    def fig_array_new(self):
+        from workload import fresh
+        return self.fig_array(fresh)
+
+    def fig_array(self, fn=None):
         import numpy as np
 
         nbytes, runs = self.p["array_bytes"], self.p["array_runs"]
@@ -198,12 +202,12 @@ class Runner:
         for i in range(runs):
             with time_limit(self.limit_step):
                 t0 = time.perf_counter()
-                back = self.sys.echo(arr)
+                back = self.sys.echo(arr) if fn is None else self.sys.echo(arr, fn)
                 dt = time.perf_counter() - t0
             equal = equal and isinstance(back, np.ndarray) and np.array_equal(back, arr)
             del back
             times.append(dt)
-            self.say(f"array {i + 1}/{runs}: {dt:.3f} s")
+            self.say(f"array{'' if fn is None else ' (new)'} {i + 1}/{runs}: {dt:.3f} s")
         med = median(times)
         return {
             "bytes": arr.nbytes,

@@ -58,6 +58,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "reuse": [("Controller", "reuse", bool)],
     "new_key": [("Controller", "new_key", bool)],
     "curve": [("Controller", "curve", bool), ("HPCCluster", "curve", bool)],
+    "shm": [("Controller", "shm", bool)],
     "db": [("Controller", "db_class", str)],
     "db_file": [("Controller", "db_file", str)],
     "file": [("Engine", "file", str)],
@@ -83,7 +84,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
 }
 
 
-TRISTATE = {"curve"}  # --x / --no-x: False is a choice, not an absent flag
+TRISTATE = {"curve", "shm"}  # --x / --no-x: False is a choice, not an absent flag
 
 
 def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-key", action="store_true", help="with --reuse: keep the ports, make a new key (rotation: "
                    "holders of the old connection files can no longer connect)")
     _curve_flag(p)
+    p.add_argument("--shm", action=argparse.BooleanOptionalAction, default=None,
+                   help="pass frames of 1 MiB or more between processes of this host through /dev/shm (default: on)")
     p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="ssh server engines tunnel through (written into the engine connection file)")
     _db_flags(p)

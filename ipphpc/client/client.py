@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import zmq
 
-from .. import connection, paths, serialize
+from .. import connection, paths, serialize, shm
 from ..error import (
     ControllerLost,
     ControllerUnreachable,
@@ -104,6 +104,11 @@ class Client(TaskDBMixin):
         self._info = info = connection.read(path)
         self.cluster_id = info.get("cluster_id", "")
         self.session = Session(info["key"])
+        tag = shm.host_tag()
+        # large frames go through /dev/shm to engines that share it with this client and the controller
+        self._shm = tag if tag is not None and info.get("shm") == tag else None
+        self._shm_prefix = shm.prefix(info["key"])
+        self._shm_engines: frozenset = frozenset()
         # the result socket signs with a session of its own (each session's sequence must arrive in order),
         # of the same family: one hello proves both fresh to the controller
         self._rsession = self.session.member("r")
@@ -355,8 +360,8 @@ class Client(TaskDBMixin):
         mid = h["p"]
         p = self._pending.pop(mid, None)
         if p is None:
-            if self._hub_waiting:
-                self._hub_result(h, payload)
+            if not (self._hub_waiting and self._hub_result(h, payload)) and "sh" in h:
+                shm.remove(shm.names(h, payload))  # a result nobody here waits for: nobody will read its files
             return
         value, error, meta = self._decode(h, payload)
         if error is not None and p.resend is not None:
@@ -420,6 +425,8 @@ class Client(TaskDBMixin):
             try:
                 Session.check_payload(h, payload)
                 meta = json.loads(bytes(payload[0]))
+                if "sh" in h:  # this client is the frames' last reader: map them, then remove their names
+                    payload = shm.resolve(h, payload, unlink=True)
                 if h["ok"]:
                     value = serialize.loads(payload[1:]) if len(payload) > 1 else None
                 else:
@@ -432,11 +439,32 @@ class Client(TaskDBMixin):
         return value, error, meta
 
     def _note_pythons(self) -> None:
-        """Remember the engines on another Python minor version, and whether any engine's allocation has a
-        known end, so that sending a task need not look through the engines (called with _engine_cond held)."""
+        """Remember the engines on another Python minor version, whether any engine's allocation has a known
+        end, and which engines can map this client's /dev/shm, so that sending a task need not look through
+        the engines (called with _engine_cond held)."""
         self._other_python = {eid: v["python"] for eid, v in self._engines.items()
                               if v.get("python") and v["python"].rsplit(".", 1)[0] != _MINOR}
         self._ends_known = any(v.get("ends") for v in self._engines.values())
+        if self._shm is not None:
+            self._shm_engines = frozenset(eid for eid, v in self._engines.items() if v.get("shm") == self._shm)
+
+    def _shm_out(self, fields: dict, payload: Sequence[Any], target: Any, among: Any) -> Sequence[Any]:
+        """The payload to send: its large frames in /dev/shm when every engine that may read it can map
+        them (`fields` then says which, and tells engines they may answer the same way)."""
+        fields["sk"] = self._shm
+        ok = self._shm_engines
+        if target is not None:
+            reach = target in ok
+        elif among is not None:
+            reach = all(e in ok for e in among)
+        else:
+            reach = bool(ok) and len(ok) == len(self._engines)
+        if reach and payload:
+            out, idx = shm.export(payload, self._shm_prefix)
+            if idx:
+                fields["sh"] = idx
+                return out
+        return payload
 
     def _check_python(self, payload: Sequence[Any], targets: Iterable[int] | None) -> None:
         """Refuse to send bytecode to an engine of another Python version: reading it there may crash the
@@ -497,8 +525,11 @@ class Client(TaskDBMixin):
             fields["among"] = sorted(among)
         if self._other_python and kind in ("apply", "push") and payload:
             self._check_python(payload, None if target is None else [target])
-        if digest is None and payload:
-            digest = payload_digest(payload)
+        sent = payload if self._shm is None else self._shm_out(fields, payload, target, among)
+        if sent is not payload:
+            digest = None  # the signed digest is over the descriptors
+        if digest is None and sent:
+            digest = payload_digest(sent)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this client is closed")
@@ -514,7 +545,7 @@ class Client(TaskDBMixin):
             if ar.msg_ids[index] != mid:
                 ar.msg_ids[index] = mid
                 self._note_submitted(mid, ar, index, now, target, label)
-            frames = self.session.pack("task", fields, payload, seq=seq, digest=digest)
+            frames = self.session.pack("task", fields, sent, seq=seq, digest=digest)
             if track:
                 ar._trackers.append(_send_tracked(self._submit, frames))
             else:
@@ -531,6 +562,8 @@ class Client(TaskDBMixin):
             fields["lbl"] = label
         if self._other_python and kind in ("apply", "push") and payload:
             self._check_python(payload, list(targets))
+        if self._shm is not None:
+            payload = self._shm_out(fields, payload, None, targets)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this client is closed")
@@ -1039,6 +1072,8 @@ class _SyncChannel:
         fields: dict[str, Any] = {"k": kind, "c": self.cid, "sync": 1}
         if target is not None:
             fields["to"] = target
+        if self.client._shm is not None:
+            payload = self.client._shm_out(fields, payload, target, None)
         q, mid = self.session.next_id()
         send_frames(self.sock, self.session.pack("task", fields, payload, seq=(q, mid)))
         value, error, _ = Client._decode(*self._wait(mid))

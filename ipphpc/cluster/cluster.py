@@ -23,7 +23,7 @@ from typing import Any
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, Union, default, observe, validate
 from traitlets.config import Config, LoggingConfigurable
 
-from .. import connection, paths
+from .. import connection, paths, shm
 from ..batch.resources import Resources, canonical_options, option_names
 from ..config import load_profile_config
 from ..error import ControllerUnreachable
@@ -557,6 +557,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         pid_file = paths.pid_file(self.pdir, "ipcontroller", self.cluster_id)
         if launcher is None or not pid_file.exists() or launcher.running:
             return
+        try:  # its frames in /dev/shm too: it sweeps them when it stops, and it did not stop
+            shm.sweep(shm.prefix(connection.read(self.client_file)["key"]))
+        except OSError:  # (ConnectionFileError is one)
+            pass
         for path in (pid_file, self.client_file, paths.connection_file(self.pdir, "engine", self.cluster_id)):
             path.unlink(missing_ok=True)
 

@@ -15,7 +15,7 @@ import zmq
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .. import connection, paths
+from .. import connection, paths, shm
 from .._version import __version__
 from ..netutil import advertised_addresses, is_loopback, is_wildcard
 from ..wire import Session, new_key
@@ -62,6 +62,9 @@ class Controller(LoggingConfigurable):
     curve = Bool(None, allow_none=True, config=True, help="Encrypt every connection with CurveZMQ. Default: on "
                  "when listening on anything but loopback (engines on other hosts), off for a loopback-only cluster. "
                  "The public key goes into the connection files; sockets without it cannot complete the handshake.")
+    shm = Bool(True, config=True, help="Let clients and engines on this controller's host pass frames of 1 MiB "
+               "or more through files in /dev/shm (written once, mapped by the reader) instead of sockets. "
+               "Off: every frame travels through the controller's sockets.")
     hold_time = Float(30.0, config=True, help="Seconds a message of a sender that has not proven it is alive (by "
                       "a hello answering the controller's challenge) is held for that hello to arrive; then it is "
                       "dropped, never run.")
@@ -132,6 +135,8 @@ class Controller(LoggingConfigurable):
                 "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), **self.extra_info}
         if curve is not None:
             base["curve"] = curve.decode()
+        if self.shm and shm.host_tag():
+            base["shm"] = shm.host_tag()  # who shares it shares this host's /dev/shm as this user
         eng = {"ssh": self.enginessh} if self.enginessh else {}
         cli = {"ssh": self.clientssh} if self.clientssh else {}
         connection.write(self.engine_file, {**base, **eng, "ports": {k: ports[k] for k in connection.ENGINE_PORTS},
@@ -216,7 +221,10 @@ class Controller(LoggingConfigurable):
         curve = self._curve_keys()
         ctx = zmq.Context()
         socks = self._bind(ctx, ports, curve)
-        hub = Hub(session, socks, self, self.log, store, recorder)
+        shm_prefix = shm.prefix(key) if self.shm and shm.host_tag() else None
+        if shm_prefix and shm.sweep(shm_prefix):  # left by an earlier life of this cluster, killed
+            self.log.info("removed shared-memory frames an earlier controller of this cluster left in %s", shm.SHM_DIR)
+        hub = Hub(session, socks, self, self.log, store, recorder, shm_prefix)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # before the files: whoever reads them may stop us at once
             try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from .. import shm
 from .._version import PROTOCOL_VERSION
 from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_version, family, read_beat
 from ..zmqpump import Pump
@@ -59,8 +60,12 @@ class QueuedTask:
 
 class Hub:
     def __init__(self, session: Session, socks: dict, cfg: Any, log: logging.Logger, store: Any = None,
-                 recorder: Any = None):
+                 recorder: Any = None, shm_prefix: str | None = None):
         self.session = session
+        # shared-memory frames (see ipphpc.shm): this cluster's file prefix, and msg_id -> [file names,
+        # engines still to answer] of each task that sent some, removed once all have answered
+        self.shm_prefix = shm_prefix
+        self.shm_files: dict[str, list] = {}
         # the task database: one queue put per task and per result when a backend records
         self.db = TaskDBService(self, store, recorder)
         self.recording = recorder is not None
@@ -130,6 +135,8 @@ class Hub:
             await asyncio.gather(beat, return_exceptions=True)
             for p in self.pumps.values():
                 p.close()
+            if self.shm_prefix:
+                shm.sweep(self.shm_prefix)  # files of tasks and results nobody will read now
 
     def _guarded(self, handler, name: str):
         def handle(frames) -> None:
@@ -255,8 +262,10 @@ class Hub:
                 held.append((time.monotonic(), h, frames))
             return
         self.stats["task_messages"] += 1
+        if "sh" in h:
+            self._shm_track(h, frames)
         if self.recording:
-            self.db.task(h, frames)
+            self.db.task(h, self._shm_mapped(h, frames) if "sh" in h else frames)
         body = frames[1:]
         target = h.get("to")
         if isinstance(target, list):  # one message for many engines: the same frames go to each
@@ -288,6 +297,29 @@ class Hub:
             (self.timed if tmo else self.lb_queue).append(task)
         if self.free:
             self._dispatch()
+
+    def _shm_track(self, h: dict, frames: list) -> None:
+        entry = [shm.names(h, frames[4:]), len(h["ids"]) if "ids" in h else 1]
+        for mid in h.get("ids") or (h["id"],):
+            self.shm_files[mid] = entry
+
+    def _shm_done(self, mid: str) -> None:
+        """An engine answered task `mid`: it mapped the task's files before running it, so once every engine
+        it went to has answered, nobody needs their names."""
+        entry = self.shm_files.pop(mid, None)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                shm.remove(entry[0])
+
+    def _shm_mapped(self, h: dict, frames: list) -> list:
+        """The frames with shared-memory descriptors replaced by the files' pages, mapped (not read), for
+        the task database: its records then outlive the files' names."""
+        try:
+            return [*frames[:4], *shm.resolve(h, frames[4:], populate=False)]
+        except shm.SharedMemoryError as e:
+            self.log.warning("task database: %s", e)
+            return frames
 
     def _possible(self, task: QueuedTask) -> bool:
         """A task that only absent engines may run fails now rather than waiting forever."""
@@ -366,6 +398,8 @@ class Hub:
     def _fail(self, client: bytes, msg_id: str, ename: str, evalue: str, eid: int | None = None) -> None:
         fields = {"p": msg_id, "ok": False, "eid": eid, "err": {"ename": ename, "evalue": evalue, "tb": ""}}
         frames = [client, *self.session.pack("result", fields)]
+        if self.shm_files:
+            self._shm_done(msg_id)
         if self.recording:
             self.db.result(fields, frames)
         self._out(self.client_sock, frames)
@@ -550,10 +584,14 @@ class Hub:
             e.balanced.pop(h["p"], None)
         e.completed += 1
         self.stats["results"] += 1
+        if self.shm_files:
+            self._shm_done(h["p"])
         if self.recording:
-            self.db.result(h, frames)
+            self.db.result(h, self._shm_mapped(h, frames) if "sh" in h else frames)
         if client is not None:
             self._out(self.client_sock, [client, *frames[1:]])
+        elif "sh" in h:  # nobody will read its files
+            shm.remove(shm.names(h, frames[4:]))
         dur = h.get("dur")
         if dur is not None:
             avg = self.avg_task
@@ -806,7 +844,10 @@ class Hub:
     def _sweep_orphans(self, older_than: float = 30.0) -> None:
         now = time.monotonic()
         for cid in [c for c, held in self.orphans.items() if now - held[0][0] > older_than]:
-            n = len(self.orphans.pop(cid))
+            held = self.orphans.pop(cid)
+            n = len(held)
+            for _, h, frames in held:
+                shm.remove(shm.names(h, frames[4:]))
             self.log.warning("dropped %d tasks of client %s: it never said hello", n, cid)
 
     def _sweep_timeouts(self) -> None:

@@ -22,7 +22,7 @@ from traitlets import Float, Integer, Unicode
 from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
-from .. import connection, paths
+from .. import connection, paths, shm
 from ..wire import AuthError, Session, payload_digest, read_beat
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
@@ -125,6 +125,10 @@ class Engine(LoggingConfigurable):
         """Serve until told to stop or the controller is gone; returns the exit status."""
         self.info = info
         self.session = Session(info["key"])
+        tag = shm.host_tag()
+        # results go through /dev/shm to clients that share it with this engine and the controller
+        self.shm_tag = tag if tag is not None and info.get("shm") == tag else None
+        self.shm_prefix = shm.prefix(info["key"])
         self.executor = self._init_namespace()
         ctx = zmq.Context()
         self.ctx = ctx
@@ -263,6 +267,8 @@ class Engine(LoggingConfigurable):
         self.origin = origin = {**engine_origin(), **self._lifetime()}
         if getattr(self, "mpi_comm", False):
             origin["mpi_comm"] = True
+        if getattr(self, "shm_tag", None):
+            origin["shm"] = self.shm_tag
         opened = self.tunnel.opened if self.tunnel is not None else 0
         self._send_register()
         deadline = time.monotonic() + self.register_timeout
@@ -299,16 +305,20 @@ class Engine(LoggingConfigurable):
 
     def _on_message(self, frames: list) -> None:
         t = None
+        mapped: list = []  # shared-memory files this task's frames are in: a result that is a view of one
         try:
             _, h, payload = self.session.split(frames)
             t = h["t"]
             if t == "task":
                 Session.check_payload(h, payload)
-        except AuthError as e:
+                if "sh" in h:
+                    payload = shm.resolve(h, payload, mapped=mapped)
+        except (AuthError, shm.SharedMemoryError) as e:
             self.log.warning("dropped a message: %s", e)
             if t == "task":
-                # the header is authentic, only the payload was damaged: say so instead of leaving a hang
-                meta = {"engine_id": self.id, "error": {"ename": "PayloadError", "evalue": str(e), "tb": ""}}
+                # the header is authentic, only the payload was damaged or gone: say so instead of leaving a hang
+                ename = "PayloadError" if isinstance(e, AuthError) else "SharedMemoryError"
+                meta = {"engine_id": self.id, "error": {"ename": ename, "evalue": str(e), "tb": ""}}
                 self.pump.send(self.session.pack("result", {"p": self._task_id(h), "ok": False, "eid": self.id,
                                                             "dur": 0.0},
                                                  [json.dumps(meta).encode()]))
@@ -330,8 +340,12 @@ class Engine(LoggingConfigurable):
                     self.pump.send(self.session.pack("data", {"p": pmid}, frames))
             meta["engine_id"] = self.id
             dur = meta["completed"] - meta["started"]
-            body = [json.dumps(meta).encode(), *value]
             fields = {"p": mid, "ok": ok, "eid": self.id, "dur": dur}
+            if value and self.shm_tag is not None and h.get("sk") == self.shm_tag:
+                value, idx = shm.export(value, self.shm_prefix, mapped)
+                if idx:
+                    fields["sh"] = [i + 1 for i in idx]  # after the metadata frame
+            body = [json.dumps(meta).encode(), *value]
             if value:  # the controller records the metadata frame alone: it checks that without hashing the rest
                 fields["dm"] = payload_digest(body[:1])
             self.pump.send(self.session.pack("result", fields, body))

@@ -19,6 +19,8 @@ NO_DB = ("the controller keeps no task records (it runs with --db=none); start i
          "or hdf5 to look up, query or resubmit tasks")
 # header fields of a task that a resubmission keeps (routing and flags); the rest is made anew
 _KEEP = ("k", "to", "tmo", "among", "lbl")
+# header fields Session.pack makes, or that name frames no longer in the message
+_MADE_BY_PACK = ("t", "s", "q", "id", "ts", "v", "d", "dm", "sh")
 
 
 class TaskDBService:
@@ -41,8 +43,17 @@ class TaskDBService:
         self.live.discard(mid)
         self.put(("result", h, frames, time.time()))
         if self.watchers:
-            for ident in self.watchers.pop(mid, ()):
-                self.hub._out(self.hub.client_sock, [ident, *frames[1:]])
+            idents = self.watchers.pop(mid, ())
+            if idents:
+                # frames in shared memory are the owner's to read (it removes their files): send their pages
+                out = self._inline(h, frames[4:]) if "sh" in h else frames[1:]
+                for ident in idents:
+                    self.hub._out(self.hub.client_sock, [ident, *out])
+
+    def _inline(self, h: dict, payload: list) -> list:
+        """A result whose shared-memory frames are given as the pages the controller mapped, signed anew."""
+        fields = {k: v for k, v in h.items() if k not in _MADE_BY_PACK}
+        return self.hub.session.pack(h["t"], fields, payload)
 
     def idle(self) -> bool:
         """Nothing left for the writer thread (its queue holds frames until written)."""
@@ -103,8 +114,12 @@ class TaskDBService:
                 if rec.get("submitted") is not None:
                     reply.setdefault("submitted", {})[m] = rec["submitted"]
                 if rec["result_header"] is not None:
-                    self.hub._out(self.hub.client_sock, [ident, b"<IPH>", rec["result_sig"].encode(),
-                                                         rec["result_header"].encode(), *rec["result_buffers"]])
+                    if '"sh":' in rec["result_header"]:  # stored as pages: the files' names are gone
+                        out = self._inline(json.loads(rec["result_header"]), rec["result_buffers"])
+                    else:
+                        out = [b"<IPH>", rec["result_sig"].encode(), rec["result_header"].encode(),
+                               *rec["result_buffers"]]
+                    self.hub._out(self.hub.client_sock, [ident, *out])
                 elif m in self.live:
                     self.watchers.setdefault(m, set()).add(ident)
                     reply["pending"].append(m)
@@ -227,5 +242,7 @@ class TaskDBService:
         fields["c"] = cid
         hub = self.hub
         q, _ = hub.session.next_id()
-        packed = hub.session.pack("task", fields, rec["buffers"], seq=(q, new_id), digest=old.get("d"))
+        # (a task that sent frames in shared memory is stored with their pages: sent inline now)
+        digest = None if "sh" in old else old.get("d")
+        packed = hub.session.pack("task", fields, rec["buffers"], seq=(q, new_id), digest=digest)
         hub.on_task(ident, json.loads(packed[2]), [ident, *packed])
