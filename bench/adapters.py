@@ -20,6 +20,7 @@ class System:
     """One benchmarked system.  Subclasses fill in every method."""
 
     name = "?"
+    supported = None  # the figures it can run, when not all of them
 
     def version(self) -> str:
         raise NotImplementedError

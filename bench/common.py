@@ -19,7 +19,8 @@ import time
 # what is measured
 # ---------------------------------------------------------------------------
 
-SYSTEMS = ("ipphpc", "ipphpc-curve", "ipyparallel", "dask")  # ipphpc-curve: every connection CurveZMQ-encrypted
+# ipphpc-curve: every connection CurveZMQ-encrypted; parsl-enc: Parsl's HighThroughputExecutor, encrypted
+SYSTEMS = ("ipphpc", "ipphpc-curve", "ipyparallel", "dask", "parsl-enc")
 PEERS = ("ipyparallel", "dask")
 
 # figure name -> short description (the names are what --only accepts)

@@ -260,6 +260,8 @@ def build_rows(results, params, figures):
             ratios[peer] = a / b if a is not None and b else None
         a, b = values["ipphpc-curve"], values["ipphpc"]
         ratios["curve"] = a / b if a is not None and b else None
+        a, b = values["ipphpc-curve"], values["parsl-enc"]
+        ratios["curve/parsl"] = a / b if a is not None and b else None
         rows.append(
             {"figure": fig, "label": label, "unit": unit, "better": better, "values": values, "ratios": ratios}
         )
@@ -281,12 +283,12 @@ def cell(results, system, fig, value):
 
 
 def render_table(rows, results):
-    head = ["figure", "unit", "better", *SYSTEMS, *(f"ipphpc/{p}" for p in PEERS), "curve/plain"]
+    head = ["figure", "unit", "better", *SYSTEMS, *(f"ipphpc/{p}" for p in PEERS), "curve/plain", "curve/parsl"]
     body = []
     for r in rows:
         line = [r["label"], r["unit"], r["better"]]
         line += [cell(results, s, r["figure"], r["values"][s]) for s in SYSTEMS]
-        line += [fmt_ratio(r["ratios"][p]) for p in (*PEERS, "curve")]
+        line += [fmt_ratio(r["ratios"][p]) for p in (*PEERS, "curve", "curve/parsl")]
         body.append(line)
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
 

@@ -58,6 +58,10 @@ def load_system(name):
         from peers import Dask
 
         return Dask()
+    if name == "parsl-enc":
+        from parsl_side import ParslEncrypted
+
+        return ParslEncrypted()
     raise ValueError(f"unknown system {name!r}")
 
 
@@ -300,6 +304,8 @@ class Runner:
         self.result["version"] = self.sys.version()
         self.save()
         self.say(f"version {self.result['version']}")
+        if self.sys.supported is not None:
+            self.figures = [f for f in self.figures if f in self.sys.supported]
         if "coldstart" in self.figures:
             self.run_figure("coldstart", needs_main=False)
         try:

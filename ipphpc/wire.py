@@ -63,6 +63,15 @@ def payload_digest(frames: Iterable[Any]) -> str:
     return h.hexdigest()
 
 
+def fan_part(h: dict, eid: int, mid: str) -> dict:
+    """The header one engine gets of a task sent to many (`to` and `ids` lists): its own engine id and
+    msg_id, not every engine's, so that a call on thousands of engines does not send each of them a
+    header listing all the others."""
+    part = {k: v for k, v in h.items() if k != "ids"}
+    part["id"], part["to"] = mid, eid
+    return part
+
+
 class Session:
     """Signs outgoing messages and verifies incoming ones for one sender."""
 
@@ -85,6 +94,11 @@ class Session:
         m = self._mac.copy()
         m.update(header)
         return m.hexdigest().encode()
+
+    def signed(self, header: dict) -> list[Any]:
+        """[DELIM, signature, header] of a header made elsewhere (one engine's part of a task for many)."""
+        hb = _dumps(header).encode()
+        return [DELIM, self.sign(hb), hb]
 
     def next_id(self) -> tuple[int, str]:
         q = next(self._seq)

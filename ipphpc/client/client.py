@@ -531,10 +531,7 @@ class Client(TaskDBMixin):
         if digest is None and sent:
             digest = payload_digest(sent)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this client is closed")
-            if self._lost:
-                raise ControllerLost(self._lost)
+            self._check_open(fields, sent)
             seq = self.session.next_id()
             if msg_id is not None:
                 seq = (seq[0], msg_id)
@@ -565,10 +562,7 @@ class Client(TaskDBMixin):
         if self._shm is not None:
             payload = self._shm_out(fields, payload, None, targets)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this client is closed")
-            if self._lost:
-                raise ControllerLost(self._lost)
+            self._check_open(fields, payload)
             mids = [self.session.next_id()[1] for _ in targets]
             seq = self.session.next_id()
             fields["ids"] = mids
@@ -583,6 +577,15 @@ class Client(TaskDBMixin):
             else:
                 send_frames(self._submit, frames)
         return mids
+
+    def _check_open(self, fields: dict, sent: Sequence[Any]) -> None:
+        """Raise when no task can be sent now; the files of frames already put in /dev/shm go first."""
+        if self._closed or self._lost:
+            if "sh" in fields:
+                shm.remove(shm.names(fields, sent))
+            if self._closed:
+                raise RuntimeError("this client is closed")
+            raise ControllerLost(self._lost)
 
     def _note_submitted(self, mid: str, ar: AsyncResult, index: int, now: float, target: int | None,
                         label: str | None) -> None:

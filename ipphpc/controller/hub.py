@@ -18,7 +18,7 @@ import zmq
 
 from .. import shm
 from .._version import PROTOCOL_VERSION
-from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_version, family, read_beat
+from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_version, family, fan_part, read_beat
 from ..zmqpump import Pump
 from .memtrim import Trimmer
 from .taskdb.service import TaskDBService
@@ -268,14 +268,15 @@ class Hub:
             self.db.task(h, self._shm_mapped(h, frames) if "sh" in h else frames)
         body = frames[1:]
         target = h.get("to")
-        if isinstance(target, list):  # one message for many engines: the same frames go to each
-            self.stats["tasks"] += len(target)
+        if isinstance(target, list):  # one message for many engines: the same payload frames go to each,
+            self.stats["tasks"] += len(target)  # under a header of its own (signed here)
+            payload = frames[4:]
             for eid, mid in zip(target, h["ids"]):
                 e = self.engines.get(eid)
                 if e is None:
                     self._fail(client, mid, "EngineError", f"engine {eid} is not registered", eid)
                 else:
-                    self._to_engine(e, mid, client, body)
+                    self._to_engine(e, mid, client, [*self.session.signed(fan_part(h, eid, mid)), *payload])
             return
         self.stats["tasks"] += 1
         if target is not None:

@@ -43,9 +43,12 @@ def test_push_of_an_array_arrives_whole_on_each_engine(rc):
 def test_each_engine_has_its_own_record_and_resubmits_alone(rc):
     ar = rc[:].apply_async(os.getpid)
     pids = ar.get(timeout=30)
-    recs = rc.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["msg_id", "engine_id", "queue"])
+    recs = rc.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["msg_id", "engine_id", "queue", "header"])
     assert sorted((r["msg_id"], r["engine_id"], r["queue"]) for r in recs) == sorted(
         (m, e, "mux") for m, e in zip(ar.msg_ids, rc.ids))
+    # each engine got (and each record keeps) a header naming that engine alone, not the list of all
+    assert all(r["header"]["to"] == r["engine_id"] and r["header"]["id"] == r["msg_id"] and "ids" not in r["header"]
+               for r in recs)
     for mid, pid in zip(ar.msg_ids, pids):
         assert rc.get_result(mid).get(timeout=30) == pid
     again = rc.resubmit(ar.msg_ids[1], block=False)

@@ -171,3 +171,15 @@ def test_a_controller_started_with_no_shm_keeps_frames_in_messages(spawner, pdir
 
 def test_an_engine_on_this_host_says_so_at_registration(rc):
     assert all(rc.engines[i].get("shm") == shm.host_tag() for i in rc.ids)
+
+
+def test_a_closed_client_leaves_no_file_behind(rc):
+    from ipphpc.client.asyncresult import AsyncResult
+    other = Client(url_file=rc.url_file)
+    other.wait_for_engines(2, timeout=30)
+    pfx = shm.prefix(other._info["key"])
+    other.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        other._send_task("apply", serialize.dumps((double, (np.zeros(BIG // 8),), {})), AsyncResult(1, "x"), 0,
+                         target=other.ids[0])
+    assert files(pfx) == []

@@ -49,12 +49,14 @@ def from_task(h: dict, frames: list, now: float) -> dict:
 
 def from_fan(h: dict, frames: list, now: float) -> list[dict]:
     """The records of one message sent to many engines (`to` and `ids` lists): one per engine, sharing the
-    header text and the payload frames."""
+    payload frames, each with the header its engine got (not the list of every engine)."""
+    from ...wire import fan_part
     first = from_task(h, frames, now)
     out = []
     for eid, mid in zip(h["to"], h["ids"]):
         rec = dict(first)
         rec["msg_id"], rec["engine_id"] = mid, eid
+        rec["header"] = json.dumps(fan_part(h, eid, mid), separators=(",", ":"))
         out.append(rec)
     return out
 

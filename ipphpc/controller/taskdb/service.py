@@ -237,7 +237,7 @@ class TaskDBService:
         """A new task with the payload of `rec`, sent for client `cid` as if it had sent it."""
         old = json.loads(rec["header"])
         fields = {k: old[k] for k in _KEEP if k in old}
-        if isinstance(fields.get("to"), list):  # one engine's part of a message sent to many
+        if isinstance(fields.get("to"), list):  # a part of a message for many, recorded by an older ipphpc
             fields["to"] = old["to"][old["ids"].index(rec["msg_id"])]
         fields["c"] = cid
         hub = self.hub
