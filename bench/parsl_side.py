@@ -41,7 +41,7 @@ class ParslEncrypted(System):
             label="htex", encrypted=True, cores_per_worker=1, **{workers: n},
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
         )
-        return Config(executors=[htex], run_dir=run_dir, strategy="none", app_cache=False)
+        return Config(executors=[htex], run_dir=run_dir, strategy="none")  # caching is off per app below
 
     def _load(self, n):
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-parsl-")

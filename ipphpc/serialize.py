@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import cloudpickle
 
+from .wire import raw as _buf
+
 # buffers smaller than this stay inside the pickle: a frame of its own costs more than a copy
 OOB_THRESHOLD = 64 * 1024
 
@@ -54,8 +56,6 @@ def loads(frames: Sequence[Any]) -> Any:
     return _pickler.loads(_buf(frames[0]), buffers=buffers)
 
 
-def _buf(frame: Any) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
 
 
 def serialize_object(obj: Any, buffer_threshold: int = OOB_THRESHOLD, item_threshold: int = 64) -> list[Any]:

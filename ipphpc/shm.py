@@ -24,6 +24,8 @@ import stat
 import sys
 from typing import Any, Sequence
 
+from .wire import raw
+
 SHM_DIR = "/dev/shm"
 #: frames from this size on go through shared memory: below it a socket copy costs less than a file
 SHM_MIN = 1 << 20
@@ -71,7 +73,7 @@ def export(frames: Sequence[Any], pfx: str, mapped: list | None = None) -> tuple
     out = list(frames)
     idx: list[int] = []
     for i, f in enumerate(out):
-        mv = f if isinstance(f, memoryview) else memoryview(f.buffer if hasattr(f, "buffer") else f)
+        mv = f if isinstance(f, memoryview) else memoryview(raw(f))
         if mv.nbytes < SHM_MIN:
             continue
         try:
@@ -133,7 +135,7 @@ def _relink(mv: memoryview, pfx: str, mapped: list) -> bytes | None:
 def attach(desc: Any, populate: bool = True) -> tuple[memoryview, str, mmap.mmap]:
     """(a read-only view of the frame a descriptor names, the file's name, the mapping). `populate` maps
     every page at once (one call instead of a fault per page), for a reader that will read them all."""
-    text = bytes(desc.buffer if hasattr(desc, "buffer") else desc).decode("ascii", "replace")
+    text = bytes(raw(desc)).decode("ascii", "replace")
     name, _, rest = text.partition(":")
     off_s, _, len_s = rest.partition(":")
     if not _NAME.fullmatch(name) or not off_s.isdigit() or not len_s.isdigit():
@@ -184,7 +186,7 @@ def names(h: dict, payload: Sequence[Any]) -> list[str]:
     for i in h.get("sh") or ():
         if isinstance(i, int) and 0 <= i < len(payload):
             f = payload[i]
-            name = bytes(f.buffer if hasattr(f, "buffer") else f)[:120].decode("ascii", "replace").partition(":")[0]
+            name = bytes(raw(f)[:120]).decode("ascii", "replace").partition(":")[0]
             if _NAME.fullmatch(name):
                 out.append(name)
     return out

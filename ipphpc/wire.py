@@ -43,8 +43,16 @@ def new_key() -> str:
     return os.urandom(32).hex()
 
 
-def _raw(frame: Any) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
+_PLAIN = (bytes, bytearray, memoryview)
+
+
+def raw(frame: Any) -> Any:
+    """A frame's bytes-like object: a zmq.Frame's buffer (asked for once: each access makes a new view, and
+    `hasattr` is one access), anything else as it is."""
+    return frame if isinstance(frame, _PLAIN) else getattr(frame, "buffer", frame)
+
+
+_raw = raw
 
 
 # from this size on a frame is hashed on every core: BLAKE3 splits it into chunks hashed in parallel

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...wire import raw as _raw
+
 #: every field, in the order the SQL and HDF5 layouts use
 SCALARS: tuple[str, ...] = (
     "msg_id", "client_uuid", "engine_uuid", "engine_id", "label", "queue", "kind",
@@ -31,8 +33,6 @@ def _t(ts: Any) -> float | None:
     return None if ts is None else round(float(ts), 6)
 
 
-def _raw(frame: Any) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
 
 
 def from_task(h: dict, frames: list, now: float) -> dict:
