@@ -6,6 +6,7 @@ needs are imported eagerly: the client, cluster and IPython parts load on first 
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # noqa: F401
 
 from . import error
+from ._lazy import lazy_getattr
 from ._version import __version__, version_info
 from .error import (
     CompositeError,
@@ -56,15 +57,8 @@ __all__ = ["__version__", "version_info", "error", "RemoteError", "CompositeErro
            "load_ipython_extension", *_LAZY]
 
 
-def __getattr__(name: str):
-    # the engine imports this package too: keep its start-up free of client and cluster code
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ipphpc' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+# the engine imports this package too: keep its start-up free of client and cluster code
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

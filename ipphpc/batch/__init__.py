@@ -8,30 +8,21 @@ file (templates and exit files are read). Running them is :mod:`ipphpc.launch`'s
 business.
 """
 
-from .backend import Backend, BatchOutputError, expand_index_list, split_array
-from .jobstate import ElementStatus, TrackedJob
-from .registry import available_backends, get_backend
-from .render import (
-    JobSpec,
-    RenderedFile,
-    array_directive_missing,
-    detect_style,
-    parse_memory,
-    parse_walltime,
-    render_job,
-    render_template,
-    split_spec,
-    template_context,
-)
-from .resources import Resources
-from .states import (
-    JobRecord,
-    State,
-    exit_file_path,
-    read_exit_file,
-    short_job_id,
-    state_from_exit_code,
-)
+from .._lazy import lazy_getattr
+
+# name -> module that defines it, imported when first used: `import ipphpc.batch.resources` (the command
+# line parser of every `ipphpc` command, engines included) must not load the templates, jinja2 and the
+# backends with it
+_LAZY = {
+    **dict.fromkeys(("Backend", "BatchOutputError", "expand_index_list", "split_array"), ".backend"),
+    **dict.fromkeys(("ElementStatus", "TrackedJob"), ".jobstate"),
+    **dict.fromkeys(("available_backends", "get_backend"), ".registry"),
+    **dict.fromkeys(("JobSpec", "RenderedFile", "array_directive_missing", "detect_style", "parse_memory",
+                     "parse_walltime", "render_job", "render_template", "split_spec", "template_context"), ".render"),
+    "Resources": ".resources",
+    **dict.fromkeys(("JobRecord", "State", "exit_file_path", "read_exit_file", "short_job_id",
+                     "state_from_exit_code"), ".states"),
+}
 
 __all__ = [
     "Backend",
@@ -60,3 +51,6 @@ __all__ = [
     "state_from_exit_code",
     "template_context",
 ]
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -79,6 +79,11 @@ def test_local_engines_run_in_the_image(tmp_path: Path, cluster_id: str) -> None
     with cluster as rc:
         check_engines_in_image(rc, 2)
         assert rc.load_balanced_view().map_sync(lambda x: x * x, range(50)) == [x * x for x in range(50)]
+        # the container has a /dev/shm of its own: large frames go through the sockets, and arrive whole
+        assert all("shm" not in rc.engines[i] for i in rc.ids)
+        import numpy as np
+        a = np.arange(3 * 2**20 // 8, dtype=np.float64)
+        assert np.array_equal(rc[rc.ids[0]].apply_sync(lambda x: x * 2, a), a * 2)
         assert len(containers_of(cluster_id)) == 1  # `ipphpc engine -n 2`: one container, two engines
     assert not cluster.engine_sets
 

@@ -183,3 +183,18 @@ def test_a_closed_client_leaves_no_file_behind(rc):
         other._send_task("apply", serialize.dumps((double, (np.zeros(BIG // 8),), {})), AsyncResult(1, "x"), 0,
                          target=other.ids[0])
     assert files(pfx) == []
+
+
+def test_the_controller_sweeps_its_cluster_files_when_it_stops(spawner, pdir):
+    """What a sender killed between writing a frame and its reader's answer leaves behind."""
+    p, einfo, _ = spawner.controller(pdir, "sweep")
+    pfx = shm.prefix(einfo["key"])
+    out, idx = shm.export([b"left" * shm.SHM_MIN], pfx)
+    other = shm.prefix("another cluster")
+    keep, _ = shm.export([b"kept" * shm.SHM_MIN], other)
+    try:
+        assert len(files(pfx)) == 1
+        assert spawner.stop(p) == 0
+        assert files(pfx) == [] and len(files(other)) == 1  # its own prefix only
+    finally:
+        shm.remove(shm.names({"sh": [0]}, out) + shm.names({"sh": [0]}, keep))
