@@ -69,7 +69,7 @@ class Hub:
         # the task database: one queue put per task and per result when a backend records
         self.db = TaskDBService(self, store, recorder)
         self.recording = recorder is not None
-        self.trimmer = Trimmer()
+        self.trimmer = Trimmer(tidy=self.db.tidy)
         self.cfg = cfg
         self.log = log
         self.client_sock = socks["client"]

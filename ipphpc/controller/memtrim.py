@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from typing import Callable
 
 _libc = None
 try:
@@ -28,15 +29,22 @@ def trim() -> None:
 
 
 class Trimmer:
-    """Call `check(routed, idle)` now and then; trims after `every` tasks were routed and all is idle."""
+    """Call `check(routed, idle)` now and then; trims after `every` tasks were routed and all is idle.
 
-    def __init__(self, every: int = 20_000):
+    `tidy` runs first: containers that held a burst's tasks keep their full-size tables once emptied
+    (Python never shrinks a set or dict on removal), so it gives them new, small ones.
+    """
+
+    def __init__(self, every: int = 20_000, tidy: Callable[[], None] | None = None):
         self.every = every
+        self.tidy = tidy
         self.last = 0
 
     def check(self, routed: int, idle: bool) -> bool:
         if not idle or routed - self.last < self.every:
             return False
         self.last = routed
+        if self.tidy is not None:
+            self.tidy()
         trim()
         return True

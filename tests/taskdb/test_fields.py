@@ -24,7 +24,7 @@ def test_metadata_is_read_after_its_own_digest_matched(monkeypatch):
     big = b"x" * (8 * 2**20)
     h, frames = _result(s, META, [big], with_dm=True)
     hashed = []
-    monkeypatch.setattr("ipphpc.wire.payload_digest",
+    monkeypatch.setattr(fields, "payload_digest",
                         lambda fr: hashed.append(sum(len(f) for f in fr)) or payload_digest(fr))
     rec = fields.from_result(h, frames, 5.0)
     assert (rec["stdout"], rec["completed"]) == ("hi", 1001.5)

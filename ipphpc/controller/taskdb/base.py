@@ -23,6 +23,9 @@ class Store(ABC):
     persistent = False  # whether records outlive the controller process
     #: seconds the writer lets a batch gather: a store with a high cost per batch (HDF5) asks for more
     window = 0.02
+    #: whether a record may be inserted whole (task and result together, when both came in one batch):
+    #: one row written instead of a row and an update; a store that keeps results apart (HDF5) says no
+    whole_records = True
 
     @abstractmethod
     def insert(self, recs: list[dict]) -> None:

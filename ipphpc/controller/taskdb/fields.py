@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...wire import Session, fan_part, payload_digest
 from ...wire import raw as _raw
 
 #: every field, in the order the SQL and HDF5 layouts use
@@ -35,13 +36,19 @@ def _t(ts: Any) -> float | None:
 
 
 
+def _text(frame: Any) -> str:
+    """A header or signature frame as text: a received frame's bytes were read (and kept) by the check of
+    its signature, so they are taken from there rather than copied again."""
+    return (frame.bytes if hasattr(frame, "bytes") else bytes(frame)).decode()
+
+
 def from_task(h: dict, frames: list, now: float) -> dict:
     """The record of a task as it entered the controller: `frames` is [ident, DELIM, sig, header, *payload]."""
     return {
         "msg_id": h["id"], "client_uuid": h.get("c"), "engine_uuid": None,
         "engine_id": h.get("to"), "label": h.get("lbl"), "queue": "mux" if "to" in h else "task",
         "kind": h.get("k"), "submitted": _t(h.get("ts", now)), "started": None, "completed": None,
-        "received": None, "resubmitted": None, "header": bytes(_raw(frames[3])).decode(),
+        "received": None, "resubmitted": None, "header": _text(frames[3]),
         "result_header": None, "result_sig": None, "stdout": None, "stderr": None, "error": None,
         "execute_result": None, "buffers": [_raw(f) for f in frames[4:]], "result_buffers": None,
     }
@@ -50,7 +57,6 @@ def from_task(h: dict, frames: list, now: float) -> dict:
 def from_fan(h: dict, frames: list, now: float) -> list[dict]:
     """The records of one message sent to many engines (`to` and `ids` lists): one per engine, sharing the
     payload frames, each with the header its engine got (not the list of every engine)."""
-    from ...wire import fan_part
     first = from_task(h, frames, now)
     out = []
     for eid, mid in zip(h["to"], h["ids"]):
@@ -69,11 +75,10 @@ def from_result(h: dict, frames: list, now: float) -> dict:
     over the metadata frame alone, when the engine sent one: a large result is then not hashed here
     (the client checks all of it against `d` when it reads it).
     """
-    from ...wire import Session, payload_digest
     payload = frames[4:]
     out: dict[str, Any] = {
         "engine_id": h.get("eid"), "engine_uuid": h.get("s"), "received": _t(now),
-        "result_header": bytes(_raw(frames[3])).decode(), "result_sig": bytes(_raw(frames[2])).decode(),
+        "result_header": _text(frames[3]), "result_sig": _text(frames[2]),
         "result_buffers": [_raw(f) for f in payload],
     }
     err = h.get("err")

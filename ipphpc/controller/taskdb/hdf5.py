@@ -73,6 +73,7 @@ def _dec(name: str, kind: str, v: Any) -> Any:
 class HDF5Store(Store):
     name = "hdf5"
     persistent = True
+    whole_records = False  # tasks and results are separate tables
     window = 0.25  # each batch resizes and flushes ~30 datasets: a few large batches, not many small ones
 
     def __init__(self, path: str | os.PathLike):

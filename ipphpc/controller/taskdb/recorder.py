@@ -91,20 +91,29 @@ class Recorder:
     def _apply(self, items: list[tuple]) -> bool:
         inserts: list[dict] = []
         updates: list[tuple[str, dict]] = []
+        # records inserted in this batch, by msg_id: a result (or a change) for one of them completes the
+        # record before it is written (most results of a busy controller come in their task's batch)
+        fresh: dict[str, dict] | None = {} if self.store.whole_records else None
         for it in items:
             kind = it[0]
             if kind == "task":
-                if "ids" in it[1]:
-                    inserts += from_fan(it[1], it[2], 0.0)
+                recs = from_fan(it[1], it[2], 0.0) if "ids" in it[1] else [from_task(it[1], it[2], 0.0)]
+                inserts += recs
+                if fresh is not None:
+                    for r in recs:
+                        fresh[r["msg_id"]] = r
+            elif kind == "result" or kind == "set":
+                mid, fields = (it[1]["p"], from_result(it[1], it[2], it[3])) if kind == "result" else it[1:]
+                rec = fresh.get(mid) if fresh is not None else None
+                if rec is None:
+                    updates.append((mid, fields))
                 else:
-                    inserts.append(from_task(it[1], it[2], 0.0))
-            elif kind == "result":
-                updates.append((it[1]["p"], from_result(it[1], it[2], it[3])))
-            elif kind == "set":
-                updates.append((it[1], it[2]))
+                    rec.update(fields)
             elif kind == "ask":
                 self._write(inserts, updates)
                 inserts, updates = [], []
+                if fresh is not None:
+                    fresh = {}
                 self._answer(*it[1:])
             elif kind is _STOP:
                 self._write(inserts, updates)

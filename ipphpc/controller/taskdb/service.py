@@ -55,6 +55,10 @@ class TaskDBService:
         fields = {k: v for k, v in h.items() if k not in _MADE_BY_PACK}
         return self.hub.session.pack(h["t"], fields, payload)
 
+    def tidy(self) -> None:
+        """Once a burst is over: the set of tasks in flight held all of them, and keeps that size when emptied."""
+        self.live = set(self.live)
+
     def idle(self) -> bool:
         """Nothing left for the writer thread (its queue holds frames until written)."""
         return self.rec is None or self.rec.idle()

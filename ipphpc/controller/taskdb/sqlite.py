@@ -40,7 +40,10 @@ class SQLiteStore(Store):
         self.db.execute("PRAGMA cache_size=-8192")  # 8 MiB of page cache: memory stays flat however many tasks
         defs = ", ".join(f"{c} {_TYPES.get(c, 'BLOB' if c in BLOBS else 'TEXT')}" for c in _COLS if c != "msg_id")
         self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} (msg_id TEXT PRIMARY KEY, {defs})")
-        self.db.execute("BEGIN")
+        # one cursor for every write: a cursor per statement leaves the connection a weak reference to each,
+        # dropped only now and then, and the last few of a burst pin as many 1 MiB blocks of the heap
+        self.cur = self.db.cursor()
+        self.cur.execute("BEGIN")
 
     def _row(self, r: dict) -> list:
         row = [dump_value(k, r.get(k)) for k in SCALARS]
@@ -50,8 +53,8 @@ class SQLiteStore(Store):
 
     def insert(self, recs: list[dict]) -> None:
         marks = ",".join("?" * len(_COLS))
-        self.db.executemany(f"INSERT OR REPLACE INTO {self.table} ({','.join(_COLS)}) VALUES ({marks})",
-                            [self._row(r) for r in recs])
+        self.cur.executemany(f"INSERT OR REPLACE INTO {self.table} ({','.join(_COLS)}) VALUES ({marks})",
+                             [self._row(r) for r in recs])
 
     def update(self, items: list[tuple[str, dict]]) -> None:
         groups: dict[tuple, list] = {}
@@ -63,7 +66,7 @@ class SQLiteStore(Store):
             groups.setdefault(keys, []).append([*vals, mid])
         for keys, rows in groups.items():
             sets = ",".join(f"{c}=?" for c in _columns(keys))
-            self.db.executemany(f"UPDATE {self.table} SET {sets} WHERE msg_id=?", rows)
+            self.cur.executemany(f"UPDATE {self.table} SET {sets} WHERE msg_id=?", rows)
 
     def _decode(self, keys: list[str], row: tuple) -> dict:
         out, i = {}, 0
@@ -84,7 +87,7 @@ class SQLiteStore(Store):
         for at in range(0, len(ids), 500):
             part = ids[at:at + 500]
             q = f"SELECT {cols} FROM {self.table} WHERE msg_id IN ({','.join('?' * len(part))})"
-            for row in self.db.execute(q, part):
+            for row in self.cur.execute(q, part):
                 rec = self._decode(keys, row)
                 out[rec["msg_id"]] = rec
         return out
@@ -96,20 +99,20 @@ class SQLiteStore(Store):
             yield self._decode(keys, row)
 
     def delete(self, ids: list[str]) -> int:
-        cur = self.db.executemany(f"DELETE FROM {self.table} WHERE msg_id=?", [(m,) for m in ids])
-        return cur.rowcount
+        self.cur.executemany(f"DELETE FROM {self.table} WHERE msg_id=?", [(m,) for m in ids])
+        return self.cur.rowcount
 
     def commit(self) -> None:
-        self.db.execute("COMMIT")
-        self.db.execute("BEGIN")
+        self.cur.execute("COMMIT")
+        self.cur.execute("BEGIN")
 
     def recover(self) -> None:
         """After a failed batch (a full disk): drop the half-written transaction and start a new one."""
         try:
-            self.db.execute("ROLLBACK")
+            self.cur.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        self.db.execute("BEGIN")
+        self.cur.execute("BEGIN")
 
     def close(self) -> None:
         try:
