@@ -8,6 +8,7 @@ from traitlets.config import Config
 from .. import paths
 from ..config import load_profile_config, setup_logging
 from .controller import Controller
+from .memtrim import tune_gc
 
 
 def run_controller(config: Config, log_to_stderr: bool = False, log_level: str = "INFO") -> int:
@@ -18,5 +19,6 @@ def run_controller(config: Config, log_to_stderr: bool = False, log_level: str =
     ctl = Controller(config=cfg)
     ctl.log = setup_logging(None if log_to_stderr else paths.log_file(pdir, "ipcontroller", ctl.cluster_id),
                             log_level, stream=log_to_stderr)
+    tune_gc()
     asyncio.run(ctl.run())
     return 0

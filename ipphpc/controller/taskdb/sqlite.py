@@ -13,10 +13,11 @@ from typing import Iterable, Iterator
 
 from .base import Store
 from .codec import dump_value, join_frames, load_value, split_frames
-from .fields import BLOBS, FIELDS, SCALARS
+from .fields import BLOBS, FIELDS, JSON_VALUES, SCALARS
 
 _TYPES = {"engine_id": "INTEGER", "submitted": "REAL", "started": "REAL", "completed": "REAL", "received": "REAL"}
 _COLS = [*SCALARS, *(c for b in BLOBS for c in (b, f"{b}_lens"))]
+_JSON_AT = [(i, k) for i, k in enumerate(SCALARS) if k in JSON_VALUES]
 
 
 def _columns(keys: Iterable[str]) -> list[str]:
@@ -46,7 +47,11 @@ class SQLiteStore(Store):
         self.cur.execute("BEGIN")
 
     def _row(self, r: dict) -> list:
-        row = [dump_value(k, r.get(k)) for k in SCALARS]
+        get = r.get
+        row = [get(k) for k in SCALARS]
+        for i, k in _JSON_AT:
+            if row[i] is not None:
+                row[i] = dump_value(k, row[i])
         for b in BLOBS:
             row += join_frames(r.get(b))
         return row
