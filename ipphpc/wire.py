@@ -130,13 +130,13 @@ class Session:
         The payload is not checked here: call `check_payload` before deserializing it.
         """
         for i, f in enumerate(frames):  # noqa: B007 - i is read after the loop
-            if _bytes(f) == DELIM:
+            if frame_bytes(f) == DELIM:
                 break
         else:
             raise AuthError("no delimiter frame")
         if len(frames) < i + 3:
             raise AuthError("truncated message")
-        sig, hb = _bytes(frames[i + 1]), _bytes(frames[i + 2])
+        sig, hb = frame_bytes(frames[i + 1]), frame_bytes(frames[i + 2])
         if not hmac.compare_digest(self.sign(hb), sig):
             raise AuthError("bad signature")
         header = _loads(hb)
@@ -160,7 +160,7 @@ def read_beat(session: Session, controller: str, frame: Any) -> int | None:
     """The number of a ping sent by the controller session `controller`; None for any other frame (including a
     ping of another controller session: a restarted controller)."""
     try:
-        num, mac = _bytes(frame).split(b":", 1)
+        num, mac = frame_bytes(frame).split(b":", 1)
         n = int(num)
     except ValueError:
         return None
@@ -168,7 +168,8 @@ def read_beat(session: Session, controller: str, frame: Any) -> int | None:
     return n if hmac.compare_digest(want, mac) else None
 
 
-def _bytes(frame: Any) -> bytes:
+def frame_bytes(frame: Any) -> bytes:
+    """A frame's contents as bytes: a zmq.Frame keeps the bytes it was asked for once, so they are not copied again."""
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 

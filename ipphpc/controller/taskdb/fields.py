@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...wire import Session, fan_part, payload_digest
+from ...wire import Session, fan_part, frame_bytes, payload_digest
 from ...wire import raw as _raw
 
 #: every field, in the order the SQL and HDF5 layouts use
@@ -37,9 +37,8 @@ def _t(ts: Any) -> float | None:
 
 
 def _text(frame: Any) -> str:
-    """A header or signature frame as text: a received frame's bytes were read (and kept) by the check of
-    its signature, so they are taken from there rather than copied again."""
-    return (frame.bytes if hasattr(frame, "bytes") else bytes(frame)).decode()
+    """A header or signature frame as text, from the bytes the check of its signature already read."""
+    return frame_bytes(frame).decode()
 
 
 def from_task(h: dict, frames: list, now: float) -> dict:

@@ -50,8 +50,7 @@ class SQLiteStore(Store):
         get = r.get
         row = [get(k) for k in SCALARS]
         for i, k in _JSON_AT:
-            if row[i] is not None:
-                row[i] = dump_value(k, row[i])
+            row[i] = dump_value(k, row[i])
         for b in BLOBS:
             row += join_frames(r.get(b))
         return row
