@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from .. import config as cfgmod
 from .. import paths
 from ..cluster.cluster import HPCCluster, JobsHeld, list_cluster_files
 from ..controller import record as record_mod
-from ..launch.processes import pid_alive
+from ..launch.processes import stop_process
 from .table import render
 
 
@@ -53,6 +51,8 @@ def submit(ns: argparse.Namespace, cfg: Config) -> int:
 
 def _start_and_wait(ns: argparse.Namespace, cfg: Config, cluster: HPCCluster) -> int:
     """Start the cluster and, unless told not to, show progress until its engines registered."""
+    from ..cluster import keeper
+    cluster._keep_here = False  # this process exits: a keeper replaces lost elements and adapts
     try:
         cluster.start_cluster_sync()
     except jinja2.TemplateError as e:
@@ -60,6 +60,10 @@ def _start_and_wait(ns: argparse.Namespace, cfg: Config, cluster: HPCCluster) ->
     except (ValueError, FileNotFoundError, RuntimeError, TraitError) as e:
         print(f"ipphpc submit: {e}", file=sys.stderr)
         return 2
+    if keeper.wanted(cluster):
+        pid = keeper.start_keeper(cluster)
+        print(f"keeper pid {pid}: {keeper.duties(cluster)} (log: {cluster.pdir / 'log'}/ipkeeper-{cluster.cluster_id}"
+              f".out)", file=sys.stderr)
     batch = cluster.engines != "local"
     print(f"cluster {cluster.cluster_id}: controller pid {cluster.controller_pid}, {cluster.n} {cluster.engines} "
           f"engines, profile {cluster.pdir}", file=sys.stderr)
@@ -201,6 +205,10 @@ def status(ns: argparse.Namespace, cfg: Config) -> int:
             shown.update(eids)
             rows.append([role, f"pid {launcher.pid}", "", "RUNNING" if alive else "STOPPED", launcher.kind, "",
                          "", "", ",".join(map(str, eids))])
+    if c.keeper_pid is not None:
+        from ..cluster import keeper
+        rows.append(["keeper", f"pid {c.keeper_pid}", "", "RUNNING" if keeper.alive(c.keeper_pid) else "STOPPED",
+                     keeper.duties(c), "", "", "", ""])
     # engines this cluster did not start: `ipphpc engine` lines in users' own batch scripts, or by hand
     joined: dict = {}
     for eid in sorted(set(engines) - shown):
@@ -331,20 +339,18 @@ def _by_hand(record: dict) -> bool:
 
 def _stop_hand_started(pid: int | None, grace: float = 10.0) -> None:
     """A controller started by hand need not lead a process group: signal its pid, if it is still ours."""
-    if pid is None or not pid_alive(pid):
-        return
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return
-    if b"controller" not in cmd:  # the pid was reused by another program after the controller died
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    stop_process(pid, b"controller", grace=grace)
+
+
+def keep(ns: argparse.Namespace, cfg: Config) -> int:
+    """Run the keeper of a submitted cluster in the foreground (`ipphpc submit` starts it detached)."""
+    from ..cluster import keeper
+    pdir = _pdir(ns)
+    if not paths.cluster_file(pdir, ns.cluster).exists():
+        known = ", ".join(p.name[8:-5] for p in list_cluster_files(pdir)) or "none"
+        print(f"ipphpc keep: no cluster {ns.cluster!r} in profile {pdir} (clusters there: {known})", file=sys.stderr)
+        return 1
+    return keeper.main(ns.cluster, str(pdir), ns.log_level)
 
 
 def logs(ns: argparse.Namespace, cfg: Config) -> int:

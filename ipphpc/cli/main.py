@@ -81,6 +81,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "template": [("HPCCluster", "batch_template_file", str)],
     "max_array_size": [("HPCCluster", "max_array_size", int)],
     "held_grace": [("HPCCluster", "held_grace", float)],
+    "adapt": [("HPCCluster", "adapt_range", str)],
 }
 
 
@@ -168,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-grace", type=float, default=None, metavar="SECONDS",
                    help="give up waiting once the scheduler has held a job this long (default 15; "
                    "c.HPCCluster.held_grace)")
+    p.add_argument("--adapt", default=None, metavar="MIN:MAX[:IDLE]",
+                   help="adapt the number of engines to the tasks waiting: more while tasks wait (up to MAX), "
+                   "fewer once engines have been idle IDLE seconds (default 300; down to MIN); -n engines start")
+
+    p = sub.add_parser("keep", help="keep a submitted cluster: replace lost elements, adapt its size "
+                       "(`ipphpc submit` starts it; `ipphpc stop` ends it)")
+    _common(p)
+    p.add_argument("cluster", help="cluster id")
 
     p = sub.add_parser("status", help="jobs, array elements, their states and reasons, and their engines")
     _common(p)

@@ -19,11 +19,30 @@ from .scale import engines_now, stop_engine_ids
 ADAPT_ENGINE_WAIT = 24 * 3600.0
 
 
+def parse_range(text: str) -> tuple[int, int, float] | None:
+    """'MIN:MAX' or 'MIN:MAX:IDLE_SECONDS' (`--adapt`, c.HPCCluster.adapt_range) as (minimum, maximum,
+    idle_timeout); '' is None (no adaptation)."""
+    if not text:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        lo, hi = int(parts[0]), int(parts[1])
+        idle = float(parts[2]) if len(parts) == 3 else 300.0
+    except ValueError:
+        raise ValueError(f"adapt range {text!r}: write MIN:MAX or MIN:MAX:IDLE_SECONDS, e.g. 0:64 or 0:64:600") \
+            from None
+    if lo < 0 or hi < max(1, lo) or idle < 0:
+        raise ValueError(f"adapt range {text!r}: need 0 <= MIN <= MAX, MAX >= 1 and IDLE_SECONDS >= 0")
+    return lo, hi, idle
+
+
 class Adaptive:
     """The running adaptation of one cluster; `stop()` ends it (stopping the cluster does too)."""
 
     def __init__(self, cluster: Any, minimum: int, maximum: int, idle_timeout: float, interval: float,
-                 log: logging.Logger):
+                 log: logging.Logger, background: bool = True):
         if minimum < 0 or maximum < max(1, minimum):
             raise ValueError(f"adapt(minimum={minimum}, maximum={maximum}): need 0 <= minimum <= maximum "
                              f"and maximum >= 1")
@@ -37,11 +56,12 @@ class Adaptive:
         self._stop = threading.Event()
         self._rc = None
         self.thread = threading.Thread(target=self._main, name="ipphpc-adapt", daemon=True)
-        self.thread.start()
+        if background:  # else the caller calls look() itself (the keeper of a submitted cluster)
+            self.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        if self.thread is not threading.current_thread():
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
     def _client(self) -> Any:

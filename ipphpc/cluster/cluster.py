@@ -29,6 +29,7 @@ from ..config import load_profile_config
 from ..error import ControllerUnreachable
 from ..launch.base import BatchJobs, DryRun, Launcher
 from ..launch.launchers import find_launcher, ipphpc_command, launcher_from_dict
+from . import shared_file
 from .resource_traits import ResourceTraits
 
 
@@ -89,6 +90,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                         "started the cluster, while it has a client.")
     max_replacements = Integer(100, config=True, help="Most elements replaced over the cluster's life.")
     replace_interval = Float(30.0, config=True, help="Seconds between two looks for lost elements.")
+    adapt_range = Unicode("", config=True, help="'MIN:MAX' or 'MIN:MAX:IDLE_SECONDS': a cluster started by "
+                          "`ipphpc submit --adapt` adapts between MIN and MAX engines (see adapt()), releasing "
+                          "engines idle for IDLE_SECONDS (default 300).")
+    adapt_interval = Float(5.0, config=True, help="Seconds between two looks of adapt_range's adaptation.")
     held_grace = Float(15.0, config=True, help="Seconds the scheduler may hold a job of the cluster (a user's or "
                        "an admin's hold) while start_and_connect or `ipphpc submit --wait` waits; then the wait fails "
                        "naming the jobs, the scheduler's reason and how to release them, since a hold does not lift "
@@ -131,6 +136,15 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def _valid_n(self, proposal: Any) -> int:
         if proposal.value < 0:
             raise TraitError(f"n={proposal.value}: the number of engines cannot be negative")
+        return proposal.value
+
+    @validate("adapt_range")
+    def _valid_adapt_range(self, proposal: Any) -> str:
+        from .adapt import parse_range
+        try:
+            parse_range(proposal.value)
+        except ValueError as e:
+            raise TraitError(str(e)) from None
         return proposal.value
 
     @validate("engines_per_task", "cores", "nodes")
@@ -181,6 +195,12 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         self.engine_set_ids: list[str] = []  # one per engine set, as start_engines returned it
         self.client: Any = None
         self._atexit = False
+        #: how the newest engine set started (command, batch settings): other processes start more the same way
+        self._engine_set_template: dict[str, Any] | None = None
+        self._from_file = False
+        self._removed_sets: set[str] = set()  # engine sets stopped here: never taken back from the file
+        self.keeper_pid: int | None = None  # the process keeping a submitted cluster (see keeper.py)
+        self._keep_here = True  # False: a keeper process replaces lost elements, not a thread of this one
 
     # -- files -------------------------------------------------------------------------------
     @property
@@ -198,20 +218,50 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
     def to_dict(self) -> dict[str, Any]:
         return {"cluster": {"cluster_id": self.cluster_id, "profile_dir": self.profile_dir, "n": self.n,
                             "engines": self.engines, "controller": self.controller,
-                            "controller_ip": self.controller_ip, "created": self.created},
+                            "controller_ip": self.controller_ip, "created": self.created,
+                            "replace_lost": self.replace_lost, "max_replacements": self.max_replacements,
+                            "replace_interval": self.replace_interval, "adapt_range": self.adapt_range,
+                            "adapt_interval": self.adapt_interval},
                 "controller": self.controller_launcher.to_dict() if self.controller_launcher else None,
-                "engine_sets": [e.to_dict() for e in self.engine_sets], "engine_set_ids": self.engine_set_ids}
+                "engine_sets": [e.to_dict() for e in self.engine_sets], "engine_set_ids": self.engine_set_ids,
+                "engine_set_template": self._engine_set_template, "keeper": {"pid": self.keeper_pid}}
 
     def write_cluster_file(self) -> None:
-        connection.write(self.cluster_file, self.to_dict())
+        """Write the file, keeping the engine sets other processes added to it meanwhile."""
+        with shared_file.locked(self.cluster_file):
+            self._take_sets_from_file()
+            connection.write(self.cluster_file, self.to_dict())
+
+    def refresh_from_file(self) -> bool:
+        """Take in the engine sets other processes added (`ipphpc scale`); False once the file is gone."""
+        with shared_file.locked(self.cluster_file):
+            return self._take_sets_from_file()
+
+    def _take_sets_from_file(self) -> bool:
+        d = shared_file.read(self.cluster_file)
+        if d is None:
+            return False
+        for sid, e in shared_file.sets_added_elsewhere(d, set(self.engine_set_ids), self._removed_sets):
+            self.engine_sets.append(launcher_from_dict(e))
+            self.engine_set_ids.append(sid)
+        if self.keeper_pid is None:
+            self.keeper_pid = (d.get("keeper") or {}).get("pid")
+        return True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> "HPCCluster":
         c = d["cluster"]
+        kept = {k: c[k] for k in ("replace_lost", "max_replacements", "replace_interval", "adapt_range",
+                                  "adapt_interval") if k in c}
+        batch = (d.get("engine_set_template") or {}).get("batch") or {}
+        kept.update({k: v for k, v in batch.get("options", {}).items() if k in option_names()})
         self = cls(n=c["n"], profile_dir=c["profile_dir"], cluster_id=c["cluster_id"], engines=c["engines"],
                    controller=c.get("controller", "local"), controller_ip=c.get("controller_ip", ""),
-                   shutdown_atexit=False, **kwargs)
+                   shutdown_atexit=False, **{**kept, **kwargs})
         self.created = c.get("created", 0.0)
+        self._from_file = True
+        self._engine_set_template = d.get("engine_set_template")
+        self.keeper_pid = (d.get("keeper") or {}).get("pid")
         self.controller_launcher = launcher_from_dict(d["controller"]) if d.get("controller") else None
         self.engine_sets = [launcher_from_dict(e) for e in d.get("engine_sets", [])]
         self.engine_set_ids = d.get("engine_set_ids") or [str(i) for i in range(len(self.engine_sets))]
@@ -339,8 +389,19 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         set_id = engine_set_id or f"{int(time.time())}-{os.urandom(2).hex()}"
         if set_id in self.engine_set_ids:
             raise ValueError(f"engine set {set_id!r} exists already in cluster {self.cluster_id}")
-        launcher = self._launcher(self.engines, "engines", n)
-        launcher.start(self._engine_cmd(), self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
+        template = self._engine_set_template if self._from_file else None
+        # in another process than the one that started the cluster, more engines start as the first did: with
+        # its engine command and, for batch jobs, its resources (this process may not know either)
+        cmd = template["cmd"] if template else self._engine_cmd()
+        if template and template.get("batch"):
+            launcher = launcher_from_dict({**template["batch"], "n": n})
+        else:
+            launcher = self._launcher(self.engines, "engines", n)
+        launcher.start(cmd, self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
+        if not template:
+            batch = {k: v for k, v in launcher.to_dict().items() if k not in ("submissions", "tag")} \
+                if isinstance(launcher, BatchJobs) else None
+            self._engine_set_template = {"cmd": cmd, "batch": batch}
         self.engine_sets.append(launcher)
         self.engine_set_ids.append(set_id)
         self._register_atexit()
@@ -366,7 +427,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 # a refused submission or a bad option: no controller may be left waiting for engines
                 self.stop_cluster_sync()
                 raise
-            if self.replace_lost and isinstance(self.engine_sets[-1], BatchJobs):
+            if self.replace_lost and isinstance(self.engine_sets[-1], BatchJobs) and self._keep_here:
                 from .replace import Replacer
                 self._replacer = Replacer(self, self.start_engines_sync, self.replace_interval,
                                           self.max_replacements, self.log)
@@ -509,6 +570,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             return
         if engine_set_id is None:
             # out of the list before they stop: what they end is not lost (nothing replaces it)
+            self._removed_sets.update(self.engine_set_ids)
             sets, self.engine_sets, self.engine_set_ids = self.engine_sets, [], []
             for e in sets:
                 e.stop()
@@ -518,7 +580,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                                f"{', '.join(self.engine_set_ids) or 'none'}")
             i = self.engine_set_ids.index(engine_set_id)
             self.engine_sets.pop(i).stop()
-            self.engine_set_ids.pop(i)
+            self._removed_sets.add(self.engine_set_ids.pop(i))
         self.write_cluster_file()
 
     def stop_controller_sync(self) -> None:
@@ -536,6 +598,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             if helper is not None:
                 helper.stop()
                 setattr(self, name, None)
+        if self.keeper_pid is not None and self.keeper_pid != os.getpid():
+            from .keeper import stop_keeper
+            stop_keeper(self.keeper_pid)  # it could replace what is cancelled below
+        self.refresh_from_file()  # sets another process added (`ipphpc scale`) are stopped too
         self._polite_shutdown()
         for e in self.engine_sets:
             e.stop()
@@ -547,6 +613,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             self.client = None
         self._remove_dead_controller_files()
         self.cluster_file.unlink(missing_ok=True)
+        shared_file.lock_path(self.cluster_file).unlink(missing_ok=True)
         self._atexit = False
 
     def _remove_dead_controller_files(self) -> None:

@@ -38,7 +38,7 @@ class Replacer:
     """A thread that looks every `interval` seconds and resubmits what was lost (see the module text)."""
 
     def __init__(self, cluster: Any, submit: Callable[[int], str], interval: float, max_replacements: int,
-                 log: logging.Logger):
+                 log: logging.Logger, background: bool = True):
         self.cluster, self.submit, self.interval, self.max = cluster, submit, interval, max_replacements
         self.log = log
         self.replaced: set[tuple[str, int]] = set()
@@ -48,11 +48,12 @@ class Replacer:
         self._stop = threading.Event()
         self._warned = False
         self.thread = threading.Thread(target=self._main, name="ipphpc-replace", daemon=True)
-        self.thread.start()
+        if background:  # else the caller calls look() itself (the keeper of a submitted cluster)
+            self.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        if self.thread is not threading.current_thread():
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
     def _main(self) -> None:

@@ -98,3 +98,25 @@ def terminate_groups(pgids: list[int], grace: float = 5.0, reap: list[subprocess
         except subprocess.TimeoutExpired:
             pass
     return live
+
+
+def runs(pid: int, *words: bytes) -> bool:
+    """The live process `pid` has each of `words` among its arguments (so the number was not reused by
+    another program after the process we started ended)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid_alive(pid) and all(w in argv for w in words)
+
+
+def stop_process(pid: int | None, *words: bytes, grace: float = 10.0) -> None:
+    """SIGTERM a process that still `runs(pid, *words)`, wait up to `grace`, then SIGKILL it."""
+    if pid is None or not runs(pid, *words):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)

@@ -21,10 +21,13 @@ def test_adapt_from_zero_to_four_and_back(sched: Sched) -> None:
     cluster = HPCCluster(scheduler=sched.scheduler, n=0, walltime="0:10:00", profile_dir=str(profile),
                          cluster_id="adapt", engine_timeout=240, shutdown_atexit=False, **sched.cluster_options())
     with cluster as rc:
+        ar = rc.load_balanced_view().map_async(time.sleep, [1.0] * 8)  # with no engines: 4 tasks of 2
+        # adapt's first look must see every task, or it submits for some and then again for the rest
+        wait_until(lambda: rc.queue_status().get("unassigned") == len(ar.msg_ids), 30,
+                   what="the map's tasks to reach the controller")
         adaptive = cluster.adapt(minimum=0, maximum=4, idle_timeout=3, interval=0.5)
-        ar = rc.load_balanced_view().map_async(time.sleep, [1.0] * 8)
         ar.get(timeout=180)
-        (engines,) = cluster.engine_sets  # one array for the eight waiting tasks
+        (engines,) = cluster.engine_sets  # one array for the waiting tasks
         assert engines.n == 4 and len(engines.submissions) == 1 and engines.poller.counter.count(sched.submit_cmd) == 1
         wait_until(lambda: not rc.ids and adaptive.released == 4, 60, what="the idle engines to be released")
         assert engines.poller.wait_until(lambda recs: all(r.state is State.COMPLETED for r in recs), 60,
