@@ -31,3 +31,14 @@ def checksum(x):
     import numpy as np
 
     return int(x.reshape(-1).view(np.uint8)[::4093].sum(dtype=np.uint64)), x.nbytes  # integers: exact anywhere
+
+
+def mark_sleep(n, seconds, directory):
+    """Task `n` of the walltime benchmark: leave a marker of this run (a task run twice leaves two), sleep."""
+    import os
+    import time
+
+    with open(os.path.join(directory, f"{n}.{os.getpid()}.{time.time_ns()}"), "w"):
+        pass
+    time.sleep(seconds)
+    return n

@@ -1,6 +1,7 @@
 """Checks over the whole collection, and the fixtures the core and compatibility tests share."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if stray:
         raise pytest.UsageError("pytest-mpi would skip these tests because a directory, module, class or "
                                 "parameter id is named 'mpi'; rename it: " + ", ".join(stray[:10]))
+    for marker, (variable, what) in OPT_IN.items():
+        if _selected(config, marker, variable):
+            continue
+        skip = pytest.mark.skip(reason=f"{what}: select it with -m {marker} or {variable}=1")
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)
+
+
+#: markers of long runs that are skipped unless asked for (by marker expression or environment variable)
+OPT_IN = {"fuzz": ("IPPHPC_FUZZ", "long fuzzing run"), "soak": ("IPPHPC_SOAK", "minutes-long soak on a scheduler")}
+
+
+def _selected(config: pytest.Config, marker: str, variable: str) -> bool:
+    if os.environ.get(variable, "") not in ("", "0"):
+        return True
+    expr = config.getoption("markexpr", default="") or ""
+    return marker in expr and f"not {marker}" not in expr
 
 
 # -- shared by the core and compatibility tests ---------------------------------------------------
