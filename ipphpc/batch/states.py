@@ -57,6 +57,22 @@ class State(str, enum.Enum):
         return self.value
 
 
+def ended_by_scheduler(state: State, native: str, reason: str = "") -> str:
+    """Why the scheduler ended a finished element, in words (node failure, walltime, preemption, a cancel),
+    or '' when it ended by itself (its engines exited, or failed). The words of every scheduler are mapped
+    to State by their parsers; node failures are FAILED there, and told apart here by the native word."""
+    word = native.upper()
+    if word in ("NODE_FAIL", "BOOT_FAIL") or state is State.LOST:
+        return "its node failed, or the scheduler lost its job"
+    if state is State.TIMEOUT:
+        return "its job reached its walltime"
+    if word in ("PREEMPTED", "TERM_PREEMPT") or "preempt" in reason.lower():
+        return "its job was preempted"
+    if state is State.CANCELLED:
+        return "its job was cancelled"
+    return ""
+
+
 _FINISHED = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.LOST})
 _ACTIVE = frozenset({State.PENDING, State.RUNNING, State.HELD})
 

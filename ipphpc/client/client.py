@@ -993,12 +993,24 @@ class Client(TaskDBMixin):
             self._closed = True
         if self._thread.is_alive():
             try:
+                def end() -> None:
+                    if not self._io_stop.done():
+                        self._io_stop.set_result(None)
+
                 def stop():
                     try:
                         self._results.send_multipart(self._rsession.pack("bye", {"c": self.cid}))
                     finally:
-                        if not self._io_stop.done():
-                            self._io_stop.set_result(None)
+                        # requests still waiting (another thread's long poll) end now, and their waiters
+                        # are given a moment to see it before the loop stops
+                        waiting = [f for f in self._requests.values() if not f.done()]
+                        for f in waiting:
+                            f.set_exception(ConnectionError("the client was closed"))
+                        self._requests.clear()
+                        if waiting:
+                            self._loop.call_later(0.05, end)
+                        else:
+                            end()
                 self._loop.call_soon_threadsafe(stop)
             except RuntimeError:
                 pass

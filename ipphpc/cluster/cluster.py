@@ -311,7 +311,10 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             cmd += ["--curve" if curve else "--no-curve"]
         # how long queued tasks wait for engines once all have gone: batch elements may be replaced after
         # a wait in the queue, local processes come back at once or not at all (later arguments win)
-        cmd += [f"--Controller.engine_wait={10 if self.engines in ('local', 'mpi', 'ssh') else 300}"]
+        batch = self.engines not in ('local', 'mpi', 'mpiexec', 'srun', 'ssh', 'sshproxy')
+        cmd += [f"--Controller.engine_wait={300 if batch else 10}"]
+        if batch:  # the scheduler's reason for an engine gone silent, read by the cluster's witness (witness.py)
+            cmd += ["--Controller.verdict_wait=60"]
         return cmd + _as_args("Controller", self._passed.get("Controller", {})) + list(self.controller_args)
 
     def _engine_cmd(self) -> list[str]:
@@ -427,10 +430,13 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 # a refused submission or a bad option: no controller may be left waiting for engines
                 self.stop_cluster_sync()
                 raise
-            if self.replace_lost and isinstance(self.engine_sets[-1], BatchJobs) and self._keep_here:
-                from .replace import Replacer
-                self._replacer = Replacer(self, self.start_engines_sync, self.replace_interval,
-                                          self.max_replacements, self.log)
+            if isinstance(self.engine_sets[-1], BatchJobs) and self._keep_here:
+                from .witness import Witness
+                self._witness = Witness(self, self.log)
+                if self.replace_lost:
+                    from .replace import Replacer
+                    self._replacer = Replacer(self, self.start_engines_sync, self.replace_interval,
+                                              self.max_replacements, self.log)
 
     def connect_client_sync(self, **kwargs: Any) -> Any:
         from ..client.client import Client
@@ -593,7 +599,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
 
     def _stop_all(self) -> None:
         """Plain blocking code, so it also runs at interpreter exit, when thread pools are closed."""
-        for name in ("_adaptive", "_replacer"):  # nothing may start engines while the cluster stops
+        for name in ("_adaptive", "_replacer", "_witness"):  # nothing may start engines while the cluster stops
             helper = getattr(self, name, None)
             if helper is not None:
                 helper.stop()

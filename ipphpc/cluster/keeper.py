@@ -1,8 +1,9 @@
 """The keeper of a cluster started by `ipphpc submit`.
 
 `submit` returns once the cluster is up, so nothing would be left to replace elements the scheduler ends
-(walltime, preemption, node failure, a cancel) or to adapt the cluster's size. A small detached process
-does both, with the same Replacer and Adaptive a cluster started from Python runs in threads. It reads
+(walltime, preemption, node failure, a cancel), to tell the controller why an engine went silent (its
+Witness) or to adapt the cluster's size. A small detached process does all three, with the same Replacer,
+Witness and Adaptive a cluster started from Python runs in threads. It reads
 the cluster file before each look (`ipphpc scale` may have added engine sets), writes the sets it adds
 there (so `ipphpc stop` cancels them), and ends when the cluster is stopped (`ipphpc stop` ends it first,
 so nothing is replaced while jobs are cancelled) or its controller is gone. Its log:
@@ -24,20 +25,22 @@ from ..launch.launchers import ipphpc_command
 from ..launch.processes import runs, spawn, stop_process
 from .adapt import Adaptive, parse_range
 from .replace import Replacer
+from .witness import Witness
 
 
 def wanted(cluster: Any) -> bool:
-    """Whether a submitted cluster needs a keeper: batch engines to replace, or a size to adapt."""
-    batch = any(isinstance(e, BatchJobs) for e in cluster.engine_sets)
-    return bool((batch and cluster.replace_lost) or cluster.adapt_range)
+    """Whether a submitted cluster needs a keeper: batch engines (to replace, and to tell the controller why one
+    went silent), or a size to adapt."""
+    return bool(any(isinstance(e, BatchJobs) for e in cluster.engine_sets) or cluster.adapt_range)
 
 
 def duties(cluster: Any) -> str:
     """What the keeper of `cluster` does, in a few words."""
     batch = any(isinstance(e, BatchJobs) for e in cluster.engine_sets)
     limits = parse_range(cluster.adapt_range)
-    return " and ".join([*(["replaces lost elements"] if batch and cluster.replace_lost else []),
-                         *([f"adapts between {limits[0]} and {limits[1]} engines"] if limits else [])]) or "nothing"
+    return ", ".join([*(["replaces lost elements"] if batch and cluster.replace_lost else []),
+                      *(["tells the controller why an engine went silent"] if batch else []),
+                      *([f"adapts between {limits[0]} and {limits[1]} engines"] if limits else [])]) or "nothing"
 
 
 def alive(pid: int) -> bool:
@@ -92,6 +95,7 @@ def run(cluster_id: str, profile_dir: str, log: logging.Logger) -> int:
     adaptive = Adaptive(cluster, *limits, interval=cluster.adapt_interval, log=log, background=False) \
         if limits else None
     log.info("keeping cluster %s: %s", cluster_id, duties(cluster))
+    witness = Witness(cluster, log) if batch else None  # a thread of its own: it long-polls the controller
     looks = [(x, x.interval) for x in (adaptive, replacer) if x is not None]
     due = {id(x): time.monotonic() + interval for x, interval in looks}
     try:
@@ -111,6 +115,8 @@ def run(cluster_id: str, profile_dir: str, log: logging.Logger) -> int:
                         log.warning("%s: %s: %s", type(helper).__name__, type(e).__name__, e)
                     due[id(helper)] = time.monotonic() + interval
     finally:
+        if witness is not None:
+            witness.stop()
         if cluster.client is not None:
             cluster.client.close()
     return 0

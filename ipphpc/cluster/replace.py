@@ -1,10 +1,11 @@
 """Keep a batch cluster at n engines until it is stopped: elements lost to the scheduler are replaced.
 
-An element is replaced when it ended TIMEOUT, LOST (its node failed) or CANCELLED (preempted, or
-cancelled by hand) while the cluster ran, or COMPLETED after its engines drained for the walltime
-(the controller lists the engines that left and why). Elements that FAILED, or completed for another
-reason, are not: an engine that crashes at start would otherwise be resubmitted in a loop. The
-elements found in one look are resubmitted as one job array, up to `max_replacements` in all.
+An element is replaced when the scheduler ended it while the cluster ran: TIMEOUT, a node failure (LOST,
+or Slurm's NODE_FAIL), CANCELLED (preempted, or cancelled by hand); or when it COMPLETED after its
+engines drained for the walltime (the controller lists the engines that left and why). Elements that
+FAILED otherwise, or completed for another reason, are not: an engine that crashes at start would
+otherwise be resubmitted in a loop. The elements found in one look are resubmitted as one job array, up
+to `max_replacements` in all.
 """
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ import re
 import threading
 from typing import Any, Callable
 
-from ..batch.states import State
-
-_LOST_TO_SCHEDULER = (State.TIMEOUT, State.LOST, State.CANCELLED)
+from ..batch.states import State, ended_by_scheduler
 
 
 def job_number(job_id: Any) -> str:
@@ -29,7 +28,8 @@ def lost_elements(records: list[Any], drained: set[tuple[str, int]]) -> set[tupl
     out = set()
     for r in records:
         key = (job_number(r.job_id), r.array_index)
-        if r.state in _LOST_TO_SCHEDULER or (r.state is State.COMPLETED and key in drained):
+        if (r.state.finished and ended_by_scheduler(r.state, r.native_state, r.reason)) or \
+                (r.state is State.COMPLETED and key in drained):
             out.add(key)
     return out
 

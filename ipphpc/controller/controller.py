@@ -53,6 +53,11 @@ class Controller(LoggingConfigurable):
     engine_wait = Float(60.0, config=True, help="Seconds queued tasks wait for an engine once every engine has "
                         "gone; then they fail with NoEnginesRegistered instead of waiting forever. Until the first "
                         "engine registers, tasks wait without bound (engines may be pending in a batch queue).")
+    verdict_wait = Float(0.0, config=True, help="Seconds the tasks of a batch engine that went silent without a "
+                         "word wait for the scheduler's reason (node failure, walltime, preemption, a cancel), which "
+                         "the process holding the cluster reads; a load-balanced task the scheduler cut short then "
+                         "runs again without using a retry, and direct tasks fail naming the reason. Used only while "
+                         "such a process listens; 0: never wait. Batch clusters set 60.")
     client_timeout = Float(10.0, config=True, help="Seconds a client may stay silent (it says something every "
                            "second) before its queued tasks are dropped; 0 keeps them running after it is gone "
                            "(a laptop that disconnects from a long run: fetch the results later from the task "

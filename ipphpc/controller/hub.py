@@ -22,6 +22,7 @@ from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_versi
 from ..zmqpump import Pump
 from .memtrim import Trimmer
 from .taskdb.service import TaskDBService
+from .verdicts import Verdicts
 
 
 @dataclass(eq=False)
@@ -110,6 +111,7 @@ class Hub:
         # engines that left, in order, for a cluster that replaces lost batch elements (status "departed_since")
         self.departed: deque[dict] = deque(maxlen=100_000)
         self.departures = 0
+        self.verdicts = Verdicts(self, float(getattr(cfg, "verdict_wait", 0.0) or 0.0))
         self._stopping = asyncio.Event()
         self._stop_engines = False
 
@@ -444,6 +446,11 @@ class Hub:
                     self._send(self.engine_sock, e.ident, "restart", {})
                     reached.append(eid)
             reply.update(reached=reached, refused=refused)
+        elif t == "watch_engines":  # the cluster's witness: answered once an engine goes silent (verdicts.py)
+            self.verdicts.on_watch(ident, h)
+            return
+        elif t == "verdict":
+            reply.update(self.verdicts.on_verdict(h))
         elif t == "engine_wait":  # an adapting cluster lets queued tasks wait while it adds engines
             self.cfg.engine_wait = float(h["seconds"])
         elif t == "stop_engines":
@@ -683,22 +690,27 @@ class Hub:
         who = f"engine {e.eid} (pid {e.info.get('pid')} on {host})"
         if e.leaving and not clean:  # killed after it was told to go: the scheduler's doing, not its task's
             why = f"{why}, after {e.leaving}"
-        requeue = []
+        # a batch engine gone silent without a word: the scheduler may know why (see verdicts.py)
+        ask = not clean and not e.leaving and e.info.get("job_id") is not None and self.verdicts.listening()
+        requeue, parked = [], []
         for i, (msg_id, client) in enumerate(e.outstanding.items()):
             ran = i == 0 and not clean
             task = e.balanced.get(msg_id)
             if task is not None and (not ran or e.leaving):  # a task cut short by the scheduler runs again
                 requeue.append(task)
+            elif ask:
+                parked.append((msg_id, client, task, ran))
             else:
                 self._fail(client, msg_id, "EngineError",
                            f"{who} was lost {'while running' if ran else 'before it started'} this task: {why}",
                            e.eid)
         e.outstanding.clear()
         e.balanced.clear()
-        for task in reversed(requeue):
-            (self.picky if task.among is not None else self.timed if task.deadline else self.lb_queue).appendleft(task)
-        if self.picky:
+        self._requeue(requeue, dispatch=False)
+        if self.picky:  # tasks only this engine (among those left) could run fail now
             self.picky = deque(t for t in self.picky if self._possible(t))
+        if parked:
+            self.verdicts.park(e, why, who, parked)
         self.departures += 1
         drained = clean and e.draining and e.drain_at is not None and time.time() >= e.drain_at  # for its walltime
         self.departed.append({"n": self.departures, "eid": e.eid, "job_id": e.info.get("job_id"),
@@ -709,6 +721,15 @@ class Hub:
                       f"; {len(requeue)} of its queued tasks go to other engines" if requeue else "")
         self._note("rm", e.eid, None)
         if requeue and self.free:
+            self._dispatch()
+
+    def _requeue(self, tasks: list, dispatch: bool = True) -> None:
+        """Load-balanced tasks back to the head of their queues, in their order, for other engines."""
+        for task in reversed(tasks):
+            (self.picky if task.among is not None else self.timed if task.deadline else self.lb_queue).appendleft(task)
+        if dispatch and any(t.among is not None for t in tasks):
+            self.picky = deque(t for t in self.picky if self._possible(t))
+        if tasks and dispatch and self.free:
             self._dispatch()
 
     def _sweep_clients(self) -> None:
@@ -809,6 +830,7 @@ class Hub:
             await asyncio.sleep(period)
             self._drain_pongs()
             self._expire_held(self.cfg.hold_time)
+            self.verdicts.sweep()
             self._sweep_timeouts()
             self._sweep_stranded()
             if self.cfg.client_timeout > 0:

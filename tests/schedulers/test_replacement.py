@@ -18,16 +18,17 @@ WALLTIME = {"slurm": ("0:01:00", 30), "sge": ("0:00:20", 6)}
 
 
 class Rec:
-    def __init__(self, job_id: str, index: int, state):
-        self.job_id, self.array_index, self.state = job_id, index, state
+    def __init__(self, job_id: str, index: int, state, native: str = ""):
+        self.job_id, self.array_index, self.state, self.native_state, self.reason = job_id, index, state, native, ""
 
 
 def test_which_elements_are_lost():
     from ipphpc.batch.states import State
     recs = [Rec("12_0", 0, State.TIMEOUT), Rec("12_1", 1, State.COMPLETED), Rec("12_2", 2, State.COMPLETED),
             Rec("12_3", 3, State.FAILED), Rec("12_4", 4, State.LOST), Rec("12_5", 5, State.CANCELLED),
-            Rec("12_6", 6, State.RUNNING)]
-    assert lost_elements(recs, drained={("12", 2)}) == {("12", 0), ("12", 2), ("12", 4), ("12", 5)}
+            Rec("12_6", 6, State.RUNNING), Rec("12_7", 7, State.FAILED, "NODE_FAIL"),
+            Rec("12_8", 8, State.FAILED, "OUT_OF_MEMORY")]
+    assert lost_elements(recs, drained={("12", 2)}) == {("12", 0), ("12", 2), ("12", 4), ("12", 5), ("12", 7)}
     assert [job_number(j) for j in ("12_3", "12[3].pbs", "12.3", "12", 7)] == ["12", "12", "12", "12", "7"]
 
 

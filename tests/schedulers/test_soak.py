@@ -31,6 +31,7 @@ def mark_and_sleep(n: int, seconds: float, directory: str) -> int:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("sched", ["slurm", "sge"], indirect=True)
 def test_five_minutes_of_tasks_across_walltimes(sched: Sched) -> None:
     marks = sched.root / "marks"
