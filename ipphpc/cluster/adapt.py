@@ -9,10 +9,10 @@ pause between two computations does not release the cluster.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
+from .helper_thread import HelperThread
 from .scale import engines_now, stop_engine_ids
 
 #: how long queued tasks may wait for an engine while adapting (the controller's engine_wait)
@@ -38,7 +38,7 @@ def parse_range(text: str) -> tuple[int, int, float] | None:
     return lo, hi, idle
 
 
-class Adaptive:
+class Adaptive(HelperThread):
     """The running adaptation of one cluster; `stop()` ends it (stopping the cluster does too)."""
 
     def __init__(self, cluster: Any, minimum: int, maximum: int, idle_timeout: float, interval: float,
@@ -53,16 +53,8 @@ class Adaptive:
         self.idle_timeout, self.interval, self.log = idle_timeout, interval, log
         self.idle_since: dict[int, float] = {}
         self.added = self.released = 0
-        self._stop = threading.Event()
         self._rc = None
-        self.thread = threading.Thread(target=self._main, name="ipphpc-adapt", daemon=True)
-        if background:  # else the caller calls look() itself (the keeper of a submitted cluster)
-            self.thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        self._start_thread("ipphpc-adapt", background)
 
     def _client(self) -> Any:
         if self._rc is None:

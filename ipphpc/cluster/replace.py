@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from typing import Any, Callable
 
 from ..batch.states import State, ended_by_scheduler
+from .helper_thread import HelperThread
 
 
 def job_number(job_id: Any) -> str:
@@ -34,7 +34,7 @@ def lost_elements(records: list[Any], drained: set[tuple[str, int]]) -> set[tupl
     return out
 
 
-class Replacer:
+class Replacer(HelperThread):
     """A thread that looks every `interval` seconds and resubmits what was lost (see the module text)."""
 
     def __init__(self, cluster: Any, submit: Callable[[int], str], interval: float, max_replacements: int,
@@ -45,16 +45,8 @@ class Replacer:
         self.count = 0
         self.drained: set[tuple[str, int]] = set()
         self._since = 0
-        self._stop = threading.Event()
         self._warned = False
-        self.thread = threading.Thread(target=self._main, name="ipphpc-replace", daemon=True)
-        if background:  # else the caller calls look() itself (the keeper of a submitted cluster)
-            self.thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        self._start_thread("ipphpc-replace", background)
 
     def _main(self) -> None:
         while not self._stop.wait(self.interval):

@@ -10,18 +10,18 @@ No scheduler call is made while no engine is lost.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 from ..batch.states import ended_by_scheduler
+from .helper_thread import HelperThread
 from .replace import job_number
 
 #: seconds the long poll waits for news; between two forced polls of a lost engine's element
 POLL_WAIT, REPOLL = 10.0, 2.0
 
 
-class Witness:
+class Witness(HelperThread):
     """A thread answering the controller's questions about silent engines of `cluster` (batch sets only)."""
 
     def __init__(self, cluster: Any, log: logging.Logger, background: bool = True):
@@ -29,16 +29,11 @@ class Witness:
         self.pending: dict[int, tuple[dict, float]] = {}  # eid -> (what the controller said, answer by)
         self.answered = 0
         self._polled: dict[int, float] = {}
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._main, name="ipphpc-witness", daemon=True)
-        if background:
-            self.thread.start()
+        self._start_thread("ipphpc-witness", background)
 
     def stop(self, timeout: float = 0.1) -> None:
-        """End the thread; a long poll under way ends when the cluster closes its client."""
-        self._stop.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        """A long poll under way ends when the cluster closes its client: no need to wait for it."""
+        super().stop(timeout)
 
     def _main(self) -> None:
         while not self._stop.is_set():
