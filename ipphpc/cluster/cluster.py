@@ -693,13 +693,62 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         """Restart engines in place: each engine process executes a fresh interpreter, runs its startup
         script again and registers under the same id, with an empty namespace; the same pid, so a batch
         element goes on without a new submission. Queued tasks wait for it; returns the ids restarted.
-        MPI ranks cannot restart alone: for them this raises, naming them (restart the cluster)."""
-        targets = None
-        if engine_set_id is not None:
-            if engine_set_id not in self.engine_set_ids:
-                raise KeyError(f"no engine set {engine_set_id!r}; this cluster has {self.engine_set_ids}")
-            targets = self._engine_ids_of(self.engine_sets[self.engine_set_ids.index(engine_set_id)])
-        return self._restart(targets, timeout)
+        MPI ranks cannot restart alone: an MPI engine set is started again as a whole (a new mpiexec), each
+        rank under the id its rank had."""
+        if engine_set_id is not None and engine_set_id not in self.engine_set_ids:
+            raise KeyError(f"no engine set {engine_set_id!r}; this cluster has {self.engine_set_ids}")
+        chosen = [i for i, sid in enumerate(self.engine_set_ids) if engine_set_id in (None, sid)]
+        # the ranks of an MPI job cannot restart alone: such a set is started again as a whole
+        mpi = [i for i in chosen if getattr(self.engine_sets[i], "kind", "") == "mpi"]
+        done = [eid for i in mpi for eid in self._relaunch_mpi(i, timeout)]
+        if engine_set_id is None and not mpi:
+            return self._restart(None, timeout)
+        rc, own = self._client_for_control()
+        try:
+            mpi_ids = set(done)
+            targets = [eid for i in chosen if i not in mpi for eid in self._engine_ids_of(self.engine_sets[i])] \
+                if engine_set_id is not None else [eid for eid in rc.ids if eid not in mpi_ids]
+        finally:
+            if own:
+                rc.close()
+        return sorted(done + (self._restart(targets, timeout) if targets else []))
+
+    def _relaunch_mpi(self, index: int, timeout: float) -> list[int]:
+        """Start the MPI job of engine set `index` again: its engines leave (each after its running task), a new
+        mpiexec starts the same number of ranks, and each rank registers under the id its rank had."""
+        from ..launch.mpi import ENGINE_IDS_VAR, MPILauncher
+        old = self.engine_sets[index]
+        rc, own = self._client_for_control()
+        try:
+            ids = self._engine_ids_of(old)
+            ids.sort(key=lambda eid: rc.engines[eid].get("mpi_rank") or 0)
+            t0 = time.time()
+            old.stop()
+            deadline = time.monotonic() + timeout
+            while set(ids) & set(rc.ids):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"engines {sorted(set(ids) & set(rc.ids))} of MPI set "
+                                       f"{self.engine_set_ids[index]} did not leave within {timeout:g} s")
+                time.sleep(0.05)
+            template = self._engine_set_template if self._from_file else None
+            new = MPILauncher(old.role, old.n, mpiexec=old.mpiexec, mpi_args=old.mpi_args)
+            new.env = {ENGINE_IDS_VAR: ",".join(map(str, ids))}
+            new.start(template["cmd"] if template else self._engine_cmd(),
+                      self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
+            self.engine_sets[index] = new
+            self.write_cluster_file()
+            while True:
+                info = rc.engines
+                if all(info.get(eid, {}).get("since", 0) > t0 for eid in ids):
+                    return ids
+                if new.exit_code not in (None, 0) or time.monotonic() > deadline:
+                    raise RuntimeError(f"the MPI job restarting engines {ids} did not bring them back within "
+                                       f"{timeout:g} s (exit status {new.exit_code}; `ipphpc logs "
+                                       f"{self.cluster_id}` shows why)")
+                time.sleep(0.05)
+        finally:
+            if own:
+                rc.close()
 
     def restart_engine_sync(self, engine_id: int, timeout: float = 120.0) -> list[int]:
         """Restart one engine in place (see restart_engines_sync)."""
@@ -713,11 +762,14 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             except (OSError, TypeError):
                 return None
         jobs = {str(j).split(".")[0].split("[")[0] for j in getattr(launcher, "job_ids", None) or []}
+        tag = getattr(launcher, "tag", "") if getattr(launcher, "kind", "") == "mpi" else ""
         rc, own = self._client_for_control()
         try:
             return sorted(eid for eid, i in rc.engines.items()
                           if (jobs and str(i.get("job_id") or "").split(".")[0].split("[")[0].split("_")[0] in jobs)
-                          or (not jobs and getattr(launcher, "pid", None) and pgid(i.get("pid")) == launcher.pid))
+                          or (tag and i.get("engine_set") == tag)
+                          or (not jobs and not tag and getattr(launcher, "pid", None)
+                              and pgid(i.get("pid")) == launcher.pid))
         finally:
             if own:
                 rc.close()

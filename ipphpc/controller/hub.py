@@ -441,7 +441,8 @@ class Hub:
                 if e is None:
                     refused[str(eid)] = "not registered"
                 elif e.info.get("mpi_comm"):
-                    refused[str(eid)] = "it is one rank of an MPI job, which cannot restart alone (restart the cluster)"
+                    refused[str(eid)] = ("it is one rank of an MPI job, which cannot restart alone (restart_engines() "
+                                         "restarts the whole job)")
                 else:
                     self._send(self.engine_sock, e.ident, "restart", {})
                     reached.append(eid)

@@ -111,8 +111,10 @@ class Engine(LoggingConfigurable):
             comm = ns["MPI"].COMM_WORLD
             ns.update(comm=comm, mpi_rank=comm.Get_rank(), mpi_size=comm.Get_size())
             self.mpi_comm = True  # one rank of an MPI job: it cannot be restarted alone
-            if self.engine_id < 0:
-                self.engine_id = comm.Get_rank()
+            if self.engine_id < 0:  # its rank, or the id its rank had in the job this one replaces
+                ids = os.environ.get("IPPHPC_MPI_ENGINE_IDS", "").split(",")
+                rank = comm.Get_rank()
+                self.engine_id = int(ids[rank]) if rank < len(ids) and ids[rank].strip().isdigit() else rank
         if self.startup_script:
             path = os.path.expanduser(self.startup_script)
             with open(path) as f:

@@ -108,6 +108,8 @@ def engine_origin(env: Mapping[str, str] | None = None) -> dict:
             "mpi_size": _int(_first(env, _SIZE_VARS)),
             # functions sent by value carry bytecode, which only the same Python minor version can read
             "python": platform.python_version(), **container_origin(env)}
+    if env.get("IPPHPC_ENGINE_SET"):  # the launch it belongs to (an MPI job's ranks share no process group)
+        info["engine_set"] = env["IPPHPC_ENGINE_SET"]
     for name, job_vars, idx_vars in _SCHEDULERS:
         job = _first(env, job_vars)
         if job is None and name == "htcondor":

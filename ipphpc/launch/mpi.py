@@ -1,4 +1,5 @@
-"""Engines under one mpiexec: each engine's id is its COMM_WORLD rank, and collectives work."""
+"""Engines under one mpiexec: each engine's id is its COMM_WORLD rank (or, after a restart, the id its rank
+had: IPPHPC_MPI_ENGINE_IDS), and collectives work."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,9 @@ from typing import Any
 
 from .launchers import LocalLauncher
 from .processes import spawn
+
+#: engine ids by rank, comma separated, for an MPI job started again in place of another (restart_engines)
+ENGINE_IDS_VAR = "IPPHPC_MPI_ENGINE_IDS"
 
 
 def find_mpiexec() -> str:
@@ -55,18 +59,24 @@ class MPILauncher(LocalLauncher):
         super().__init__(role, n, pid, cmd)
         self.mpiexec = mpiexec
         self.mpi_args = list(mpi_args or [])
+        self.env: dict[str, str] = {}  # more environment for the job (a restart gives each rank its engine id)
+        self.tag = ""  # every rank reports it (IPPHPC_ENGINE_SET), so the set's engines can be found
 
     def start(self, cmd: list[str], log_path: Path) -> None:
         mpiexec = self.mpiexec or find_mpiexec()
         prefix, env = mpiexec_args(mpiexec, self.n)
         engine = cmd + (["--mpi"] if self.role == "engines" and "--mpi" not in cmd else [])
         self.cmd = prefix + self.mpi_args + engine
-        self.proc = spawn(self.cmd, log_path, env={**os.environ, **env}, engines=self.role == "engines")
+        self.tag = os.urandom(4).hex()
+        env = {**os.environ, **env, **self.env, "IPPHPC_ENGINE_SET": self.tag}
+        self.proc = spawn(self.cmd, log_path, env=env, engines=self.role == "engines")
         self.pid = self.proc.pid
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "mpiexec": self.mpiexec, "mpi_args": self.mpi_args}
+        return {**super().to_dict(), "mpiexec": self.mpiexec, "mpi_args": self.mpi_args, "tag": self.tag}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MPILauncher":
-        return cls(d["role"], d.get("n", 1), d.get("pid"), d.get("cmd"), d.get("mpiexec", ""), d.get("mpi_args"))
+        self = cls(d["role"], d.get("n", 1), d.get("pid"), d.get("cmd"), d.get("mpiexec", ""), d.get("mpi_args"))
+        self.tag = d.get("tag", "")
+        return self

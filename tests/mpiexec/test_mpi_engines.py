@@ -124,11 +124,22 @@ def test_engine_mpi_flag_by_hand(ipphpc_dir, tmp_path):
             p.wait(10)
 
 
-def test_restart_of_mpi_ranks_is_refused_by_name(mpi_cluster):
-    """A rank of an MPI job cannot restart alone (MPI_Init runs once per job): the refusal names the ranks
-    and what to do, and the engines keep serving."""
+def test_restart_engines_starts_the_mpi_job_again_under_the_same_ids(mpi_cluster):
+    """restart_engines() on an MPI cluster: the ranks cannot restart alone (MPI_Init runs once per job), so the
+    job is started again as a whole: new processes, the same engine ids, empty namespaces, collectives working.
+    One rank alone is refused, naming what to do, and the engines keep serving."""
     cluster, rc = mpi_cluster
-    with pytest.raises(RuntimeError, match=r"cannot restart engine\(s\) 0, 1, 2, 3: it is one rank of an MPI "
-                                           r"job.*restart the cluster"):
-        cluster.restart_engines_sync()
-    assert rc[:].apply_sync(lambda: 1) == [1] * 4
+    with pytest.raises(RuntimeError, match=r"cannot restart engine\(s\) 2: it is one rank of an MPI job, which "
+                                           r"cannot restart alone \(restart_engines\(\) restarts the whole job\)"):
+        cluster.restart_engine_sync(2)
+    rc[:].execute("x = 1")
+    before = {eid: rc.engines[eid]["pid"] for eid in rc.ids}
+    old_job = cluster.engine_sets[0].pid
+    assert cluster.restart_engines_sync(timeout=120) == [0, 1, 2, 3]
+    assert rc.ids == [0, 1, 2, 3]
+    assert all(rc.engines[eid]["pid"] != pid for eid, pid in before.items())
+    assert cluster.engine_sets[0].pid != old_job and len(cluster.engine_sets) == 1
+    assert rc[:].apply_sync(lambda: "x" in globals()) == [False] * 4  # fresh namespaces
+    rc[:].execute("total = comm.allreduce(mpi_rank + 1)")
+    assert rc[:]["total"] == [10, 10, 10, 10]
+    assert [rc.engines[i]["mpi_rank"] for i in rc.ids] == [0, 1, 2, 3]
