@@ -717,6 +717,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         """Start the MPI job of engine set `index` again: its engines leave (each after its running task), a new
         mpiexec starts the same number of ranks, and each rank registers under the id its rank had."""
         from ..launch.mpi import ENGINE_IDS_VAR, MPILauncher
+        from .scale import wait_gone
         old = self.engine_sets[index]
         rc, own = self._client_for_control()
         try:
@@ -724,12 +725,8 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             ids.sort(key=lambda eid: rc.engines[eid].get("mpi_rank") or 0)
             t0 = time.time()
             old.stop()
+            wait_gone(rc, ids, timeout, f"of MPI set {self.engine_set_ids[index]} did not leave within {{timeout:g}} s")
             deadline = time.monotonic() + timeout
-            while set(ids) & set(rc.ids):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"engines {sorted(set(ids) & set(rc.ids))} of MPI set "
-                                       f"{self.engine_set_ids[index]} did not leave within {timeout:g} s")
-                time.sleep(0.05)
             template = self._engine_set_template if self._from_file else None
             new = MPILauncher(old.role, old.n, mpiexec=old.mpiexec, mpi_args=old.mpi_args)
             new.env = {ENGINE_IDS_VAR: ",".join(map(str, ids))}

@@ -30,11 +30,16 @@ def stop_engine_ids(rc: Any, ids: list[int], timeout: float) -> None:
     if missing:
         raise KeyError(f"no engine(s) {missing} in this cluster; its engines: {rc.ids}")
     rc._request("stop_engines", {"targets": list(ids)})
+    wait_gone(rc, ids, timeout, "still busy after {timeout:g} s; they leave once their tasks are done")
+
+
+def wait_gone(rc: Any, ids: list[int], timeout: float, then: str) -> None:
+    """Wait until none of the engines `ids` is registered; else TimeoutError: 'engine(s) [..] ' + `then`
+    (formatted with `timeout`)."""
     deadline = time.monotonic() + timeout
     while set(ids) & set(rc.ids):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"engine(s) {sorted(set(ids) & set(rc.ids))} still busy after {timeout:g} s; they "
-                               f"leave once their tasks are done")
+            raise TimeoutError(f"engine(s) {sorted(set(ids) & set(rc.ids))} " + then.format(timeout=timeout))
         time.sleep(0.05)
 
 
