@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
@@ -74,6 +74,9 @@ class Engine(LoggingConfigurable):
                      "0: what its batch job says (ipphpc's job scripts export it), else no limit.")
     drain_margin = Float(60.0, config=True, help="Seconds before its allocation ends that the engine stops "
                          "taking tasks, so it leaves on its own instead of being killed with a task half done.")
+    ask_scheduler = Bool(True, config=True, help="In a batch job whose walltime the engine was not told (an "
+                         "`ipphpc engine` line in your own script, without --walltime), ask the scheduler once at "
+                         "start when the job ends.")
     drain_stagger = Float(30.0, config=True, help="Up to this many seconds more, drawn at random per engine, so "
                           "the elements of an array do not all drain at once.")
 
@@ -254,9 +257,15 @@ class Engine(LoggingConfigurable):
         self.last_heard = time.monotonic()
         self.log.info("registered as engine %d with the controller at %s", self.id, self.url)
 
-    def _lifetime(self) -> dict:
+    def _lifetime(self, scheduler: str | None = None) -> dict:
         """`ends` and `drain_at` (epoch seconds) for the registration, when the allocation's end is known."""
         span = allocation(self.walltime)
+        if span is None and scheduler and self.ask_scheduler:  # a user's own batch script: its job knows
+            from .job_limits import ask_scheduler
+            span = ask_scheduler(scheduler)
+            if span is not None:
+                self.log.info("the %s job of this engine ends at %s (asked the scheduler)", scheduler,
+                              time.strftime("%H:%M:%S", time.localtime(span[1])))
         if span is None:
             return {}
         drain_at = drain_time(*span, self.drain_margin, self.drain_stagger)
@@ -266,7 +275,8 @@ class Engine(LoggingConfigurable):
 
     def register(self) -> None:
         """The first registration: nothing else runs until it is answered."""
-        self.origin = origin = {**engine_origin(), **self._lifetime()}
+        origin = engine_origin()
+        self.origin = origin = {**origin, **self._lifetime(origin.get("scheduler"))}
         if getattr(self, "mpi_comm", False):
             origin["mpi_comm"] = True
         if getattr(self, "shm_tag", None):

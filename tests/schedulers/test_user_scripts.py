@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -146,6 +147,8 @@ def join_run_and_stop(sched: "Scheduler", job: str, controller_factory: Callable
             assert sorted(i["array_index"] for i in engines.values()) == sched.indices(n)
             for info in engines.values():
                 assert info["job_id"] == sched.engine_job_id(job, info["array_index"]), info
+                # no --walltime in the script: the engine asked its scheduler when its job ends (an hour)
+                assert 3600 - 400 < info.get("ends", 0) - time.time() <= 3600 + 5, info
             # functions sent by reference only: under HTCondor the engines run another Python
             # (the pool's chroot), which cannot load this interpreter's code objects
             assert rc.load_balanced_view().map_sync(pow, range(30), [2] * 30) == [x * x for x in range(30)]
