@@ -70,16 +70,22 @@ def hms(seconds: float) -> str:
 
 
 # -- inside one system's process ------------------------------------------------------------------
-def keep_busy(submit: Any, outstanding: Any, workers: int, task: float, marks: str, seconds: float) -> int:
-    """Submit tasks so that two per worker are always out, for `seconds`; returns how many were submitted."""
+def keep_busy(submit: Any, outstanding: Any, workers: int, task: float, marks: str, seconds: float,
+              harvest: Any = None) -> int:
+    """Submit tasks so that two per worker are always out, for `seconds`, fetching results as they come
+    (`harvest`); returns how many were submitted."""
     from workload import mark_sleep
     end = time.monotonic() + seconds
     n = 0
     while time.monotonic() < end:
+        if harvest is not None:
+            harvest()
         for _ in range(max(0, 2 * workers - outstanding())):
             submit(mark_sleep, n, task, marks)
             n += 1
         time.sleep(0.2)
+    if harvest is not None:
+        harvest()
     return n
 
 
@@ -153,19 +159,23 @@ def side_dask(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             client.wait_for_workers(args.workers, timeout=300)
             out["start_s"] = time.monotonic() - t0
             futures: list[Any] = []
-            out["submitted"] = keep_busy(lambda f, *a: futures.append(client.submit(f, *a, pure=False)),
-                                         lambda: sum(1 for f in futures if not f.done()), args.workers, args.task,
-                                         str(work / "marks"), args.minutes * 60 - out["start_s"])
             errors: collections.Counter = collections.Counter()
-            completed = 0
-            for f in futures:
-                if f.done():
+            results: list[Any] = []
+
+            def harvest() -> None:
+                # results are fetched as soon as they exist, as a user's loop over as_completed would: a result
+                # left on a worker is lost when the worker retires, and computed again
+                for f in [f for f in futures if f.done()]:
+                    futures.remove(f)
                     if f.status == "finished":
-                        completed += 1
+                        results.append(f.result(timeout=30))
                     else:
                         e = f.exception(timeout=5)
                         errors[f"{type(e).__name__}: {str(e)[:80]}"] += 1
-            out.update(completed=completed, errors=dict(errors))
+            out["submitted"] = keep_busy(lambda f, *a: futures.append(client.submit(f, *a, pure=False)),
+                                         lambda: len(futures), args.workers, args.task, str(work / "marks"),
+                                         args.minutes * 60 - out["start_s"], harvest)
+            out.update(completed=len(results), errors=dict(errors))
             client.close()
         finally:
             cluster.close()
