@@ -122,6 +122,6 @@ def run(cluster_id: str, profile_dir: str, log: logging.Logger) -> int:
     return 0
 
 
-def main(cluster_id: str, profile_dir: str, level: int = logging.INFO) -> int:
+def main(cluster_id: str, profile_dir: str, level: int | str = logging.INFO) -> int:
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(message)s")
     return run(cluster_id, profile_dir, logging.getLogger(f"ipphpc.keeper.{cluster_id}"))
