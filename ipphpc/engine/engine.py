@@ -262,7 +262,7 @@ class Engine(LoggingConfigurable):
         span = allocation(self.walltime)
         if span is None and scheduler and self.ask_scheduler:  # a user's own batch script: its job knows
             from .job_limits import ask_scheduler
-            span = ask_scheduler(scheduler)
+            span = ask_scheduler(scheduler, log=self.log)
             if span is not None:
                 self.log.info("the %s job of this engine ends at %s (asked the scheduler)", scheduler,
                               time.strftime("%H:%M:%S", time.localtime(span[1])))

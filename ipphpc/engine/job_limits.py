@@ -10,7 +10,9 @@ its daemon started for the job is used (the job's shell). The parsers are pure f
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import random
 import re
 import subprocess
 import time
@@ -47,7 +49,8 @@ def clock(text: str) -> float | None:
 def parse_slurm(text: str) -> Limit | None:
     """`squeue -h -j ID -o %S|%e`: start and end, local time."""
     try:
-        start, end = (datetime.datetime.fromisoformat(t.strip()).timestamp() for t in text.strip().split("|"))
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        start, end = (datetime.datetime.fromisoformat(t.strip()).timestamp() for t in first.split("|"))
     except ValueError:  # 'N/A', 'Unknown': no limit, or not started
         return None
     return (start, end - start) if end > start else None
@@ -112,6 +115,13 @@ class Asker:
     daemon: str
 
 
+def _slurm_command(env: Mapping[str, str]) -> list[str]:
+    # an array's last element has the array's own job id, which names every element: ask for this one
+    job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if env.get("SLURM_ARRAY_TASK_ID") \
+        else env["SLURM_JOB_ID"]
+    return ["squeue", "-h", "-j", job, "-o", "%S|%e"]
+
+
 def _pbs_command(env: Mapping[str, str]) -> list[str] | None:
     return None if env.get("PBS_WALLTIME") else ["qstat", "-f", env["PBS_JOBID"]]
 
@@ -123,7 +133,7 @@ def _lsf_command(env: Mapping[str, str]) -> list[str]:
 
 
 ASKERS: dict[str, Asker] = {
-    "slurm": Asker(lambda env: ["squeue", "-h", "-j", env["SLURM_JOB_ID"], "-o", "%S|%e"], parse_slurm, "slurmstepd"),
+    "slurm": Asker(_slurm_command, parse_slurm, "slurmstepd"),
     "sge": Asker(lambda env: ["qstat", "-j", env["JOB_ID"]], parse_sge, "sge_shepherd"),
     "pbs": Asker(_pbs_command, parse_pbs, "pbs_mom"),
     "lsf": Asker(_lsf_command, parse_lsf, "res"),
@@ -172,9 +182,11 @@ def job_shell_start(daemon: str, pid: int | None = None) -> float | None:
 
 
 def ask_scheduler(scheduler: str, env: Mapping[str, str] = os.environ, now: float | None = None,
-                  timeout: float = 15.0) -> tuple[float, float] | None:
+                  timeout: float = 15.0, tries: int = 3, pause: float = 1.0,
+                  log: logging.Logger | None = None) -> tuple[float, float] | None:
     """(start, end) of this engine's job, as its scheduler tells it; None when it cannot (no limit, no
-    answer)."""
+    answer). A query that fails (a busy scheduler: a whole array starting asks at once) is tried again
+    `tries` times in all, `pause` seconds apart (and a random share of it)."""
     asker = ASKERS.get(scheduler)
     if asker is None:
         return None
@@ -183,15 +195,27 @@ def ask_scheduler(scheduler: str, env: Mapping[str, str] = os.environ, now: floa
         cmd = asker.command(env)
     except KeyError:  # not inside such a job after all
         return None
-    if cmd is None:
-        text = _env_text(scheduler, env)
-    else:
-        try:
-            text = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-    found = asker.parse(text)
+    found = None
+    for attempt in range(max(1, tries)):
+        if cmd is None:
+            text, problem = _env_text(scheduler, env), ""
+        else:
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                text = r.stdout
+                problem = (r.stderr.strip() or f"exit status {r.returncode}") if r.returncode else \
+                    ("" if text.strip() else "no output")
+            except (OSError, subprocess.SubprocessError) as e:
+                text, problem = "", str(e)
+        found = asker.parse(text)
+        if found is not None or not problem:  # an answer, or a clear "no limit"
+            break
+        if log is not None:
+            log.warning("asking %s when this job ends: `%s` failed (%s)%s", scheduler, " ".join(cmd or []),
+                        problem.splitlines()[0] if problem else "no answer",
+                        "; trying again" if attempt + 1 < tries else "")
+        if attempt + 1 < tries:
+            time.sleep(pause * (1 + random.random()))
     if found is None:
         return None
     start, seconds = found

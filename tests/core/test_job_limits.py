@@ -89,6 +89,9 @@ def test_ask_scheduler_runs_the_query_with_the_jobs_id(tmp_path, monkeypatch):
     assert ask_scheduler("slurm", {"SLURM_JOB_ID": "77"}) == (start, start + 3600)
     assert (tmp_path / "args").read_text().split() == ["-h", "-j", "77", "-o", "%S|%e"]
     assert ask_scheduler("slurm", {}) is None  # not in a Slurm job after all
+    # an array's last element has the array's own id, which would name every element: the element is asked
+    ask_scheduler("slurm", {"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3"})
+    assert (tmp_path / "args").read_text().split() == ["-h", "-j", "12_3", "-o", "%S|%e"]
     start, end = ask_scheduler("pbs", {"PBS_WALLTIME": "600", "PBS_JOBID": "9.server"}, now=100.0)
     assert end - start == 600  # Torque's environment says it: no query
     assert ask_scheduler("nosuch", {}) is None
