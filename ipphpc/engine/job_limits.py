@@ -182,7 +182,7 @@ def job_shell_start(daemon: str, pid: int | None = None) -> float | None:
 
 
 def ask_scheduler(scheduler: str, env: Mapping[str, str] = os.environ, now: float | None = None,
-                  timeout: float = 15.0, tries: int = 3, pause: float = 1.0,
+                  timeout: float = 15.0, tries: int = 2, pause: float = 0.5,
                   log: logging.Logger | None = None) -> tuple[float, float] | None:
     """(start, end) of this engine's job, as its scheduler tells it; None when it cannot (no limit, no
     answer). A query that fails (a busy scheduler: a whole array starting asks at once) is tried again

@@ -124,4 +124,4 @@ def test_no_answer_means_no_end(answer, tmp_path, monkeypatch):
     squeue.write_text(f'#!/bin/bash\necho "{answer}"\n')
     squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    assert job_limits.ask_scheduler("slurm", {"SLURM_JOB_ID": "1"}) is None
+    assert job_limits.ask_scheduler("slurm", {"SLURM_JOB_ID": "1"}, pause=0) is None

@@ -25,6 +25,7 @@ ship_by_value(__name__)
 
 FAST = ("--Controller.heartbeat_period=0.2", "--Controller.heartbeat_misses=3", "--Controller.engine_wait=30",
         "--Controller.verdict_wait=8")
+NO_ASKING = "--Engine.ask_scheduler=False"  # no Slurm job 4242 to ask about
 
 
 class FakeWitness:
@@ -57,7 +58,7 @@ def batch(spawner, pdir, tmp_path):
     """A controller with a fast heartbeat, a witness, and one engine saying it is element 0 of Slurm job 4242,
     running a load-balanced task (no retries) and holding a direct one when it is SIGKILLed."""
     spawner.controller(pdir, "verdict", *FAST)
-    spawner.engine(pdir, "verdict", env=element_env(0))
+    spawner.engine(pdir, "verdict", NO_ASKING, env=element_env(0))
     rc = ipphpc.Client(profile_dir=str(pdir), cluster_id="verdict")
     rc.wait_for_engines(1, timeout=30)
     witness = FakeWitness(ipphpc.Client(profile_dir=str(pdir), cluster_id="verdict"))
@@ -81,7 +82,7 @@ def batch(spawner, pdir, tmp_path):
 
 def test_scheduler_ended_it_the_task_runs_again_and_the_direct_one_names_why(batch, spawner, pdir):
     rc, witness, victim, lb, direct = batch
-    spawner.engine(pdir, "verdict", env=element_env(1))  # the element that replaces it
+    spawner.engine(pdir, "verdict", NO_ASKING, env=element_env(1))  # the element that replaces it
     rc.wait_for_engines(1, timeout=30)
     assert witness.verdict(victim, "its node failed, or the scheduler lost its job", "NODE_FAIL")["known"] is True
     with pytest.raises(EngineError, match=r"before it started this task: its node failed, or the scheduler lost "
@@ -112,7 +113,7 @@ def test_no_word_in_time_fails_saying_so(batch):
 
 def test_without_a_witness_nothing_waits(spawner, pdir, tmp_path):
     spawner.controller(pdir, "verdict", *FAST)
-    spawner.engine(pdir, "verdict", env=element_env(0))
+    spawner.engine(pdir, "verdict", NO_ASKING, env=element_env(0))
     rc = ipphpc.Client(profile_dir=str(pdir), cluster_id="verdict")
     rc.wait_for_engines(1, timeout=30)
     marker = tmp_path / "running"
