@@ -691,8 +691,9 @@ class Hub:
         who = f"engine {e.eid} (pid {e.info.get('pid')} on {host})"
         if e.leaving and not clean:  # killed after it was told to go: the scheduler's doing, not its task's
             why = f"{why}, after {e.leaving}"
-        # a batch engine gone silent without a word: the scheduler may know why (see verdicts.py)
-        ask = not clean and not e.leaving and e.info.get("job_id") is not None and self.verdicts.listening()
+        # a batch engine lost without a goodbye: the scheduler knows why (see verdicts.py); one that said it was
+        # leaving (SIGTERM) has its load-balanced tasks run again anyway, and its direct ones wait for the reason
+        ask = not clean and e.info.get("job_id") is not None and self.verdicts.listening()
         requeue, parked = [], []
         for i, (msg_id, client) in enumerate(e.outstanding.items()):
             ran = i == 0 and not clean

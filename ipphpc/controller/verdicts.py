@@ -1,8 +1,9 @@
 """Why a batch engine went silent, asked of the scheduler before its tasks are failed.
 
 An engine whose heartbeat stops without a word (its node failed, the scheduler killed its job without
-the usual SIGTERM) looks the same to the controller as one whose task crashed it. Only the scheduler
-knows which it was, and the controller does not talk to schedulers: the process holding the cluster
+the usual SIGTERM) looks the same to the controller as one whose task crashed it; one killed after it
+said it got SIGTERM could have been cancelled, preempted or at its walltime. Only the scheduler knows
+which it was, and the controller does not talk to schedulers: the process holding the cluster
 does (its *witness*, see ipphpc.cluster.witness). While a witness listens, the tasks such an engine
 held are parked for up to `c.Controller.verdict_wait` seconds and the witness is told at once; it reads
 the element's end from the scheduler and answers:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ipphpc import HPCCluster
+from ipphpc import EngineError, HPCCluster
 from tests.core.helpers import ship_by_value
 
 from .sched_facts import Sched
@@ -46,7 +46,8 @@ def mark_and_sleep(seconds: float) -> int:
 def test_a_task_longer_than_the_grace_time_runs_again(sched: Sched) -> None:
     """scancel of an element whose engine runs a task longer than Slurm's KillWait (5 s here): SIGTERM, then
     SIGKILL mid-task. The engine told the controller at the SIGTERM, so the task runs again on the other
-    engine, without a retry being asked for, and the map completes."""
+    engine, without a retry being asked for; a direct task queued on it fails with the scheduler's reason,
+    which the cluster's witness read from Slurm."""
     profile = sched.profile(sched.root / "profile", "cancel2")
     cluster = HPCCluster(scheduler=sched.scheduler, n=2, walltime="0:10:00", profile_dir=str(profile),
                          cluster_id="cancel2", engine_timeout=240, shutdown_atexit=False, replace_lost=False,
@@ -60,11 +61,15 @@ def test_a_task_longer_than_the_grace_time_runs_again(sched: Sched) -> None:
         ars = [lv.apply_async(mark_and_sleep, 8) for _ in range(2)]
         wait_until(lambda: all(rc.controller_status()["engines"][str(e)]["outstanding"] for e in rc.ids), 60,
                    what="both engines to run a task")
+        direct = rc[victim].apply_async(time.sleep, 0.1)  # waits behind the 8 s task
         time.sleep(1)
         sched.cancel(f"{job}_0")
         pids = [ar.get(timeout=120) for ar in ars]  # both finish, none raises
         assert victim_pid not in pids
         assert victim not in rc.ids
+        with pytest.raises(EngineError, match=r"before it started this task: its job was cancelled \(the "
+                                              r"scheduler says CANCELLED"):
+            direct.get(timeout=60)
 
 
 ship_by_value(__name__)  # the task function goes to the engines by value: a batch job cannot import tests/
