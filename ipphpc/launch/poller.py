@@ -429,8 +429,14 @@ class Poller:
             job = work.jobs[key[0]]
             record = accounted.get(key)
             if record is not None and (record.finished or current.active):
-                work.status[key] = cancel_aware(
-                    job, merge_record(current, record, "accounting", now, resolved=record.finished))
+                merged = cancel_aware(job, merge_record(current, record, "accounting", now, resolved=record.finished))
+                if merged.state is State.FAILED and not merged.exit_code:
+                    # "failed with status 0" contradicts itself (in one run Slurm's accounting said so of two
+                    # elements whose script exited 127): the element's own exit file, if written, has the code
+                    code = self._exit_code(job, key[1])
+                    if code:
+                        merged = replace(merged, exit_code=code)
+                work.status[key] = merged
                 continue
             code = self._exit_code(job, key[1])
             if code is not None:

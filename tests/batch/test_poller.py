@@ -302,6 +302,23 @@ def test_exit_files_answer_when_accounting_does_not(slurm, clock, tmp_path) -> N
     assert got[2].missing_since == clock.t
 
 
+def test_a_failure_accounted_with_status_0_takes_the_exit_files_code(slurm, clock, tmp_path) -> None:
+    slurm.add("10", [0, 1], "RUNNING")
+    poller = make_poller(slurm, clock, tmp_path, shared_cache=False)
+    poller.track_array("10", 2, cluster_id="c1")
+    poller.poll_once()
+    path = exit_file_path(tmp_path, "c1", "10", 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("127\n")
+    slurm.finish("10", 0, "FAILED", "0:0")  # the element's script exited 127
+    slurm.finish("10", 1, "FAILED", "0:0")  # no exit file: the accounting's word stays
+    clock.sleep(2)
+    poller.poll_once()
+    got = {r.array_index: r for r in poller.records()}
+    assert (got[0].state, got[0].exit_code) == (State.FAILED, 127)
+    assert (got[1].state, got[1].exit_code) == (State.FAILED, 0)
+
+
 def test_lost_only_after_the_grace_period(slurm, clock) -> None:
     slurm.add("10", [0, 1], "RUNNING")
     poller = make_poller(slurm, clock, lost_grace=30)
