@@ -43,9 +43,13 @@ def check_run_and_end(launcher: BatchLauncher, timeout: float = 60) -> None:
     start(launcher, ["bash", "-c", WORK])
     poller = launcher.poller
     assert poller.counter.count() == 1  # one submission for the whole array
-    assert poller.wait_until(lambda recs: any(r.state is State.RUNNING for r in recs), timeout), launcher.states()
-    running = [r for r in launcher.states() if r.state is State.RUNNING]
-    assert running and all(r.host for r in running), running
+    running: list = []
+
+    def running_with_hosts(recs: list) -> bool:
+        # HTCondor may list a job as running a moment before it names the host running it
+        running[:] = [r for r in recs if r.state is State.RUNNING]
+        return bool(running) and all(r.host for r in running)
+    assert poller.wait_until(running_with_hosts, timeout), launcher.states()
     assert launcher.running and launcher.exit_code is None
     assert poller.wait_until(lambda recs: all(r.finished for r in recs), timeout), launcher.states()
     states = {r.array_index: r for r in launcher.states()}
