@@ -126,17 +126,19 @@ def side_ipphpc(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                              cluster_id="rest", shutdown_atexit=False, job_name="ipphpc-bench-rest")
         try:
             cluster.start_and_connect_sync()
-            cluster.adapt(minimum=0, maximum=args.workers)  # its defaults otherwise
-            time.sleep(args.settle)
-            out["window"] = rest_window(args.rest_seconds)
+            out["window"] = rest_window(lambda: cluster.adapt(minimum=0, maximum=args.workers), args)
         finally:
             cluster.stop_cluster_sync()
     return out
 
 
-def rest_window(seconds: float) -> list[float]:
+def rest_window(adapt: Any, args: argparse.Namespace) -> list[float]:
+    """Start adapting (with the system's defaults but the range), let it settle, and return the window
+    [start, end] (epoch seconds) of rest in which its scheduler calls are counted."""
+    adapt()
+    time.sleep(args.settle)
     t0 = time.time()
-    time.sleep(seconds)
+    time.sleep(args.rest_seconds)
     return [t0, time.time()]
 
 
@@ -183,9 +185,7 @@ def side_dask(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     else:
         cluster = SLURMCluster(**common)
         try:
-            cluster.adapt(minimum=0, maximum=args.workers)  # its defaults otherwise
-            time.sleep(args.settle)
-            out["window"] = rest_window(args.rest_seconds)
+            out["window"] = rest_window(lambda: cluster.adapt(minimum=0, maximum=args.workers), args)
         finally:
             cluster.close()
     return out

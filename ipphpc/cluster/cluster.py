@@ -311,10 +311,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             cmd += ["--curve" if curve else "--no-curve"]
         # how long queued tasks wait for engines once all have gone: batch elements may be replaced after
         # a wait in the queue, local processes come back at once or not at all (later arguments win)
-        batch = self.engines not in ('local', 'mpi', 'mpiexec', 'srun', 'ssh', 'sshproxy')
-        cmd += [f"--Controller.engine_wait={300 if batch else 10}"]
-        if batch:  # the scheduler's reason for an engine gone silent, read by the cluster's witness (witness.py)
-            cmd += ["--Controller.verdict_wait=60"]
+        cmd += [f"--Controller.engine_wait={10 if self.engines in ('local', 'mpi', 'ssh') else 300}"]
+        if getattr(find_launcher(self.engines), "kind", "") == "batch":
+            cmd += ["--Controller.verdict_wait=60"]  # the scheduler's reason for a silent engine (witness.py)
         return cmd + _as_args("Controller", self._passed.get("Controller", {})) + list(self.controller_args)
 
     def _engine_cmd(self) -> list[str]:
@@ -726,7 +725,6 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             t0 = time.time()
             old.stop()
             wait_gone(rc, ids, timeout, f"of MPI set {self.engine_set_ids[index]} did not leave within {{timeout:g}} s")
-            deadline = time.monotonic() + timeout
             template = self._engine_set_template if self._from_file else None
             new = MPILauncher(old.role, old.n, mpiexec=old.mpiexec, mpi_args=old.mpi_args)
             new.env = {ENGINE_IDS_VAR: ",".join(map(str, ids))}
@@ -734,15 +732,11 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                       self.pdir / "log" / f"ipengine-{self.cluster_id}.out")
             self.engine_sets[index] = new
             self.write_cluster_file()
-            while True:
-                info = rc.engines
-                if all(info.get(eid, {}).get("since", 0) > t0 for eid in ids):
-                    return ids
-                if new.exit_code not in (None, 0) or time.monotonic() > deadline:
-                    raise RuntimeError(f"the MPI job restarting engines {ids} did not bring them back within "
-                                       f"{timeout:g} s (exit status {new.exit_code}; `ipphpc logs "
-                                       f"{self.cluster_id}` shows why)")
-                time.sleep(0.05)
+            if _wait_registered_since(rc, ids, t0, timeout, given_up=lambda: new.exit_code not in (None, 0)):
+                raise RuntimeError(f"the MPI job restarting engines {ids} did not bring them back within "
+                                   f"{timeout:g} s (exit status {new.exit_code}; `ipphpc logs "
+                                   f"{self.cluster_id}` shows why)")
+            return ids
         finally:
             if own:
                 rc.close()
@@ -783,16 +777,11 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
                 raise RuntimeError("cannot restart engine(s) " + "; ".join(
                     f"{', '.join(map(str, sorted(ids)))}: {why}" for why, ids in by_why.items()))
             reached = reply["reached"]
-            deadline = time.monotonic() + timeout
-            while True:
-                info = rc.engines
-                back = [eid for eid in reached if info.get(eid, {}).get("since", 0) > t0]
-                if len(back) == len(reached):
-                    return sorted(reached)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"engines {sorted(set(reached) - set(back))} did not register again within "
-                                       f"{timeout:g} s of their restart (`ipphpc logs {self.cluster_id}` shows why)")
-                time.sleep(0.05)
+            missing = _wait_registered_since(rc, reached, t0, timeout)
+            if missing:
+                raise TimeoutError(f"engines {missing} did not register again within {timeout:g} s of their "
+                                   f"restart (`ipphpc logs {self.cluster_id}` shows why)")
+            return sorted(reached)
         finally:
             if own:
                 rc.close()
@@ -881,6 +870,19 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
 
     def __repr__(self) -> str:
         return f"<HPCCluster {self.cluster_id}: {self.n} {self.engines} engines, profile {self.pdir.name}>"
+
+
+def _wait_registered_since(rc: Any, ids: list[int], t0: float, timeout: float,
+                           given_up: Any = lambda: False) -> list[int]:
+    """Wait until each engine of `ids` has registered after `t0` (epoch seconds); the ids still missing when
+    `timeout` passes or `given_up()` says so ([] once all are back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = rc.engines
+        missing = sorted(eid for eid in ids if info.get(eid, {}).get("since", 0) <= t0)
+        if not missing or time.monotonic() > deadline or given_up():
+            return missing
+        time.sleep(0.05)
 
 
 def _obeys_shutdown(launcher: Launcher) -> bool:

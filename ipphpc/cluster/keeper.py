@@ -28,15 +28,19 @@ from .replace import Replacer
 from .witness import Witness
 
 
+def _batch(cluster: Any) -> bool:
+    return any(isinstance(e, BatchJobs) for e in cluster.engine_sets)
+
+
 def wanted(cluster: Any) -> bool:
     """Whether a submitted cluster needs a keeper: batch engines (to replace, and to tell the controller why one
     went silent), or a size to adapt."""
-    return bool(any(isinstance(e, BatchJobs) for e in cluster.engine_sets) or cluster.adapt_range)
+    return _batch(cluster) or bool(cluster.adapt_range)
 
 
 def duties(cluster: Any) -> str:
     """What the keeper of `cluster` does, in a few words."""
-    batch = any(isinstance(e, BatchJobs) for e in cluster.engine_sets)
+    batch = _batch(cluster)
     limits = parse_range(cluster.adapt_range)
     return ", ".join([*(["replaces lost elements"] if batch and cluster.replace_lost else []),
                       *(["tells the controller why an engine went silent"] if batch else []),
@@ -88,7 +92,7 @@ def run(cluster_id: str, profile_dir: str, log: logging.Logger) -> int:
                 return 1
     else:
         return 0
-    batch = any(isinstance(e, BatchJobs) for e in cluster.engine_sets)
+    batch = _batch(cluster)
     replacer = Replacer(cluster, cluster.start_engines_sync, cluster.replace_interval, cluster.max_replacements,
                         log, background=False) if batch and cluster.replace_lost else None
     limits = parse_range(cluster.adapt_range)

@@ -726,7 +726,9 @@ class Hub:
             self._dispatch()
 
     def _requeue(self, tasks: list, dispatch: bool = True) -> None:
-        """Load-balanced tasks back to the head of their queues, in their order, for other engines."""
+        """Load-balanced tasks back to the head of their queues, in their order, for other engines; with
+        `dispatch`, those only absent engines may run fail and the rest are sent on (_unregister does both
+        itself, once the engine is out of every list)."""
         for task in reversed(tasks):
             (self.picky if task.among is not None else self.timed if task.deadline else self.lb_queue).appendleft(task)
         if dispatch and any(t.among is not None for t in tasks):
