@@ -13,6 +13,7 @@ Figures are printed, never checked.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -39,7 +40,18 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def timed(lv, n: int) -> dict:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (NaN without a pid)."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(lv, n: int, ctl_pid: int | None = None) -> dict:
+    """Both throughputs, and the controller's CPU per task over both (a figure the machine's other load
+    moves far less than a rate: it shows what recording costs the controller)."""
+    c0 = cpu_seconds(ctl_pid)
     t0 = time.perf_counter()
     ars = [lv.apply_async(noop) for _ in range(n)]
     for ar in ars:
@@ -49,7 +61,8 @@ def timed(lv, n: int) -> dict:
     out = lv.map_sync(inc, range(n), chunksize=1)
     mapped = n / (time.perf_counter() - t0)
     assert list(out) == list(range(1, n + 1))
-    return {"apply": apply, "map": mapped}
+    time.sleep(0.5)  # the writer finishes its last batch: its work counts too
+    return {"apply": apply, "map": mapped, "cpu_us": 1e6 * (cpu_seconds(ctl_pid) - c0) / (2 * n)}
 
 
 class IpphpcSide:
@@ -126,10 +139,12 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--rss-tasks", type=int, default=None, help="tasks of the RSS map (default 1,000,000)")
     ap.add_argument("--skip-ipyparallel", action="store_true")
-    ap.add_argument("--reps", type=int, default=1,
-                    help="rounds over the ipphpc backends, one after another; each figure is the median")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="rounds over the ipphpc backends, one after another; each figure is the median "
+                         "(default 3, 1 with --quick)")
     args = ap.parse_args()
     n = args.tasks or (2000 if args.quick else 10_000)
+    args.reps = args.reps or (1 if args.quick else 3)
     n_rss = args.rss_tasks if args.rss_tasks is not None else (100_000 if args.quick else 1_000_000)
     root = Path(tempfile.mkdtemp(prefix="taskdb-bench-"))
     os.environ.update(IPPHPC_DIR=str(root / "ipphpc"), IPYTHONDIR=str(root / "ipython"),
@@ -143,14 +158,14 @@ def main() -> int:
                 print(f"ipphpc --db={db} (round {r + 1} of {args.reps}) ...", file=sys.stderr, flush=True)
                 side = IpphpcSide(db, root / f"round-{r}")
                 try:
-                    fig = timed(side.lv, n)
+                    fig = timed(side.lv, n, side.ctl.pid)
                     if n_rss and db != "dict" and r == args.reps - 1:
                         fig.update(side.rss(n_rss))
                 finally:
                     side.close()
                 rounds[db].append(fig)
         for db in IPPHPC:
-            fig = {k: sorted(f[k] for f in rounds[db])[len(rounds[db]) // 2] for k in ("apply", "map")}
+            fig = {k: sorted(f[k] for f in rounds[db])[len(rounds[db]) // 2] for k in ("apply", "map", "cpu_us")}
             fig.update({k: v for k, v in rounds[db][-1].items() if k not in fig})
             rows.append((f"ipphpc {db}", fig))
         if not args.skip_ipyparallel:
@@ -171,12 +186,14 @@ def report(rows: list[tuple[str, dict]], n: int, n_rss: int) -> None:
     base = dict(rows).get("ipphpc none", {})
     ipp_sql = dict(rows).get("ipyparallel SQLiteDB", {})
     print(f"\n{n:,} no-op tasks, 2 engines; map with chunksize=1 (a record per task)\n")
-    print(f"{'configuration':24} {'apply/s':>9} {'% none':>7} {'map/s':>9} {'% none':>7} {'vs ipp SQLite':>14}")
+    print(f"{'configuration':24} {'apply/s':>9} {'% none':>7} {'map/s':>9} {'% none':>7} {'vs ipp SQLite':>14} "
+          f"{'controller CPU/task':>20}")
     for name, f in rows:
         pa = 100 * f["apply"] / base["apply"] if base else float("nan")
         pm = 100 * f["map"] / base["map"] if base else float("nan")
         vs = (f"{f['apply'] / ipp_sql['apply']:.1f}x / {f['map'] / ipp_sql['map']:.1f}x" if ipp_sql else "")
-        print(f"{name:24} {f['apply']:9.0f} {pa:6.0f}% {f['map']:9.0f} {pm:6.0f}% {vs:>14}")
+        cpu = "-" if math.isnan(f.get("cpu_us", math.nan)) else f"{f['cpu_us']:.0f} us"
+        print(f"{name:24} {f['apply']:9.0f} {pa:6.0f}% {f['map']:9.0f} {pm:6.0f}% {vs:>14} {cpu:>20}")
     rss = [(name, f) for name, f in rows if "idle" in f]
     if rss:
         print(f"\ncontroller RSS (MiB), map of {n_rss:,} no-op tasks, chunksize=1\n")

@@ -351,8 +351,10 @@ class Engine(LoggingConfigurable):
                 for pmid, frames in self.control.take_data():
                     self.pump.send(self.session.pack("data", {"p": pmid}, frames))
             meta["engine_id"] = self.id
-            dur = meta["completed"] - meta["started"]
-            fields = {"p": mid, "ok": ok, "eid": self.id, "dur": dur}
+            started, completed = meta["started"], meta["completed"]
+            fields = {"p": mid, "ok": ok, "eid": self.id, "dur": completed - started, "st": started, "cp": completed}
+            if not ok or meta["stdout"] or meta["stderr"] or "execute_result" in meta:
+                fields["mo"] = 1  # the metadata holds more than the times: the task database reads it
             if value and self.shm_tag is not None and h.get("sk") == self.shm_tag:
                 value, idx = shm.export(value, self.shm_prefix, mapped)
                 if idx:

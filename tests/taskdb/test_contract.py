@@ -98,6 +98,19 @@ def test_get_result_of_a_gone_client(work, rc2):
     assert rc2.metadata[work.mids["s"]]["stdout"] == "hello 5\n"
 
 
+def test_records_hold_the_engines_times_and_output(work, rc2):
+    quiet, loud = work.mids["a"][1], work.mids["s"]
+    if _no_db(work, lambda: rc2.db_query({"msg_id": quiet})):
+        return
+    recs = {r["msg_id"]: r for r in rc2.db_query({"msg_id": {"$in": [quiet, loud]}},
+                                                 keys=["msg_id", "started", "completed", "stdout", "error"])}
+    assert (recs[quiet]["stdout"], recs[loud]["stdout"]) == ("", "hello 5\n")
+    for m in (quiet, loud):
+        assert recs[m]["error"] is None
+        for k in ("started", "completed"):
+            assert abs((recs[m][k] - work.meta[m][k]).total_seconds()) < 2e-6, (m, k)
+
+
 def test_error_result_is_the_remote_error(work, rc2):
     if _no_db(work, lambda: rc2.get_result(work.mids["b"])):
         return
@@ -202,6 +215,8 @@ def test_pending_task_of_another_client(work, rc2):
         hub = rc2.get_result(mid)
         assert not hub.ready()
         assert rc2.result_status([mid])["pending"] == [mid]
+        rec, = rc2.db_query({"msg_id": mid}, keys=["completed", "stdout", "stderr"])
+        assert (rec["completed"], rec["stdout"], rec["stderr"]) == (None, "", "")  # as IPython Parallel's TaskRecord
         work.release.touch()
         assert hub.get(20) == "released" == ar.get(20)
 

@@ -50,6 +50,20 @@ def test_results_without_a_metadata_digest_are_checked_whole():
     assert "stdout" not in fields.from_result(h, frames, 5.0)
 
 
+def test_times_come_from_the_signed_header_and_the_metadata_is_read_only_when_it_holds_more():
+    s = Session("k" * 64)
+    quiet = {"p": "c-2", "ok": True, "eid": 0, "st": 1000.0000004, "cp": 1001.25}
+    body = [b"not json: never parsed", b"result"]
+    frames = [b"engine-ident", *s.pack("result", quiet, body)]
+    rec = fields.from_result(s.split(frames)[1], frames, 5.0)
+    assert (rec["started"], rec["completed"], rec["stdout"], rec["error"]) == (1000.0, 1001.25, "", None)
+    loud = {**quiet, "mo": 1}
+    body = [json.dumps(META).encode(), b"result"]
+    frames = [b"engine-ident", *s.pack("result", loud, body)]
+    rec = fields.from_result(s.split(frames)[1], frames, 5.0)
+    assert (rec["stdout"], rec["completed"]) == ("hi", 1001.5)  # from the metadata frame
+
+
 def test_a_message_for_many_engines_is_a_record_per_engine():
     s = Session("k" * 64)
     payload = [b"f" * 10, b"a" * 1000]

@@ -30,8 +30,9 @@ DEFAULT_KEYS: tuple[str, ...] = tuple(k for k in SCALARS if k != "result_sig")
 
 
 def _t(ts: Any) -> float | None:
-    """Times to the microsecond, as datetimes hold them: a datetime from a record compares equal to it."""
-    return None if ts is None else round(float(ts), 6)
+    """Times to the microsecond, as datetimes hold them: a datetime from a record compares equal to it.
+    (The double nearest a whole number of microseconds; `round(ts, 6)` costs five times as much.)"""
+    return None if ts is None else round(float(ts) * 1e6) / 1e6
 
 
 
@@ -48,7 +49,7 @@ def from_task(h: dict, frames: list, now: float) -> dict:
         "engine_id": h.get("to"), "label": h.get("lbl"), "queue": "mux" if "to" in h else "task",
         "kind": h.get("k"), "submitted": _t(h.get("ts", now)), "started": None, "completed": None,
         "received": None, "resubmitted": None, "header": _text(frames[3]),
-        "result_header": None, "result_sig": None, "stdout": None, "stderr": None, "error": None,
+        "result_header": None, "result_sig": None, "stdout": "", "stderr": "", "error": None,
         "execute_result": None, "buffers": [_raw(f) for f in frames[4:]], "result_buffers": None,
     }
 
@@ -70,7 +71,8 @@ def from_result(h: dict, frames: list, now: float) -> dict:
     """The fields a result adds to its task's record: `frames` is [ident, DELIM, sig, header, *payload].
 
     The engine's metadata frame is JSON (times, output, error): it is read only once a signed digest
-    in the header matched, so the controller never parses unauthenticated bytes. That digest is `dm`,
+    in the header matched, so the controller never parses unauthenticated bytes, and only when the
+    header says it holds more than the times (`mo`), which the header carries (`st`, `cp`). That digest is `dm`,
     over the metadata frame alone, when the engine sent one: a large result is then not hashed here
     (the client checks all of it against `d` when it reads it).
     """
@@ -83,6 +85,10 @@ def from_result(h: dict, frames: list, now: float) -> dict:
     err = h.get("err")
     if err is not None:
         out.update(error=err, completed=_t(now))
+        return out
+    if "cp" in h and "mo" not in h:  # the signed header has the times, and the metadata holds nothing else
+        out.update(started=_t(h["st"]), completed=_t(h["cp"]), stdout="", stderr="", error=None,
+                   execute_result=None)
         return out
     try:
         if "dm" in h:

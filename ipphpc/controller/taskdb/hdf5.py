@@ -55,6 +55,9 @@ def _column(vals: list, kind: str) -> np.ndarray:
     return np.array(["" if v is None else v if type(v) is str else json.dumps(v) for v in vals], object)
 
 
+_TEXT = frozenset({"stdout", "stderr"})  # "" until there is output, as in IPython Parallel's TaskRecord
+
+
 def _dec(name: str, kind: str, v: Any) -> Any:
     if kind == "f8":
         return None if np.isnan(v) else float(v)
@@ -65,7 +68,7 @@ def _dec(name: str, kind: str, v: Any) -> Any:
     if kind == "str":
         v = v.decode() if isinstance(v, bytes) else v
         if v == "":
-            return None
+            return "" if name in _TEXT else None
         return json.loads(v) if name in JSON_VALUES else v
     return v
 
@@ -212,7 +215,7 @@ class HDF5Store(Store):
 
     def _result_column(self, name: str, rows: np.ndarray, res: np.ndarray) -> list:
         hit = np.flatnonzero(res >= 0)
-        out: list = [None] * len(rows)
+        out: list = ["" if name in _TEXT else None] * len(rows)
         if name == "result_buffers":
             vals = self._frames("results", "result_buffers", res[hit])
         elif name in RESULT_COLS:
