@@ -503,6 +503,8 @@ class Hub:
             self._send(self.engine_sock, ident, "sync", {"n": n})
         elif t == "synced" and e is not None:
             self.on_synced(e, h)
+        elif t == "lifetime" and e is not None:
+            self.on_lifetime(e, h)
         elif t == "bye":
             if e is not None:
                 self._unregister(e, h.get("why") or "it stopped", clean=True)
@@ -549,6 +551,16 @@ class Hub:
         self._refill(e)
         self._dispatch()
         self._release(family(h["s"]))
+
+    def on_lifetime(self, e: EngineRecord, h: dict) -> None:
+        """An engine learned when its allocation ends after it registered (it asked its scheduler meanwhile)."""
+        ends, drain_at = h.get("ends"), h.get("drain_at")
+        if e.drain_at is not None or not all(isinstance(v, (int, float)) for v in (ends, drain_at)):
+            return
+        e.ends, e.drain_at = float(ends), float(drain_at)
+        e.info.update(ends=e.ends, drain_at=e.drain_at)
+        asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
+        self._note("add", e.eid, e.info)  # clients see the end in rc.engines
 
     def on_synced(self, e: EngineRecord, h: dict) -> None:
         """The engine's connection dropped and came back. It read the tasks sent to it up to `last`, in order;

@@ -257,15 +257,8 @@ class Engine(LoggingConfigurable):
         self.last_heard = time.monotonic()
         self.log.info("registered as engine %d with the controller at %s", self.id, self.url)
 
-    def _lifetime(self, scheduler: str | None = None) -> dict:
+    def _lifetime(self, span: tuple[float, float] | None) -> dict:
         """`ends` and `drain_at` (epoch seconds) for the registration, when the allocation's end is known."""
-        span = allocation(self.walltime)
-        if span is None and scheduler and self.ask_scheduler:  # a user's own batch script: its job knows
-            from .job_limits import ask_scheduler
-            span = ask_scheduler(scheduler, log=self.log)
-            if span is not None:
-                self.log.info("the %s job of this engine ends at %s (asked the scheduler)", scheduler,
-                              time.strftime("%H:%M:%S", time.localtime(span[1])))
         if span is None:
             return {}
         drain_at = drain_time(*span, self.drain_margin, self.drain_stagger)
@@ -273,10 +266,37 @@ class Engine(LoggingConfigurable):
         self.log.info("allocation ends at %s; this engine takes no new tasks from %s", *hms)
         return {"ends": span[1], "drain_at": drain_at}
 
+    def _ask_scheduler_later(self, scheduler: str) -> None:
+        """A user's own batch script: its job knows when it ends. Asked on a thread, so that a slow or
+        unreachable scheduler (up to two 15 s queries) does not hold up registration; the answer is sent
+        to the controller as soon as it comes."""
+        loop = asyncio.get_running_loop()
+
+        def ask() -> None:
+            from .job_limits import ask_scheduler
+            span = ask_scheduler(scheduler, log=self.log)
+            if span is not None:
+                try:
+                    loop.call_soon_threadsafe(self._learned_lifetime, scheduler, span)
+                except RuntimeError:
+                    pass  # the engine stopped meanwhile
+        threading.Thread(target=ask, name="ipphpc-ask-walltime", daemon=True).start()
+
+    def _learned_lifetime(self, scheduler: str, span: tuple[float, float]) -> None:
+        self.log.info("the %s job of this engine ends at %s (asked the scheduler)", scheduler,
+                      time.strftime("%H:%M:%S", time.localtime(span[1])))
+        fields = self._lifetime(span)
+        self.origin.update(fields)  # a registration made again (a restarted controller) carries it too
+        if not self.stopping.is_set():
+            self._send("lifetime", fields)
+
     def register(self) -> None:
         """The first registration: nothing else runs until it is answered."""
         origin = engine_origin()
-        self.origin = origin = {**origin, **self._lifetime(origin.get("scheduler"))}
+        span = allocation(self.walltime)
+        self.origin = origin = {**origin, **self._lifetime(span)}
+        if span is None and origin.get("scheduler") and self.ask_scheduler:
+            self._ask_scheduler_later(origin["scheduler"])
         if getattr(self, "mpi_comm", False):
             origin["mpi_comm"] = True
         if getattr(self, "shm_tag", None):

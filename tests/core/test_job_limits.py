@@ -113,9 +113,50 @@ def test_an_engine_in_a_users_slurm_script_reports_its_end(spawner, pdir, tmp_pa
     spawner.engine(pdir, "limits", env=env)
     with ipphpc.Client(profile_dir=str(pdir), cluster_id="limits") as rc:
         rc.wait_for_engines(1, timeout=30)
-        (info,) = rc.engines.values()
+        info = _wait_for_end(rc)
         assert info["ends"] == end.timestamp()
         assert info["ends"] - 90 <= info["drain_at"] <= info["ends"] - 60  # drain_margin 60, stagger 30
+
+
+def _wait_for_end(rc, timeout: float = 30.0) -> dict:
+    """The one engine's info once it carries the end of its job (sent after registration)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (info,) = rc.engines.values()
+        if "ends" in info:
+            return info
+        assert time.monotonic() < deadline, f"no job end reported within {timeout:g} s: {info}"
+        time.sleep(0.05)
+
+
+def test_a_slow_scheduler_does_not_hold_up_registration(spawner, pdir, tmp_path):
+    """`squeue` answers only once the test lets it, after the engine registered: the end arrives later, and
+    the controller and its clients, present and later ones, get it."""
+    release = tmp_path / "release"
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.parent.mkdir()
+    now = datetime.datetime.now().replace(microsecond=0)
+    end = now + datetime.timedelta(hours=2)
+    squeue.write_text(f'#!/bin/bash\nfor i in $(seq 300); do [ -e {release} ] && break; sleep 0.1; done\n'
+                      f'echo "{now.isoformat()}|{end.isoformat()}"\n')
+    squeue.chmod(0o755)
+    spawner.controller(pdir, "slow")
+    env = {**os.environ, "PATH": f"{squeue.parent}:{os.environ['PATH']}", "SLURM_JOB_ID": "78"}
+    env.pop("IPPHPC_WALLTIME", None)
+    spawner.engine(pdir, "slow", env=env)
+    with ipphpc.Client(profile_dir=str(pdir), cluster_id="slow") as rc:
+        rc.wait_for_engines(1, timeout=20)  # squeue has not answered yet
+        (eid, info), = rc.engines.items()
+        assert "ends" not in info
+        assert rc[eid].apply_sync(sum, [1, 2]) == 3  # the engine works meanwhile
+        release.touch()
+        info = _wait_for_end(rc)
+        assert info["ends"] == end.timestamp()
+        assert info["ends"] - 90 <= info["drain_at"] <= info["ends"] - 60
+        assert rc.controller_status()["engines"][str(eid)]["ends"] == info["ends"]
+    with ipphpc.Client(profile_dir=str(pdir), cluster_id="slow") as rc2:  # a client that came later
+        rc2.wait_for_engines(1, timeout=20)
+        assert rc2.engines[eid]["ends"] == end.timestamp()
 
 
 @pytest.mark.parametrize("answer", ["", "garbage", "N/A|N/A"])

@@ -141,13 +141,16 @@ def join_run_and_stop(sched: "Scheduler", job: str, controller_factory: Callable
     try:
         with Client(profile=names["profile"], cluster_id=names["cluster_id"], timeout=30) as rc:
             rc.wait_for_engines(n, timeout=120)
+            # no --walltime in the script: each engine asks its scheduler when its job ends, and says so once
+            # the answer comes (after it registered)
+            wait_until(lambda: all("ends" in i for i in rc.engines.values()), 60,
+                       what="every engine reporting when its job ends")
             engines = rc.engines
             assert len(engines) == n, engines
             assert {i["scheduler"] for i in engines.values()} == {sched.origin}
             assert sorted(i["array_index"] for i in engines.values()) == sched.indices(n)
             for info in engines.values():
                 assert info["job_id"] == sched.engine_job_id(job, info["array_index"]), info
-                # no --walltime in the script: the engine asked its scheduler when its job ends (an hour)
                 assert 3600 - 400 < info.get("ends", 0) - time.time() <= 3600 + 5, info
             # functions sent by reference only: under HTCondor the engines run another Python
             # (the pool's chroot), which cannot load this interpreter's code objects
