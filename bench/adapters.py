@@ -25,6 +25,12 @@ class System:
     def version(self) -> str:
         raise NotImplementedError
 
+    # -- figure 8 ----------------------------------------------------------
+    def wide_calls(self, n: int, calls: int) -> list[float]:
+        """Start a cluster of ``n`` engines, call a no-op on all of them ``calls`` times one after another
+        (after a few unrecorded calls), stop it; the seconds of each call."""
+        raise NotImplementedError
+
     # -- figure 4 ----------------------------------------------------------
     def cold_start(self, n: int) -> float:
         """Start a controller and ``n`` engines from nothing, wait until all are
@@ -125,6 +131,17 @@ class IPStyle(System):
             self._stop(cluster, rc)
         return elapsed
 
+    def wide_calls(self, n, calls):
+        cluster = rc = None
+        try:
+            cluster = self.make_cluster(n)
+            rc = cluster.start_and_connect_sync()
+            rc.wait_for_engines(n, timeout=120)
+            view = rc[:]
+            return timed_calls(lambda: view.apply_sync(noop), calls, [None] * n)
+        finally:
+            self._stop(cluster, rc)
+
     def start(self, n):
         self.cluster = self.make_cluster(n)
         self.rc = self.cluster.start_and_connect_sync()
@@ -181,6 +198,21 @@ class IPStyle(System):
             "engines": [{"engine": p, "nanny": self.nanny_pid(p)} for p in pids],
             "controller": self.controller_pid(self.cluster),
         }
+
+
+def timed_calls(call, calls: int, expect) -> list[float]:
+    """Seconds of each of `calls` calls, after 10 unrecorded ones; every answer must equal `expect`."""
+    for _ in range(10):
+        if call() != expect:
+            raise RuntimeError(f"wrong answer: {call()!r}")
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t0)
+        if out != expect:
+            raise RuntimeError(f"wrong answer: {out!r}")
+    return times
 
 
 def nanny_child(engine_pid, marker):

@@ -33,6 +33,7 @@ FIGURES = {
     "array_new": "100 MB numpy array sent to one engine, which returns a new copy of it",
     "push": "one large array pushed to every engine; the controller's peak memory while it passes",
     "rss": "resident memory of an idle engine and of the controller",
+    "wide": "a no-op call on every engine of a 16-engine cluster, one after another",
 }
 
 # Parameters of a full run and of a --quick run.
@@ -45,6 +46,8 @@ FULL = {
     "array_runs": 5,
     "push_bytes": 1 << 30,
     "engines": 2,
+    "wide_engines": 16,
+    "wide_calls": 200,
 }
 QUICK = {
     "tasks": 2_000,
@@ -55,6 +58,8 @@ QUICK = {
     "array_runs": 3,
     "push_bytes": 200_000_000,
     "engines": 2,
+    "wide_engines": 16,
+    "wide_calls": 50,
 }
 
 
@@ -83,6 +88,8 @@ def table_rows(params):
         ("push", f"7. {params['push_bytes'] / 2**20:,.0f} MiB array pushed to {params['engines']} engines", "s",
          "lower", get("seconds")),
         ("push", "7. controller peak RSS above its level before the push", "MiB", "lower", get("controller_peak_mib")),
+        ("wide", f"8. no-op call on all of {params['wide_engines']} engines, median of {params['wide_calls']}", "ms",
+         "lower", get("median_ms")),
         ("rss", "6. idle engine RSS (incl. nanny if any)", "MiB", "lower", get("engine_mib")),
         ("rss", "6. controller RSS, main process", "MiB", "lower", get("controller_main_mib")),
         ("rss", "6. controller + child processes, sum of PSS", "MiB", "lower", get("controller_tree_pss_mib")),

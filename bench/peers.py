@@ -8,7 +8,7 @@ import os
 import time
 import warnings
 
-from adapters import IPStyle, System, nanny_child
+from adapters import IPStyle, System, nanny_child, timed_calls
 from common import ppid_of
 from workload import checksum, echo, inc, noop
 
@@ -96,6 +96,17 @@ class Dask(System):
         finally:
             self._close(cluster, client)
         return elapsed
+
+    def wide_calls(self, n, calls):
+        # client.run: a function on every worker, outside the task graph (what a direct view on all engines is)
+        cluster = client = None
+        try:
+            cluster = self._local_cluster(n)
+            client = self.distributed.Client(cluster)
+            client.wait_for_workers(n)
+            return timed_calls(lambda: sorted(client.run(noop).values(), key=repr), calls, [None] * n)
+        finally:
+            self._close(cluster, client)
 
     def start(self, n):
         self.cluster = self._local_cluster(n)

@@ -149,6 +149,14 @@ class Runner:
             self.say(f"coldstart {i + 1}/{runs}: {t:.2f} s")
         return {"engines": n, "runs_s": times, "median_s": median(times)}
 
+    def fig_wide(self):
+        n, calls = self.p["wide_engines"], self.p["wide_calls"]
+        with time_limit(2 * self.limit_step):  # 16 engines of IPython Parallel take a while to start on 2 cores
+            ms = [s * 1e3 for s in self.sys.wide_calls(n, calls)]
+        out = {"engines": n, "calls": calls, "median_ms": median(ms), "p99_ms": percentile(ms, 99), "min_ms": min(ms)}
+        self.say(f"wide: a call on all {n} engines, median {out['median_ms']:.2f} ms")
+        return out
+
     def fig_apply(self):
         n = self.p["tasks"]
         with time_limit(self.limit_burst):
@@ -306,8 +314,9 @@ class Runner:
         self.say(f"version {self.result['version']}")
         if self.sys.supported is not None:
             self.figures = [f for f in self.figures if f in self.sys.supported]
-        if "coldstart" in self.figures:
-            self.run_figure("coldstart", needs_main=False)
+        for name in ("coldstart", "wide"):  # clusters of their own
+            if name in self.figures:
+                self.run_figure(name, needs_main=False)
         try:
             for name in MAIN_CLUSTER_FIGURES:
                 if name not in self.figures:

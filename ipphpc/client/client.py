@@ -36,7 +36,7 @@ from ..error import (
     UnknownEngine,
 )
 from ..wire import AuthError, Session, payload_digest
-from ..zmqpump import Pump, send_frames
+from ..zmqpump import Pump, recv_frames, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
 from .held import Held
 from .taskdb import TaskDBMixin
@@ -1072,7 +1072,7 @@ class _SyncChannel:
             if self.client._lost:
                 raise ControllerLost(self.client._lost)
             try:  # a blocking receive wakes at once on the message; a Poller costs a call more
-                frames = self.sock.recv_multipart(copy=False)
+                frames = recv_frames(self.sock)
             except zmq.Again:
                 continue
             try:
