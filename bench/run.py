@@ -245,6 +245,14 @@ def fmt_ratio(x):
     return f"{x:.2f}x"
 
 
+def ratio(a, b, unit):
+    """a / b, or None when there is nothing to divide by: a memory figure under 1 MiB is noise of the
+    reading (pages, accounting), not a size."""
+    if a is None or not b or (unit == "MiB" and abs(b) < 1):
+        return None
+    return a / b
+
+
 def build_rows(results, params, figures):
     rows = []
     for fig, label, unit, better, get in table_rows(params):
@@ -254,14 +262,9 @@ def build_rows(results, params, figures):
         for s in SYSTEMS:
             data = results.get(s, {}).get("figures", {}).get(fig)
             values[s] = get(data) if data and "error" not in data else None
-        ratios = {}
-        for peer in PEERS:
-            a, b = values["ipphpc"], values[peer]
-            ratios[peer] = a / b if a is not None and b else None
-        a, b = values["ipphpc-curve"], values["ipphpc"]
-        ratios["curve"] = a / b if a is not None and b else None
-        a, b = values["ipphpc-curve"], values["parsl-enc"]
-        ratios["curve/parsl"] = a / b if a is not None and b else None
+        ratios = {peer: ratio(values["ipphpc"], values[peer], unit) for peer in PEERS}
+        ratios["curve"] = ratio(values["ipphpc-curve"], values["ipphpc"], unit)
+        ratios["curve/parsl"] = ratio(values["ipphpc-curve"], values["parsl-enc"], unit)
         rows.append(
             {"figure": fig, "label": label, "unit": unit, "better": better, "values": values, "ratios": ratios}
         )
