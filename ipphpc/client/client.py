@@ -175,9 +175,6 @@ class Client(TaskDBMixin):
             self.close()
             raise ProtocolMismatch(welcome.get("why"))
         self._controller_session = welcome.get("s")
-        with self._engine_cond:
-            self._engines.update({int(k): v for k, v in welcome.get("engines", {}).items()})
-            self._note_pythons()
         Client._latest = self
         if "IPython" in sys.modules:  # in IPython, %px and friends work on the newest client, as they do there
             from .magics import register_for_client
@@ -281,6 +278,15 @@ class Client(TaskDBMixin):
         is gone) from the same one after a dropped connection (results sent meanwhile are fetched again)."""
         self._pump.send(self._rsession.pack("hello", {"c": self.cid}))
 
+    def _registry(self, welcome: dict) -> None:
+        """The engines as the controller knew them when it welcomed this client. Taken here, in the order
+        of the socket: registry notes sent after it (an engine's job end, an engine gone) come after it
+        and must not be undone by this older picture."""
+        with self._engine_cond:
+            self._engines = {int(k): v for k, v in welcome.get("engines", {}).items()}
+            self._note_pythons()
+            self._engine_cond.notify_all()
+
     def _welcomed_again(self, h: dict) -> None:
         if h.get("s") == self._controller_session:
             self._resync()
@@ -344,16 +350,15 @@ class Client(TaskDBMixin):
                         h["_payload"] = payload
                     except AuthError as e:
                         h["error"] = f"a reply from the controller was damaged: {e}"
+                if t == "welcome":
+                    self._registry(h)
                 fut.set_result(h)
             elif t == "challenge":  # after a reconnection, from a controller that does not know this client
                 q, mid = self._rsession.next_id()
                 self._hello_q = q
                 self._pump.send(self._rsession.pack("hello", {"c": self.cid, "nonce": h.get("nonce")}, seq=(q, mid)))
             elif t == "welcome":  # after a reconnection: the controller's engines now
-                with self._engine_cond:
-                    self._engines = {int(k): v for k, v in h.get("engines", {}).items()}
-                    self._note_pythons()
-                    self._engine_cond.notify_all()
+                self._registry(h)
                 self._welcomed_again(h)
 
     def _on_result(self, h: dict, payload: list) -> None:
