@@ -547,7 +547,7 @@ class Hub:
                                                           "hb": self.cfg.heartbeat_period})
         self._note("add", eid, info)
         if e.drain_at is not None:
-            asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
+            self._drain_later(e)
         self._refill(e)
         self._dispatch()
         self._release(family(h["s"]))
@@ -559,7 +559,7 @@ class Hub:
             return
         e.ends, e.drain_at = float(ends), float(drain_at)
         e.info.update(ends=e.ends, drain_at=e.drain_at)
-        asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
+        self._drain_later(e)
         self._note("add", e.eid, e.info)  # clients see the end in rc.engines
 
     def on_synced(self, e: EngineRecord, h: dict) -> None:
@@ -788,6 +788,9 @@ class Hub:
             dropped += len(waiting)
         self.log.warning("client(s) %s gone (silent for %g s): %d queued tasks dropped, %d running interrupted",
                          ", ".join(sorted(gone.values())), limit, dropped, interrupted)
+
+    def _drain_later(self, e: EngineRecord) -> None:
+        asyncio.get_running_loop().call_later(max(0.0, e.drain_at - time.time()), self._drain, e)
 
     def _drain(self, e: EngineRecord) -> None:
         """At an engine's drain time (its allocation is about to end): no new tasks for it; once idle, it is

@@ -70,11 +70,11 @@ def from_fan(h: dict, frames: list, now: float) -> list[dict]:
 def from_result(h: dict, frames: list, now: float) -> dict:
     """The fields a result adds to its task's record: `frames` is [ident, DELIM, sig, header, *payload].
 
-    The engine's metadata frame is JSON (times, output, error): it is read only once a signed digest
-    in the header matched, so the controller never parses unauthenticated bytes, and only when the
-    header says it holds more than the times (`mo`), which the header carries (`st`, `cp`). That digest is `dm`,
-    over the metadata frame alone, when the engine sent one: a large result is then not hashed here
-    (the client checks all of it against `d` when it reads it).
+    The signed header carries the task's times (`st`, `cp`) and says when the engine's metadata frame
+    holds more (`mo`: output, an error, an execute result); only then is that frame read. It is JSON,
+    read only once a signed digest in the header matched, so the controller never parses
+    unauthenticated bytes. That digest is `dm`, over the metadata frame alone, when the engine sent
+    one: a large result is then not hashed here (the client checks all of it against `d` when it reads it).
     """
     payload = frames[4:]
     out: dict[str, Any] = {
