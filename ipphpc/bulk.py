@@ -1,0 +1,365 @@
+"""Large frames straight between a client and an engine, sealed with AES-256-GCM.
+
+Through the controller a large frame crosses four sockets on its way there and back and is hashed at
+every end; here it crosses one TCP connection each way. A client opens one connection to each engine it
+sends large frames to; a frame of `BULK_MIN` bytes or more then travels on it as a *transfer*, and the
+message (still through the controller, signed, in order) carries a small descriptor instead: the
+transfer's id. The header's `bk` lists which payload frames are descriptors. The engine answers with
+large result frames on the same connection.
+
+A transfer is a 25-byte header (kind, 16-byte id, length) and chunks of up to `CHUNK` bytes, each sealed
+with AES-256-GCM: the key is derived from the cluster key, the kind and the id, the nonce is the chunk's
+index and the header is its associated data. So only holders of the cluster key can write a transfer
+anyone accepts, a chunk cannot be reordered, cut or moved to another transfer, and what crosses the
+network is encrypted whether or not the controller's sockets use CurveZMQ. With AES instructions this
+costs less than hashing the frame would (about 10 GB/s here), which is why it is not optional.
+
+Every connection starts with the client's hello (kind H, id: the client's token) and the engine's answer
+(kind h, the same id, the engine's own id as payload), both sealed: neither side talks to a stranger.
+Received frames land in fresh anonymous memory with transparent huge pages asked for, so that a 100 MB
+array costs 50 page faults instead of 25,000, and become the arrays the receiver deserializes.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Any, Sequence
+
+from blake3 import blake3
+
+from .wire import raw
+
+#: frames from this size on take the direct path: below it a hop through the controller costs less
+BULK_MIN = 1 << 20
+CHUNK = 1 << 20
+HDR = struct.Struct("!c16sQ")
+#: the most one transfer may claim (a bigger length in a header is refused before anything is allocated)
+MAX_TRANSFER = 1 << 40
+_HUGE = 2 << 20
+_DATA, _HELLO, _ANSWER = b"D", b"H", b"h"
+
+
+class BulkError(RuntimeError):
+    """A direct transfer failed: its connection closed, stalled, or carried something not sealed with the key."""
+
+
+class Keys:
+    """Per-transfer AES keys, derived from the cluster key (never sent anywhere)."""
+
+    def __init__(self, cluster_key: str | bytes):
+        kb = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
+        self._base = blake3(b"ipphpc direct transfer keys v1\0" + kb).digest()
+
+    def key(self, kind: bytes, tid: bytes) -> bytes:
+        return blake3(kind + tid, key=self._base).digest()
+
+
+def _aes():
+    # imported on first use: an engine that never receives a large frame does not pay its memory
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    return Cipher, algorithms.AES, modes.GCM
+
+
+def new_buffer(n: int) -> tuple[mmap.mmap, memoryview]:
+    """Writable memory for a frame of `n` bytes, with 32 bytes of slack (the cipher writes past the end
+    of a chunk by up to a block) and huge pages asked for when it is large."""
+    m = mmap.mmap(-1, n + 32)
+    if n >= _HUGE and hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return m, memoryview(m)[:n]
+
+
+def new_id() -> bytes:
+    return os.urandom(16)
+
+
+def descriptor(tid: bytes) -> bytes:
+    return tid.hex().encode()
+
+
+def descriptor_id(frame: Any) -> bytes:
+    text = bytes(raw(frame)[:40])
+    try:
+        tid = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        tid = b""
+    if len(tid) != 16:
+        raise BulkError(f"not a direct-transfer descriptor: {text[:40]!r}")
+    return tid
+
+
+def large(payload: Sequence[Any]) -> list[int]:
+    """Indices of the frames that take the direct path."""
+    return [i for i, f in enumerate(payload) if memoryview(raw(f)).nbytes >= BULK_MIN]
+
+
+class Channel:
+    """One TCP connection carrying transfers both ways. A thread reads what arrives into a table the other
+    side's messages then claim by id (`take`); `send` writes from any thread, one transfer at a time."""
+
+    def __init__(self, sock: socket.socket, keys: Keys, name: str):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.keys = keys
+        self.name = name
+        self.closed: str | None = None  # why, once closed
+        self.closed_at = 0.0
+        self._wlock = threading.Lock()
+        self._cond = threading.Condition()
+        self._arrived: dict[bytes, memoryview] = {}
+        self._progress = time.monotonic()  # when the reader last got a chunk
+        self._out = bytearray(CHUNK + 48)
+        self._reader: threading.Thread | None = None
+
+    # -- writing ------------------------------------------------------------------------------
+    def send(self, tid: bytes, frame: Any, kind: bytes = _DATA) -> None:
+        mv = memoryview(raw(frame))
+        if not mv.contiguous:
+            mv = memoryview(mv.tobytes())
+        mv = mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+        n = mv.nbytes
+        hdr = HDR.pack(kind, tid, n)
+        Cipher, AES, GCM = _aes()
+        key = AES(self.keys.key(kind, tid))
+        out = memoryview(self._out)
+        with self._wlock:
+            if self.closed:
+                raise BulkError(f"the direct connection {self.name} is closed: {self.closed}")
+            try:
+                self.sock.sendall(hdr)
+                for i, off in enumerate(range(0, max(n, 1), CHUNK)):
+                    enc = Cipher(key, GCM(i.to_bytes(12, "big"))).encryptor()
+                    enc.authenticate_additional_data(hdr)
+                    w = enc.update_into(mv[off:off + CHUNK], out)
+                    enc.finalize()
+                    out[w:w + 16] = enc.tag
+                    self.sock.sendall(out[:w + 16])
+            except OSError as e:
+                self._closed(f"sending failed: {e}")
+                raise BulkError(f"the direct connection {self.name} failed while sending: {e}") from None
+
+    # -- reading ------------------------------------------------------------------------------
+    def _recv_into(self, view: memoryview) -> None:
+        got, n = 0, view.nbytes
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise EOFError("the other side closed the connection")
+            got += k
+
+    def read_transfer(self, expect: bytes | None = None) -> tuple[bytes, bytes, mmap.mmap | None, memoryview]:
+        """The next transfer: (kind, id, its buffer, its bytes); BulkError when it is not sealed with the key."""
+        hdr = bytearray(HDR.size)
+        self._recv_into(memoryview(hdr))
+        kind, tid, n = HDR.unpack(hdr)
+        hdr = bytes(hdr)
+        if kind not in (_DATA, _HELLO, _ANSWER) or (expect is not None and kind != expect):
+            raise BulkError(f"a transfer of unknown kind {kind!r}")
+        if n > MAX_TRANSFER or (kind != _DATA and n > 4096):
+            raise BulkError(f"a transfer claims {n} bytes")
+        Cipher, AES, GCM = _aes()
+        key = AES(self.keys.key(kind, tid))
+        m, dest = new_buffer(n) if n else (None, memoryview(bytearray(32))[:0])
+        full = memoryview(m) if m is not None else memoryview(bytearray(32))
+        scratch = memoryview(bytearray(min(max(n, 1), CHUNK) + 16))
+        from cryptography.exceptions import InvalidTag
+        for i, off in enumerate(range(0, max(n, 1), CHUNK)):
+            ln = min(CHUNK, n - off)
+            self._recv_into(scratch[:ln + 16])
+            dec = Cipher(key, GCM(i.to_bytes(12, "big"), bytes(scratch[ln:ln + 16]))).decryptor()
+            dec.authenticate_additional_data(hdr)
+            dec.update_into(scratch[:ln], full[off:])
+            try:
+                dec.finalize()
+            except InvalidTag:
+                raise BulkError("a transfer that is not sealed with this cluster's key") from None
+            self._progress = time.monotonic()
+        return kind, tid, m, dest
+
+    def start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._read_loop, name=f"ipphpc-direct-{self.name}", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        why = "closed"
+        try:
+            while True:
+                kind, tid, _, data = self.read_transfer(_DATA)
+                with self._cond:
+                    self._arrived[tid] = data
+                    self._cond.notify_all()
+        except EOFError as e:
+            why = str(e)
+        except (OSError, BulkError, ValueError) as e:
+            why = str(e)
+        self._closed(why)
+
+    def _closed(self, why: str) -> None:
+        with self._cond:
+            if self.closed is None:
+                self.closed = why
+                self.closed_at = time.monotonic()
+            self._cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def take(self, tids: Sequence[bytes], stall: float = 60.0) -> list[memoryview]:
+        """The frames of transfers `tids`, once every one has arrived. BulkError when the connection closes
+        first, or nothing arrived on it for `stall` seconds."""
+        with self._cond:
+            while True:
+                if all(t in self._arrived for t in tids):
+                    return [self._arrived.pop(t) for t in tids]
+                if self.closed is not None:
+                    raise BulkError(f"the direct connection {self.name} closed before the message's large "
+                                    f"frames arrived ({self.closed})")
+                quiet = time.monotonic() - self._progress
+                if quiet >= stall:
+                    raise BulkError(f"the large frames of a message did not arrive on the direct connection "
+                                    f"{self.name} ({quiet:.0f} s without a byte)")
+                self._cond.wait(min(1.0, stall - quiet))
+
+    def drop(self, tids: Sequence[bytes]) -> None:
+        """Forget transfers nobody will claim (their task was aborted)."""
+        with self._cond:
+            for t in tids:
+                self._arrived.pop(t, None)
+
+    def unclaimed(self) -> int:
+        with self._cond:
+            return len(self._arrived)
+
+    def close(self) -> None:
+        self._closed("closed by this side")
+        self.sock.close()
+
+    # -- frames of a message -----------------------------------------------------------------------
+    def export(self, payload: Sequence[Any], idx: Sequence[int]) -> list[Any]:
+        """`payload` with frames `idx` sent as transfers and replaced by their descriptors."""
+        out = list(payload)
+        for i in idx:
+            tid = new_id()
+            self.send(tid, out[i])
+            out[i] = descriptor(tid)
+        return out
+
+    def resolve(self, idx: Sequence[Any], payload: Sequence[Any], stall: float = 60.0) -> list[Any]:
+        """`payload` with the descriptors at `idx` replaced by the frames they name."""
+        out = list(payload)
+        for i in idx:
+            if not isinstance(i, int) or not 0 <= i < len(out):
+                raise BulkError(f"bad direct-transfer frame index {i!r}")
+        tids = [descriptor_id(out[i]) for i in idx]
+        for i, frame in zip(idx, self.take(tids, stall)):
+            out[i] = frame
+        return out
+
+
+def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float = 3.0) -> Channel:
+    """A channel to the engine listening at `address` ("ip:port") whose id is `ident`: the hello is
+    answered, sealed, by that engine or the connection is refused. Raises OSError or BulkError."""
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    ch = Channel(sock, keys, address)
+    try:
+        ch.send(token, b"", _HELLO)
+        kind, tid, _, answer = ch.read_transfer(_ANSWER)
+        if tid != token or bytes(answer) != ident.encode():
+            raise BulkError(f"{address} answered as another engine")
+    except (OSError, EOFError, BulkError) as e:
+        sock.close()
+        raise BulkError(f"no direct connection to {address}: {e}") from None
+    sock.settimeout(None)
+    ch.start_reader()
+    return ch
+
+
+class Listener:
+    """An engine's port for direct connections: each must open with a sealed hello; its channel is then
+    known by the client's token (one live channel per token)."""
+
+    def __init__(self, keys: Keys, ip: str, ident: str, log: Any = None):
+        self.keys = keys
+        self.ident = ident
+        self.log = log
+        self.sock = socket.create_server((ip, 0), backlog=128)
+        self.address = f"{ip}:{self.sock.getsockname()[1]}"
+        self.channels: dict[bytes, Channel] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+        threading.Thread(target=self._accept_loop, name="ipphpc-direct-listener", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopped:
+            try:
+                sock, peer = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._greet, args=(sock, peer), name="ipphpc-direct-hello", daemon=True).start()
+
+    def _greet(self, sock: socket.socket, peer: Any) -> None:
+        sock.settimeout(10.0)
+        ch = Channel(sock, self.keys, f"from {peer[0]}:{peer[1]}")
+        try:
+            kind, token, _, _ = ch.read_transfer(_HELLO)
+            with self._lock:
+                old = self.channels.get(token)
+                if old is not None and old.closed is None:
+                    raise BulkError("a second connection for a client that is connected")
+                self.channels[token] = ch
+            ch.send(token, self.ident.encode(), _ANSWER)
+        except (OSError, EOFError, BulkError) as e:
+            if self.log is not None:
+                self.log.warning("refused a direct connection from %s: %s", peer[0], e)
+            sock.close()
+            return
+        sock.settimeout(None)
+        ch.start_reader()
+        self._prune()
+
+    def _prune(self, keep: float = 600.0) -> None:
+        """Forget channels closed `keep` seconds ago (their unclaimed frames with them)."""
+        now = time.monotonic()
+        with self._lock:
+            for token, ch in list(self.channels.items()):
+                if ch.closed is not None and now - ch.closed_at > keep:
+                    del self.channels[token]
+
+    def channel(self, token_hex: Any) -> Channel | None:
+        try:
+            token = bytes.fromhex(token_hex)
+        except (TypeError, ValueError):
+            return None
+        with self._lock:
+            return self.channels.get(token)
+
+    def close(self) -> None:
+        self._stopped = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            for ch in self.channels.values():
+                ch.close()
+
+
+def local_ip_towards(host: str, fallback: str = "127.0.0.1") -> str:
+    """The address of this host's interface that routes to `host` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return fallback
+
+
