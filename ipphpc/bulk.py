@@ -67,7 +67,8 @@ def _aes():
 def new_buffer(n: int) -> tuple[mmap.mmap, memoryview]:
     """Writable memory for a frame of `n` bytes, with 32 bytes of slack (the cipher writes past the end
     of a chunk by up to a block) and huge pages asked for when it is large."""
-    m = mmap.mmap(-1, n + 32)
+    # private: shared anonymous memory is shmem, which gets huge pages only where the administrator allowed it
+    m = mmap.mmap(-1, n + 32, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if n >= _HUGE and hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             m.madvise(mmap.MADV_HUGEPAGE)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import zmq
 
-from .. import connection, paths, serialize, shm
+from .. import bulk, connection, paths, serialize, shm
 from ..error import (
     ControllerLost,
     ControllerUnreachable,
@@ -38,6 +38,7 @@ from ..error import (
 from ..wire import AuthError, Session, payload_digest
 from ..zmqpump import Pump, recv_frames, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
+from .direct import DirectLinks
 from .held import Held
 from .taskdb import TaskDBMixin
 
@@ -109,6 +110,8 @@ class Client(TaskDBMixin):
         self._shm = tag if tag is not None and info.get("shm") == tag else None
         self._shm_prefix = shm.prefix(info["key"])
         self._shm_engines: frozenset = frozenset()
+        # large frames go straight to engines elsewhere that listen for it (one hop each way, sealed)
+        self._direct = DirectLinks(info["key"]) if not os.environ.get("IPPHPC_NO_DIRECT") else None
         # the result socket signs with a session of its own (each session's sequence must arrive in order),
         # of the same family: one hello proves both fresh to the controller
         self._rsession = self.session.member("r")
@@ -365,10 +368,15 @@ class Client(TaskDBMixin):
         mid = h["p"]
         p = self._pending.pop(mid, None)
         if p is None:
-            if not (self._hub_waiting and self._hub_result(h, payload)) and "sh" in h:
-                shm.remove(shm.names(h, payload))  # a result nobody here waits for: nobody will read its files
+            if not (self._hub_waiting and self._hub_result(h, payload)):
+                if "sh" in h:
+                    shm.remove(shm.names(h, payload))  # a result nobody here waits for: nobody will read its files
+                elif "bk" in h and self._direct is not None:
+                    self._direct.drop(h, payload)
             return
-        value, error, meta = self._decode(h, payload)
+        value, error, meta = self._decode(h, payload, self._direct)
+        if len(payload) > 2 and self._direct is not None and "bk" not in h and "sh" not in h:
+            self._direct_later(h.get("eid"), payload)
         if error is not None and p.resend is not None:
             if getattr(error, "ename", "") == "UnmetDependency" and self._elsewhere(p, h.get("eid")):
                 return
@@ -417,9 +425,21 @@ class Client(TaskDBMixin):
                         tried=p.tried)
         return True
 
+    def _direct_later(self, eid: Any, payload: list) -> None:
+        """A large result came the long way from an engine that listens for direct connections: open one, so
+        the next comes straight."""
+        if eid not in self._shm_engines and bulk.large(payload[1:]):
+            self._direct.open_later(eid, self._engines.get(eid))
+
+    def _direct_out(self, fields: dict, payload: Sequence[Any], target: int) -> Sequence[Any]:
+        if self._direct is None or "sh" in fields or target in self._shm_engines:
+            return payload
+        return self._direct.out(fields, payload, target, self._engines.get(target))
+
     @staticmethod
-    def _decode(h: dict, payload: list) -> tuple[Any, BaseException | None, dict | None]:
-        """(value, error, engine metadata) of a result message."""
+    def _decode(h: dict, payload: list, direct: DirectLinks | None = None) -> tuple[Any, BaseException | None,
+                                                                                       dict | None]:
+        """(value, error, engine metadata) of a result message; `direct`: where its direct frames arrive."""
         err = h.get("err")
         meta = None
         value = error = None
@@ -432,13 +452,18 @@ class Client(TaskDBMixin):
                 meta = json.loads(bytes(payload[0]))
                 if "sh" in h:  # this client is the frames' last reader: map them, then remove their names
                     payload = shm.resolve(h, payload, unlink=True)
+                elif "bk" in h:
+                    if direct is None:
+                        raise bulk.BulkError("this result's large frames went straight from the engine to the "
+                                             "client that sent the task; the controller does not have them")
+                    payload = direct.resolve(h, payload)
                 if h["ok"]:
                     value = serialize.loads(payload[1:]) if len(payload) > 1 else None
                 else:
                     e = meta["error"]
                     error = RemoteError(e["ename"], e["evalue"], e["tb"], {"engine_id": h.get("eid")})
             except Exception as e:  # noqa: BLE001 - the task must finish, with the reason it could not be read
-                error = e if isinstance(e, AuthError) else RemoteError(
+                error = e if isinstance(e, (AuthError, bulk.BulkError)) else RemoteError(
                     type(e).__name__, f"the result arrived but could not be deserialized here: {e}", "",
                     {"engine_id": h.get("eid")})
         return value, error, meta
@@ -531,6 +556,8 @@ class Client(TaskDBMixin):
         if self._other_python and kind in ("apply", "push") and payload:
             self._check_python(payload, None if target is None else [target])
         sent = payload if self._shm is None else self._shm_out(fields, payload, target, among)
+        if target is not None and self._direct is not None:
+            sent = self._direct_out(fields, sent, target)
         if sent is not payload:
             digest = None  # the signed digest is over the descriptors
         if digest is None and sent:
@@ -1021,6 +1048,8 @@ class Client(TaskDBMixin):
                 pass
             self._thread.join(5)
         self._submit.close(int(linger * 1000))
+        if self._direct is not None:
+            self._direct.close()
         for channel in list(self._channels):
             channel.close()
         self._channels.clear()
@@ -1092,11 +1121,17 @@ class _SyncChannel:
         fields: dict[str, Any] = {"k": kind, "c": self.cid, "sync": 1}
         if target is not None:
             fields["to"] = target
-        if self.client._shm is not None:
-            payload = self.client._shm_out(fields, payload, target, None)
+        client = self.client
+        if client._shm is not None:
+            payload = client._shm_out(fields, payload, target, None)
+        if target is not None and client._direct is not None:
+            payload = client._direct_out(fields, payload, target)
         q, mid = self.session.next_id()
         send_frames(self.sock, self.session.pack("task", fields, payload, seq=(q, mid)))
-        value, error, _ = Client._decode(*self._wait(mid))
+        h, result = self._wait(mid)
+        value, error, _ = Client._decode(h, result, client._direct)
+        if len(result) > 2 and client._direct is not None and "bk" not in h and "sh" not in h:
+            client._direct_later(h.get("eid"), result)
         if error is not None:
             raise error
         return value

@@ -22,7 +22,7 @@ from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
-from .. import connection, paths, shm
+from .. import bulk, connection, paths, shm
 from ..wire import AuthError, Session, payload_digest, read_beat
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
@@ -77,6 +77,10 @@ class Engine(LoggingConfigurable):
     ask_scheduler = Bool(True, config=True, help="In a batch job whose walltime the engine was not told (an "
                          "`ipphpc engine` line in your own script, without --walltime), ask the scheduler once at "
                          "start when the job ends.")
+    direct = Bool(True, config=True, help="Listen for clients that send large frames (1 MiB or more) straight to this "
+                  "engine, and answer them the same way, instead of through the controller: one TCP hop each way, "
+                  "sealed with AES-GCM. Off (or IPPHPC_NO_DIRECT=1 in the environment): every frame goes through "
+                  "the controller.")
     drain_stagger = Float(30.0, config=True, help="Up to this many seconds more, drawn at random per engine, so "
                           "the elements of an array do not all drain at once.")
 
@@ -151,6 +155,13 @@ class Engine(LoggingConfigurable):
         except ConnectionError as e:
             raise RegistrationFailed(str(e)) from None
         self.url = connection.url(addr, info, "engine")
+        self.direct_in = None
+        if self.direct and not os.environ.get("IPPHPC_NO_DIRECT"):
+            try:  # on the interface that reaches the controller: clients reach it from there too
+                self.direct_in = bulk.Listener(bulk.Keys(info["key"]), bulk.local_ip_towards(addr), os.urandom(8).hex(),
+                                               self.log)
+            except OSError as e:
+                self.log.warning("no port for direct transfers (%s): large frames go through the controller", e)
         self.log.info("controller reachable at %s (addresses in the file: %s)", addr, ", ".join(info["addresses"]))
         self.heart_id = os.urandom(8).hex()
         self.sock = ctx.socket(zmq.DEALER)  # the task path: read by a Pump
@@ -221,6 +232,8 @@ class Engine(LoggingConfigurable):
             control_line.active = None
             self.sock.close(linger=500)
             self.ping.close(0)
+            if self.direct_in is not None:
+                self.direct_in.close()
             ctx.term()
             if self.tunnel is not None:
                 self.tunnel.close()
@@ -301,6 +314,8 @@ class Engine(LoggingConfigurable):
             origin["mpi_comm"] = True
         if getattr(self, "shm_tag", None):
             origin["shm"] = self.shm_tag
+        if getattr(self, "direct_in", None) is not None:
+            origin["direct"] = {"at": self.direct_in.address, "id": self.direct_in.ident}
         opened = self.tunnel.opened if self.tunnel is not None else 0
         self._send_register()
         deadline = time.monotonic() + self.register_timeout
@@ -345,11 +360,14 @@ class Engine(LoggingConfigurable):
                 Session.check_payload(h, payload)
                 if "sh" in h:
                     payload = shm.resolve(h, payload, mapped=mapped)
-        except (AuthError, shm.SharedMemoryError) as e:
+                if "bk" in h and self._task_id(h) not in self.control.aborted:
+                    payload = self._channel(h).resolve(h["bk"], payload)
+        except (AuthError, shm.SharedMemoryError, bulk.BulkError) as e:
             self.log.warning("dropped a message: %s", e)
             if t == "task":
                 # the header is authentic, only the payload was damaged or gone: say so instead of leaving a hang
-                ename = "PayloadError" if isinstance(e, AuthError) else "SharedMemoryError"
+                ename = {AuthError: "PayloadError", bulk.BulkError: "DirectTransferError"}.get(type(e),
+                                                                                              "SharedMemoryError")
                 meta = {"engine_id": self.id, "error": {"ename": ename, "evalue": str(e), "tb": ""}}
                 self.pump.send(self.session.pack("result", {"p": self._task_id(h), "ok": False, "eid": self.id,
                                                             "dur": 0.0},
@@ -360,6 +378,8 @@ class Engine(LoggingConfigurable):
             mid = self._task_id(h)
             if mid in self.control.aborted:
                 self.control.aborted.pop(mid, None)
+                if "bk" in h:  # its frames were sent straight here: nobody will claim them now
+                    self._drop_direct(h, payload)
                 self.pump.send(self.session.pack("result", {"p": mid, "ok": False, "eid": self.id, "dur": 0.0, "err": {
                     "ename": "TaskAborted", "evalue": f"task {mid} was aborted before it started on engine {self.id}",
                     "tb": ""}}))
@@ -379,6 +399,8 @@ class Engine(LoggingConfigurable):
                 value, idx = shm.export(value, self.shm_prefix, mapped)
                 if idx:
                     fields["sh"] = [i + 1 for i in idx]  # after the metadata frame
+            if value and "bc" in h and "sh" not in fields and self.direct_in is not None:
+                value = self._direct_out(h["bc"], value, fields)
             body = [json.dumps(meta).encode(), *value]
             if value:  # the controller records the metadata frame alone: it checks that without hashing the rest
                 fields["dm"] = payload_digest(body[:1])
@@ -406,6 +428,34 @@ class Engine(LoggingConfigurable):
         elif t == "reregister":
             self.log.info("the controller does not know this engine (restarted?); registering again")
             self._send_register()
+
+    def _channel(self, h: dict) -> bulk.Channel:
+        ch = self.direct_in.channel(h.get("bc")) if self.direct_in is not None else None
+        if ch is None:
+            raise bulk.BulkError("this task's large frames were sent straight to this engine, from a client that "
+                                 "has no direct connection to it")
+        return ch
+
+    def _drop_direct(self, h: dict, payload: list) -> None:
+        try:
+            self._channel(h).drop([bulk.descriptor_id(payload[i]) for i in h["bk"]])
+        except (bulk.BulkError, TypeError, IndexError):
+            pass
+
+    def _direct_out(self, token: str, value: list, fields: dict) -> list:
+        """A result's large frames sent straight to the client that asked, when it has a direct connection
+        here (the result message then names them in `bk`); else through the controller as they are."""
+        idx = bulk.large(value)
+        ch = self.direct_in.channel(token) if idx else None
+        if ch is None or ch.closed is not None:
+            return value
+        try:
+            out = ch.export(value, idx)
+        except bulk.BulkError as e:
+            self.log.warning("%s; the result goes through the controller", e)
+            return value
+        fields["bk"] = [i + 1 for i in idx]  # after the metadata frame
+        return out
 
     def _on_monitor(self, frames: list) -> None:
         from zmq.utils.monitor import parse_monitor_message

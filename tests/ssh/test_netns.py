@@ -152,3 +152,45 @@ def test_engine_set_of_two_through_one_login(hosts: Hosts) -> None:
     assert hosts.stop(eng) == 0
     wait_until(lambda: not any(alive(p) for p in ssh_pids + pids), 5, "engines and tunnels to go")
     hosts.stop(ctl)
+
+
+BULK_CLIENT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import ipphpc
+    from ipphpc import paths
+    pdir = paths.profile_dir(profile_dir=sys.argv[1] + "/profile")
+    rc = ipphpc.Client(paths.connection_file(pdir, "client", "{cid}"), timeout=15)
+    rc.wait_for_engines(2, timeout=20)
+    a = np.arange(3 * 2**20 // 8, dtype=np.float64)
+    out = {{}}
+    for eid in rc.ids:
+        host = rc.engines[eid]["direct"]["at"].rpartition(":")[0]
+        ar = rc[eid].apply_async(lambda x: x * 2, a)
+        ok = bool(np.array_equal(ar.get(timeout=30), a * 2))
+        rec = rc.db_query({{"msg_id": ar.msg_ids[0]}}, keys=["header", "buffers"])[0]
+        out[host] = {{"ok": ok, "straight": eid in rc._direct.links, "bk": rec["header"].get("bk"),
+                     "stored": len(rec["buffers"][1])}}
+    out["curve"] = "curve" in rc._info
+    print(json.dumps(out))
+    rc.close()
+""")
+
+
+def test_large_frames_go_straight_between_hosts(hosts: Hosts) -> None:
+    """An engine on login (a route to ctl) gets a client's arrays straight from ctl, encrypted; one on compute
+    (only an SSH tunnel to ctl) listens on the tunnel's loopback, which ctl cannot reach: through the controller."""
+    ctl, _, _ = hosts.controller("c7", "--no-shm")  # the namespaces share this machine's /dev/shm; hosts would not
+    engines = [hosts.ipphpc("login", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c7",
+                            "--log-to-stderr", name="engine-login"),
+               hosts.ipphpc("compute", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c7",
+                            "--ssh=login-int", "--log-to-stderr", name="engine-compute")]
+    r = hosts.python("ctl", BULK_CLIENT.format(cid="c7"), env=hosts.env())
+    assert r.returncode == 0, f"client failed:\n{r.stdout}\n{r.stderr}\n" + "\n".join(map(hosts.output, engines))
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out.pop("curve") is True  # the controller listens beyond loopback: every socket uses Curve
+    assert out == {"10.201.1.2": {"ok": True, "straight": True, "bk": [1], "stored": 32},
+                   "127.0.0.1": {"ok": True, "straight": False, "bk": None, "stored": 3 * 2**20}}
+    for p in engines:
+        assert hosts.stop(p) == 0
+    hosts.stop(ctl)

@@ -1,0 +1,125 @@
+"""A client's direct connections to engines, for large frames (see `ipphpc.bulk`).
+
+A connection to an engine is opened the first time a task for it carries a frame of `bulk.BULK_MIN` bytes
+or more, or in the background after a large result from it came through the controller; tasks then say
+which connection is theirs (`bc`), so the engine answers large results on it. An engine that cannot be
+reached directly (behind an SSH tunnel, a firewall, a container's own network) is tried again a minute
+later; until then its frames go through the controller, as they always can.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any, Sequence
+
+from .. import bulk
+from ..netutil import is_loopback
+
+log = logging.getLogger("ipphpc.client")
+RETRY_AFTER = 60.0
+
+
+class DirectLinks:
+    def __init__(self, key: str):
+        self.keys = bulk.Keys(key)
+        self.token = bulk.new_id()
+        self.token_hex = self.token.hex()
+        self.links: dict[int, bulk.Channel] = {}
+        self._failed: dict[int, float] = {}
+        self._opening: set[int] = set()
+        self._lock = threading.Lock()
+        self._host = socket.gethostname()
+        self._closed = False
+
+    def reachable(self, info: dict | None) -> bool:
+        """Whether an engine listens for direct connections this host can make (a loopback address only
+        from its own host)."""
+        d = (info or {}).get("direct")
+        if not d or not isinstance(d, dict):
+            return False
+        host = str(d.get("at", "")).rpartition(":")[0]
+        return not is_loopback(host) or (info or {}).get("host") == self._host
+
+    def link(self, eid: int, info: dict | None) -> bulk.Channel | None:
+        """The open connection to engine `eid`, opened now if need be; None when it cannot be."""
+        ch = self.links.get(eid)
+        if ch is not None and ch.closed is None:
+            return ch
+        if self._closed or not self.reachable(info) or time.monotonic() < self._failed.get(eid, 0.0):
+            return None
+        with self._lock:
+            ch = self.links.get(eid)
+            if ch is not None and ch.closed is None:
+                return ch
+            d = info["direct"]  # type: ignore[index]
+            try:
+                ch = bulk.connect(str(d["at"]), self.keys, self.token, str(d["id"]))
+            except (bulk.BulkError, OSError, ValueError) as e:
+                log.info("engine %s: %s; its large frames go through the controller", eid, e)
+                self._failed[eid] = time.monotonic() + RETRY_AFTER
+                return None
+            if self._closed:
+                ch.close()
+                return None
+            self.links[eid] = ch
+            return ch
+
+    def open_later(self, eid: int, info: dict | None) -> None:
+        """Open a connection to `eid` in the background (a large result came from it the long way)."""
+        if eid in self.links or eid in self._opening or not self.reachable(info):
+            return
+        if time.monotonic() < self._failed.get(eid, 0.0):
+            return
+        self._opening.add(eid)
+
+        def run() -> None:
+            try:
+                self.link(eid, info)
+            finally:
+                self._opening.discard(eid)
+        threading.Thread(target=run, name=f"ipphpc-direct-open-{eid}", daemon=True).start()
+
+    def out(self, fields: dict, payload: Sequence[Any], eid: int, info: dict | None) -> Sequence[Any]:
+        """The payload to send to engine `eid`: its large frames sent straight there (then `fields` says
+        which, `bk`), or as it was when there is no connection. `bc` names this client's connection, so
+        that large results come back on it."""
+        idx = bulk.large(payload)
+        ch = self.link(eid, info) if idx else self.links.get(eid)
+        if ch is None or ch.closed is not None:
+            return payload
+        fields["bc"] = self.token_hex
+        if not idx:
+            return payload
+        try:
+            out = ch.export(payload, idx)
+        except bulk.BulkError as e:
+            log.info("engine %s: %s; its large frames go through the controller", eid, e)
+            return payload
+        fields["bk"] = idx
+        return out
+
+    def resolve(self, h: dict, payload: list) -> list:
+        """A result's payload with its direct frames in place (waits for them to arrive)."""
+        ch = self.links.get(h.get("eid"))  # type: ignore[arg-type]
+        if ch is None:
+            raise bulk.BulkError(f"a result's large frames were sent on a direct connection from engine "
+                                 f"{h.get('eid')} that this client does not have")
+        return ch.resolve(h["bk"], payload)
+
+    def drop(self, h: dict, payload: list) -> None:
+        """Forget the frames of a result nobody here waits for."""
+        ch = self.links.get(h.get("eid"))  # type: ignore[arg-type]
+        if ch is not None:
+            try:
+                ch.drop([bulk.descriptor_id(payload[i]) for i in h["bk"]])
+            except (bulk.BulkError, TypeError, IndexError):
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            for ch in self.links.values():
+                ch.close()
+            self.links.clear()

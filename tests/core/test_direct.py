@@ -1,0 +1,166 @@
+"""Large frames straight between a client and engines, on a real cluster without shared memory (as when
+they run on different hosts): arrays arrive equal, the controller's records hold only the descriptors,
+results come back on the direct connection, and every way it can fail falls back or fails clearly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ipphpc import Client, bulk, serialize
+from ipphpc.client.direct import DirectLinks
+
+from .helpers import ship_by_value, wait_until
+
+ship_by_value(__name__)
+BIG = 3 * bulk.BULK_MIN
+
+
+def double(a):
+    return a * 2
+
+
+def echo(a):
+    return a
+
+
+@pytest.fixture
+def cluster2(spawner, pdir):
+    """A controller without shared memory and two engines; yields (spawner, pdir, client)."""
+    spawner.controller(pdir, "direct", "--no-shm")
+    for _ in range(2):
+        spawner.engine(pdir, "direct")
+    with Client(profile_dir=str(pdir), cluster_id="direct") as rc:
+        rc.wait_for_engines(2, timeout=30)
+        yield spawner, pdir, rc
+
+
+def test_engines_listen_and_say_where(cluster2):
+    _, _, rc = cluster2
+    for eid in rc.ids:
+        d = rc.engines[eid]["direct"]
+        assert d["at"].startswith("127.0.0.1:") and len(d["id"]) == 16
+        assert rc._direct.reachable(rc.engines[eid])
+
+
+def test_arrays_there_and_back_straight(cluster2):
+    _, _, rc = cluster2
+    e0, e1 = rc.ids
+    for dtype in (np.float64, np.int32, np.complex128, np.uint8):
+        a = (np.arange(BIG // np.dtype(dtype).itemsize) % 251).astype(dtype)
+        ar = rc[e0].apply_async(double, a)
+        assert np.array_equal(ar.get(timeout=30), a * 2)
+        back = rc[e1].apply_sync(echo, a)
+        assert back.dtype == a.dtype and np.array_equal(back, a)
+    nc = np.arange(BIG // 4, dtype=np.float64).reshape(-1, 4)[:, ::2]  # not contiguous
+    assert np.array_equal(rc[e0].apply_sync(echo, nc), nc)
+    objs = np.array([str(i) for i in range(200_000)], dtype=object)  # pickled in band: a 1.6 MB pickle frame
+    assert list(rc[e1].apply_sync(echo, objs)) == list(objs)
+    assert set(rc._direct.links) == {e0, e1}
+    rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header", "result_header", "buffers", "result_buffers"])[0]
+    assert rec["header"]["bk"] == [1] and rec["result_header"]["bk"] == [2]
+    # the controller had only the descriptors: 32 bytes where the array was
+    assert len(rec["buffers"][1]) == 32 and len(rec["result_buffers"][2]) == 32
+    assert all(ch.unclaimed() == 0 for ch in rc._direct.links.values())
+
+
+def test_small_messages_keep_their_frames_and_name_the_connection(cluster2):
+    _, _, rc = cluster2
+    e0 = rc.ids[0]
+    rc[e0].apply_sync(echo, np.zeros(BIG))  # opens the connection
+    ar = rc[e0].apply_async(echo, 5)
+    assert ar.get(timeout=30) == 5
+    h = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header"])[0]["header"]
+    assert h["bc"] == rc._direct.token_hex and "bk" not in h
+
+
+def test_a_large_pull_opens_the_connection_for_the_next(cluster2):
+    _, _, rc = cluster2
+    e1 = rc.ids[1]
+    a = np.arange(BIG // 8, dtype=np.float64)
+    rc[e1].execute(f"import numpy as np; big = np.arange({BIG // 8}, dtype=np.float64)", block=True)
+    assert e1 not in rc._direct.links  # nothing large went there yet
+    first = rc[e1].pull("big", block=True)
+    wait_until(lambda: e1 in rc._direct.links, timeout=10, what="a direct connection opened after a large result")
+    ar = rc[e1].pull("big", block=False)
+    assert np.array_equal(first, a) and np.array_equal(ar.get(timeout=30), a)
+    rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["result_header"])[0]
+    assert rec["result_header"]["bk"] == [2]
+
+
+def test_load_balanced_and_many_engine_tasks_go_through_the_controller(cluster2):
+    _, _, rc = cluster2
+    a = np.arange(BIG // 8, dtype=np.float64)
+    ar = rc.load_balanced_view().apply_async(double, a)
+    assert np.array_equal(ar.get(timeout=30), a * 2)
+    rc[:].push({"fan": a}, block=True)
+    assert rc[:].apply_sync(lambda: float(fan.sum())) == [float(a.sum())] * 2  # noqa: F821
+    rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header", "buffers"])[0]
+    assert "bk" not in rec["header"] and len(rec["buffers"][1]) == BIG
+
+
+def test_another_client_gets_a_clear_error_for_a_result_it_cannot_have(cluster2):
+    _, _, rc = cluster2
+    a = np.arange(BIG // 8, dtype=np.float64)
+    ar = rc[rc.ids[0]].apply_async(double, a)
+    ar.get(timeout=30)
+    with Client(url_file=rc.url_file) as other:
+        with pytest.raises(bulk.BulkError, match="went straight from the engine"):
+            other.get_result(ar.msg_ids[0]).get(timeout=30)
+        with pytest.raises(ValueError, match="never had them; send them again from the client"):
+            other.resubmit(ar.msg_ids[0], block=False)
+
+
+def test_a_dropped_connection_is_made_again(cluster2):
+    _, _, rc = cluster2
+    e0 = rc.ids[0]
+    a = np.arange(BIG // 8, dtype=np.float64)
+    assert np.array_equal(rc[e0].apply_sync(double, a), a * 2)
+    old = rc._direct.links[e0]
+    old.close()
+    assert np.array_equal(rc[e0].apply_sync(double, a), a * 2)
+    assert rc._direct.links[e0] is not old and rc._direct.links[e0].closed is None
+
+
+def test_frames_that_never_come_fail_the_task_clearly(cluster2, monkeypatch):
+    _, _, rc = cluster2
+    e0 = rc.ids[0]
+    rc[e0].apply_sync(echo, np.zeros(BIG))  # opens the connection
+
+    def lose(self, tid, frame, kind=b"D"):  # the frame never leaves, then the connection goes
+        self.close()
+    monkeypatch.setattr(bulk.Channel, "send", lose)
+    ar = rc[e0].apply_async(double, np.zeros(BIG // 8))
+    monkeypatch.undo()
+    with pytest.raises(Exception, match="DirectTransferError") as e:
+        ar.get(timeout=30)
+    assert "closed before" in str(e.value)
+    assert rc[e0].apply_sync(double, 21) == 42  # the engine goes on
+
+
+def test_an_engine_without_the_port_takes_frames_through_the_controller(spawner, pdir):
+    spawner.controller(pdir, "nodirect", "--no-shm")
+    spawner.engine(pdir, "nodirect", env={"IPPHPC_NO_DIRECT": "1"})
+    with Client(profile_dir=str(pdir), cluster_id="nodirect") as rc:
+        rc.wait_for_engines(1, timeout=30)
+        assert "direct" not in rc.engines[rc.ids[0]]
+        a = np.arange(BIG // 8, dtype=np.float64)
+        ar = rc[rc.ids[0]].apply_async(double, a)
+        assert np.array_equal(ar.get(timeout=30), a * 2)
+        assert not rc._direct.links
+        rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header", "buffers"])[0]
+        assert "bk" not in rec["header"] and len(rec["buffers"][1]) == BIG
+
+
+def test_an_unreachable_engine_is_remembered_and_skipped():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    links = DirectLinks("k" * 64)
+    info = {"direct": {"at": f"127.0.0.1:{port}", "id": "x"}, "host": __import__("socket").gethostname()}
+    frames = serialize.dumps(np.zeros(BIG // 8))
+    fields: dict = {}
+    assert links.out(fields, frames, 3, info) is frames and fields == {}
+    assert links._failed[3] > 0 and links.link(3, info) is None  # not tried again for a minute
+    other_host = {"direct": {"at": f"127.0.0.1:{port}", "id": "x"}, "host": "elsewhere"}
+    assert not links.reachable(other_host)  # a loopback address on another host is never tried
