@@ -3,8 +3,10 @@
 A connection to an engine is opened the first time a task for it carries a frame of `bulk.BULK_MIN` bytes
 or more, or in the background after a large result from it came through the controller; tasks then say
 which connection is theirs (`bc`), so the engine answers large results on it. An engine that cannot be
-reached directly (behind an SSH tunnel, a firewall, a container's own network) is tried again a minute
-later; until then its frames go through the controller, as they always can.
+reached directly (behind an SSH tunnel, a firewall, a container's own network) is tried again five
+minutes later; until then its frames go through the controller, as they always can. A task for several
+engines sends its large frames straight to each only when every one of them has a connection (one
+failure anywhere, and the message keeps its frames).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from .. import bulk
 from ..netutil import is_loopback
 
 log = logging.getLogger("ipphpc.client")
-RETRY_AFTER = 60.0
+RETRY_AFTER = 300.0
+#: on a site's network a connection is made or refused within milliseconds; silence means a firewall
+CONNECT_TIMEOUT = 1.0
 
 
 class DirectLinks:
@@ -32,6 +36,7 @@ class DirectLinks:
         self._lock = threading.Lock()
         self._host = socket.gethostname()
         self._closed = False
+        self._gave_up_until = 0.0  # after a failure, tasks for many engines use only connections already open
 
     def reachable(self, info: dict | None) -> bool:
         """Whether an engine listens for direct connections this host can make (a loopback address only
@@ -55,10 +60,10 @@ class DirectLinks:
                 return ch
             d = info["direct"]  # type: ignore[index]
             try:
-                ch = bulk.connect(str(d["at"]), self.keys, self.token, str(d["id"]))
+                ch = bulk.connect(str(d["at"]), self.keys, self.token, str(d["id"]), CONNECT_TIMEOUT)
             except (bulk.BulkError, OSError, ValueError) as e:
                 log.info("engine %s: %s; its large frames go through the controller", eid, e)
-                self._failed[eid] = time.monotonic() + RETRY_AFTER
+                self._failed[eid] = self._gave_up_until = time.monotonic() + RETRY_AFTER
                 return None
             if self._closed:
                 ch.close()
@@ -98,6 +103,37 @@ class DirectLinks:
             log.info("engine %s: %s; its large frames go through the controller", eid, e)
             return payload
         fields["bk"] = idx
+        return out
+
+    def out_many(self, fields: dict, payload: Sequence[Any], targets: Sequence[int],
+                 engines: dict[int, dict]) -> Sequence[Any]:
+        """The same for one message to several engines: each large frame goes to every one of them under one
+        transfer id (the message names it once for all)."""
+        idx = bulk.large(payload)
+        if self.links:
+            fields["bc"] = self.token_hex
+        if not idx:
+            return payload
+        late = time.monotonic() < self._gave_up_until
+        chans = []
+        for t in targets:
+            ch = self.links.get(t)
+            if ch is None or ch.closed is not None:
+                ch = None if late else self.link(t, engines.get(t))
+            if ch is None:
+                return payload
+            chans.append(ch)
+        out = list(payload)
+        try:
+            for i in idx:
+                tid = bulk.new_id()
+                for ch in chans:
+                    ch.send(tid, payload[i])
+                out[i] = bulk.descriptor(tid)
+        except bulk.BulkError as e:
+            log.info("%s; the frames go through the controller", e)
+            return payload
+        fields["bk"], fields["bc"] = idx, self.token_hex
         return out
 
     def resolve(self, h: dict, payload: list) -> list:

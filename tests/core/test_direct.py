@@ -87,15 +87,27 @@ def test_a_large_pull_opens_the_connection_for_the_next(cluster2):
     assert rec["result_header"]["bk"] == [2]
 
 
-def test_load_balanced_and_many_engine_tasks_go_through_the_controller(cluster2):
+def test_load_balanced_tasks_and_tasks_for_many_engines(cluster2):
     _, _, rc = cluster2
     a = np.arange(BIG // 8, dtype=np.float64)
-    ar = rc.load_balanced_view().apply_async(double, a)
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(double, a)  # where it runs is not known when it leaves: through the controller
     assert np.array_equal(ar.get(timeout=30), a * 2)
-    rc[:].push({"fan": a}, block=True)
-    assert rc[:].apply_sync(lambda: float(fan.sum())) == [float(a.sum())] * 2  # noqa: F821
     rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header", "buffers"])[0]
     assert "bk" not in rec["header"] and len(rec["buffers"][1]) == BIG
+    push = rc[:].push({"fan": a}, block=False)  # one transfer id for both engines, sent to each
+    push.get(timeout=30)
+    assert rc[:].apply_sync(lambda: float(fan.sum())) == [float(a.sum())] * 2  # noqa: F821
+    assert set(rc._direct.links) == set(rc.ids)
+    recs = rc.db_query({"msg_id": {"$in": push.msg_ids}}, keys=["header", "buffers"])
+    assert len(recs) == 2 and all(r["header"]["bk"] == [1] and len(r["buffers"][1]) == 32 for r in recs)
+    assert len({bytes(r["buffers"][1]) for r in recs}) == 1
+    ar = lview.apply_async(double, a)  # its engine has a connection from here now: the result comes on it
+    assert np.array_equal(ar.get(timeout=30), a * 2)
+    rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header", "result_header"])[0]
+    assert rec["header"]["bc"] == rc._direct.token_hex and rec["result_header"]["bk"] == [2]
+    pulled = rc[:].pull("fan", block=True)
+    assert all(np.array_equal(p, a) for p in pulled)
 
 
 def test_another_client_gets_a_clear_error_for_a_result_it_cannot_have(cluster2):
@@ -164,3 +176,29 @@ def test_an_unreachable_engine_is_remembered_and_skipped():
     assert links._failed[3] > 0 and links.link(3, info) is None  # not tried again for a minute
     other_host = {"direct": {"at": f"127.0.0.1:{port}", "id": "x"}, "host": "elsewhere"}
     assert not links.reachable(other_host)  # a loopback address on another host is never tried
+
+
+def test_a_task_for_many_engines_keeps_its_frames_unless_every_engine_is_connected():
+    import socket
+    import time
+    key = "k" * 64
+    here = socket.gethostname()
+    up = bulk.Listener(bulk.Keys(key), "127.0.0.1", "e0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    engines = {0: {"direct": {"at": up.address, "id": "e0"}, "host": here},
+               1: {"direct": {"at": f"127.0.0.1:{dead_port}", "id": "e1"}, "host": here}}
+    links = DirectLinks(key)
+    try:
+        frames = serialize.dumps(np.zeros(BIG // 8))
+        fields: dict = {}
+        assert links.out_many(fields, frames, [0, 1], engines) is frames and "bk" not in fields
+        time.sleep(0.2)
+        assert sum(ch.unclaimed() for ch in up.channels.values()) == 0  # nothing was sent to the one that answered
+        t0 = time.monotonic()
+        assert links.out_many({}, frames, [1, 0], engines) is frames  # no new attempt for a while: at once
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        links.close()
+        up.close()
