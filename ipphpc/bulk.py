@@ -14,8 +14,11 @@ anyone accepts, a chunk cannot be reordered, cut or moved to another transfer, a
 network is encrypted whether or not the controller's sockets use CurveZMQ. With AES instructions this
 costs less than hashing the frame would (about 10 GB/s here), which is why it is not optional.
 
-Every connection starts with the client's hello (kind H, id: the client's token) and the engine's answer
-(kind h, the same id, the engine's own id as payload), both sealed: neither side talks to a stranger.
+Every connection starts with a challenge: the engine sends a fresh random nonce, the client's hello (kind
+H, id: the client's token) carries a nonce of its own and is sealed under a key bound to the engine's, and
+the engine's answer (kind h, the engine's id as payload) under a key bound to the client's. So neither side
+talks to a peer without the cluster key, and a hello or answer recorded on the network is worth nothing
+on another connection.
 Received frames land in fresh anonymous memory with transparent huge pages asked for, so that a 100 MB
 array costs 50 page faults instead of 25,000, and become the arrays the receiver deserializes.
 """
@@ -41,6 +44,9 @@ HDR = struct.Struct("!c16sQ")
 MAX_TRANSFER = 1 << 40
 _HUGE = 2 << 20
 _DATA, _HELLO, _ANSWER = b"D", b"H", b"h"
+MAGIC = b"ipphpc-direct-1\n"
+#: connections at most that may be between accept and a valid hello at once (each holds a thread)
+MAX_GREETING = 64
 
 
 class BulkError(RuntimeError):
@@ -54,8 +60,8 @@ class Keys:
         kb = cluster_key.encode() if isinstance(cluster_key, str) else cluster_key
         self._base = blake3(b"ipphpc direct transfer keys v1\0" + kb).digest()
 
-    def key(self, kind: bytes, tid: bytes) -> bytes:
-        return blake3(kind + tid, key=self._base).digest()
+    def key(self, kind: bytes, tid: bytes, salt: bytes = b"") -> bytes:
+        return blake3(kind + tid + salt, key=self._base).digest()
 
 
 def _aes():
@@ -120,7 +126,7 @@ class Channel:
         self._reader: threading.Thread | None = None
 
     # -- writing ------------------------------------------------------------------------------
-    def send(self, tid: bytes, frame: Any, kind: bytes = _DATA) -> None:
+    def send(self, tid: bytes, frame: Any, kind: bytes = _DATA, salt: bytes = b"") -> None:
         mv = memoryview(raw(frame))
         if not mv.contiguous:
             mv = memoryview(mv.tobytes())
@@ -128,7 +134,7 @@ class Channel:
         n = mv.nbytes
         hdr = HDR.pack(kind, tid, n)
         Cipher, AES, GCM = _aes()
-        key = AES(self.keys.key(kind, tid))
+        key = AES(self.keys.key(kind, tid, salt))
         out = memoryview(self._out)
         with self._wlock:
             if self.closed:
@@ -155,7 +161,8 @@ class Channel:
                 raise EOFError("the other side closed the connection")
             got += k
 
-    def read_transfer(self, expect: bytes | None = None) -> tuple[bytes, bytes, mmap.mmap | None, memoryview]:
+    def read_transfer(self, expect: bytes | None = None, salt: bytes = b""
+                      ) -> tuple[bytes, bytes, mmap.mmap | None, memoryview]:
         """The next transfer: (kind, id, its buffer, its bytes); BulkError when it is not sealed with the key."""
         hdr = bytearray(HDR.size)
         self._recv_into(memoryview(hdr))
@@ -166,7 +173,7 @@ class Channel:
         if n > MAX_TRANSFER or (kind != _DATA and n > 4096):
             raise BulkError(f"a transfer claims {n} bytes")
         Cipher, AES, GCM = _aes()
-        key = AES(self.keys.key(kind, tid))
+        key = AES(self.keys.key(kind, tid, salt))
         m, dest = new_buffer(n) if n else (None, memoryview(bytearray(32))[:0])
         full = memoryview(m) if m is not None else memoryview(bytearray(32))
         scratch = memoryview(bytearray(min(max(n, 1), CHUNK) + 16))
@@ -196,10 +203,8 @@ class Channel:
                 with self._cond:
                     self._arrived[tid] = data
                     self._cond.notify_all()
-        except EOFError as e:
-            why = str(e)
-        except (OSError, BulkError, ValueError) as e:
-            why = str(e)
+        except (EOFError, OSError, BulkError, ValueError, OverflowError, MemoryError) as e:
+            why = str(e) or type(e).__name__
         self._closed(why)
 
     def _closed(self, why: str) -> None:
@@ -272,8 +277,13 @@ def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float =
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     ch = Channel(sock, keys, address)
     try:
-        ch.send(token, b"", _HELLO)
-        kind, tid, _, answer = ch.read_transfer(_ANSWER)
+        challenge = bytearray(len(MAGIC) + 16)
+        ch._recv_into(memoryview(challenge))
+        if not challenge.startswith(MAGIC):
+            raise BulkError(f"{address} is not an engine's port for direct transfers")
+        mine = os.urandom(16)
+        ch.send(token, mine, _HELLO, salt=bytes(challenge[len(MAGIC):]))
+        kind, tid, _, answer = ch.read_transfer(_ANSWER, salt=mine)
         if tid != token or bytes(answer) != ident.encode():
             raise BulkError(f"{address} answered as another engine")
     except (OSError, EOFError, BulkError) as e:
@@ -295,7 +305,10 @@ class Listener:
         self.sock = socket.create_server((ip, 0), backlog=128)
         self.address = f"{ip}:{self.sock.getsockname()[1]}"
         self.channels: dict[bytes, Channel] = {}
+        self.refused = 0
         self._lock = threading.Lock()
+        self._greeting = threading.BoundedSemaphore(MAX_GREETING)
+        self._logged: list[float] = []
         self._stopped = False
         threading.Thread(target=self._accept_loop, name="ipphpc-direct-listener", daemon=True).start()
 
@@ -305,25 +318,44 @@ class Listener:
                 sock, peer = self.sock.accept()
             except OSError:
                 return
+            if not self._greeting.acquire(blocking=False):
+                self._refuse(sock, peer, "too many connections waiting for their hello")
+                continue
             threading.Thread(target=self._greet, args=(sock, peer), name="ipphpc-direct-hello", daemon=True).start()
 
+    def _refuse(self, sock: socket.socket, peer: Any, why: Any) -> None:
+        with self._lock:
+            self.refused += 1
+            now = time.monotonic()
+            self._logged = [t for t in self._logged if now - t < 60.0]
+            log = self.log is not None and len(self._logged) < 10  # a flood is not a flood of log lines
+            if log:
+                self._logged.append(now)
+        if log:
+            self.log.warning("refused a direct connection from %s: %s", peer[0], why)
+        sock.close()
+
     def _greet(self, sock: socket.socket, peer: Any) -> None:
-        sock.settimeout(10.0)
-        ch = Channel(sock, self.keys, f"from {peer[0]}:{peer[1]}")
         try:
-            kind, token, _, _ = ch.read_transfer(_HELLO)
+            sock.settimeout(10.0)
+            ch = Channel(sock, self.keys, f"from {peer[0]}:{peer[1]}")
+            challenge = os.urandom(16)
+            sock.sendall(MAGIC + challenge)
+            kind, token, _, theirs = ch.read_transfer(_HELLO, salt=challenge)
+            if len(theirs) != 16:
+                raise BulkError("a hello without the client's nonce")
             with self._lock:
                 old = self.channels.get(token)
                 if old is not None and old.closed is None:
                     raise BulkError("a second connection for a client that is connected")
                 self.channels[token] = ch
-            ch.send(token, self.ident.encode(), _ANSWER)
-        except (OSError, EOFError, BulkError) as e:
-            if self.log is not None:
-                self.log.warning("refused a direct connection from %s: %s", peer[0], e)
-            sock.close()
+            ch.send(token, self.ident.encode(), _ANSWER, salt=bytes(theirs))
+            sock.settimeout(None)
+        except (OSError, EOFError, BulkError, ValueError) as e:  # (closed under it, when the engine stops)
+            self._refuse(sock, peer, e)
             return
-        sock.settimeout(None)
+        finally:
+            self._greeting.release()
         ch.start_reader()
         self._prune()
 

@@ -431,8 +431,14 @@ class Client(TaskDBMixin):
         if eid not in self._shm_engines and bulk.large(payload[1:]):
             self._direct.open_later(eid, self._engines.get(eid))
 
-    def _direct_out(self, fields: dict, payload: Sequence[Any], target: int) -> Sequence[Any]:
+    def _direct_out(self, fields: dict, payload: Sequence[Any], target: int | None) -> Sequence[Any]:
+        """The payload for one engine with its large frames sent straight there, when it is elsewhere and
+        listens; a load-balanced task only names the connections, for a large result to come back on."""
         if self._direct is None or "sh" in fields or target in self._shm_engines:
+            return payload
+        if target is None:
+            if self._direct.links:
+                fields["bc"] = self._direct.token_hex
             return payload
         return self._direct.out(fields, payload, target, self._engines.get(target))
 
@@ -557,10 +563,7 @@ class Client(TaskDBMixin):
             self._check_python(payload, None if target is None else [target])
         sent = payload if self._shm is None else self._shm_out(fields, payload, target, among)
         if self._direct is not None:
-            if target is not None:
-                sent = self._direct_out(fields, sent, target)
-            elif self._direct.links:  # an engine with a connection from here answers large results on it
-                fields["bc"] = self._direct.token_hex
+            sent = self._direct_out(fields, sent, target)
         if sent is not payload:
             digest = None  # the signed digest is over the descriptors
         if digest is None and sent:
@@ -1129,7 +1132,7 @@ class _SyncChannel:
         client = self.client
         if client._shm is not None:
             payload = client._shm_out(fields, payload, target, None)
-        if target is not None and client._direct is not None:
+        if client._direct is not None:
             payload = client._direct_out(fields, payload, target)
         q, mid = self.session.next_id()
         send_frames(self.sock, self.session.pack("task", fields, payload, seq=(q, mid)))

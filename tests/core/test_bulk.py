@@ -104,18 +104,131 @@ def test_a_flipped_bit_closes_the_connection_and_the_waiter_learns_why(pair):
     assert engine.closed and "not sealed" in engine.closed
 
 
+def _recv_all(s: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        more = s.recv(n - len(got))
+        if not more:
+            break
+        got += more
+    return got
+
+
 def test_a_keyless_stranger_cannot_feed_a_channel():
     keys = bulk.Keys(KEY)
     lst = bulk.Listener(keys, "127.0.0.1", "engine-1")
     try:
         host, port = lst.address.split(":")
         with socket.create_connection((host, int(port)), timeout=5) as s:
-            s.sendall(bulk.HDR.pack(b"H", bulk.new_id(), 0) + os.urandom(16))
-            s.settimeout(5)
+            assert _recv_all(s, 32).startswith(bulk.MAGIC)  # the challenge
+            s.sendall(bulk.HDR.pack(b"H", bulk.new_id(), 16) + os.urandom(32))
             assert s.recv(100) == b""  # closed without an answer
-        assert not lst.channels
+        assert not lst.channels and lst.refused == 1
     finally:
         lst.close()
+
+
+def test_a_recorded_hello_is_worth_nothing_on_another_connection():
+    """What a reader of the network saw of a real hello, sent again: refused (the engine's nonce differs)."""
+    keys = bulk.Keys(KEY)
+    lst = bulk.Listener(keys, "127.0.0.1", "engine-1")
+    try:
+        sent: list[bytes] = []
+
+        class Recording:
+            def __init__(self, sock):
+                self.sock = sock
+
+            def sendall(self, buf):
+                sent.append(bytes(buf))
+                return self.sock.sendall(buf)
+
+            def __getattr__(self, name):
+                return getattr(self.sock, name)
+        real = socket.create_connection
+        token = bulk.new_id()
+        try:
+            socket.create_connection = lambda *a, **k: Recording(real(*a, **k))
+            ch = bulk.connect(lst.address, keys, token, "engine-1")
+        finally:
+            socket.create_connection = real
+        ch.close()
+        deadline = time.monotonic() + 5
+        while lst.channel(token.hex()).closed is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        host, port = lst.address.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            _recv_all(s, 32)
+            s.sendall(b"".join(sent))
+            assert s.recv(100) == b""
+        assert lst.refused == 1 and lst.channel(token.hex()).closed  # the old channel, not a new one
+    finally:
+        lst.close()
+
+
+def test_junk_on_the_port_is_refused_and_the_port_still_serves():
+    import random
+    rnd = random.Random(20261207)
+    keys = bulk.Keys(KEY)
+    lst = bulk.Listener(keys, "127.0.0.1", "engine-1")
+    host, port = lst.address.split(":")
+    good = bulk.HDR.pack(b"H", bulk.new_id(), 16) + os.urandom(32)
+    try:
+        for i in range(200):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.settimeout(5)
+                _recv_all(s, 32)
+                kind = i % 4
+                if kind == 0:
+                    junk = rnd.randbytes(rnd.randrange(1, 3000))
+                elif kind == 1:  # a header claiming a huge hello or data transfer
+                    junk = bulk.HDR.pack(rnd.choice([b"H", b"D", b"h", b"x"]), rnd.randbytes(16), rnd.getrandbits(64))
+                elif kind == 2:  # a well-formed hello with one bit flipped
+                    b = bytearray(good)
+                    b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+                    junk = bytes(b)
+                else:  # cut short, then closed
+                    junk = good[:rnd.randrange(len(good))]
+                try:
+                    s.sendall(junk)
+                    s.shutdown(socket.SHUT_WR)
+                    answer = s.recv(100)
+                except ConnectionError:
+                    answer = b""  # closed while we were still writing
+                except OSError as e:
+                    assert e.errno == 107, e  # not connected any more: closed by the engine
+                    answer = b""
+                assert answer == b""
+        assert not lst.channels and lst.refused == 200
+        ch = bulk.connect(lst.address, keys, bulk.new_id(), "engine-1", timeout=5)
+        ch.close()
+    finally:
+        lst.close()
+
+
+def test_too_many_silent_connections_are_turned_away_at_once():
+    keys = bulk.Keys(KEY)
+    lst = bulk.Listener(keys, "127.0.0.1", "engine-1")
+    host, port = lst.address.split(":")
+    silent = [socket.create_connection((host, int(port)), timeout=5) for _ in range(bulk.MAX_GREETING)]
+    try:
+        for s in silent:
+            _recv_all(s, 32)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.settimeout(5)
+            assert s.recv(100) == b""  # no challenge: closed at once
+    finally:
+        for s in silent:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # the silent ones' threads end with their connections; then a client gets in
+        try:
+            bulk.connect(lst.address, keys, bulk.new_id(), "engine-1", timeout=5).close()
+            break
+        except bulk.BulkError:
+            assert time.monotonic() < deadline, "the port did not serve again after the silent connections went"
+            time.sleep(0.1)
+    lst.close()
 
 
 def test_a_stalled_transfer_fails_within_its_bound(pair):
