@@ -234,6 +234,17 @@ class Channel:
                                     f"{self.name} ({quiet:.0f} s without a byte)")
                 self._cond.wait(min(1.0, stall - quiet))
 
+    def inherit(self, old: "Channel") -> None:
+        """Take over from an earlier connection of the same client: it is closed, and the frames that arrived
+        whole on it and were not claimed are claimed here."""
+        old._closed("the client connected again")
+        if old._reader is not None:
+            old._reader.join(5.0)
+        with old._cond:
+            left, old._arrived = old._arrived, {}
+        with self._cond:
+            self._arrived.update(left)
+
     def drop(self, tids: Sequence[bytes]) -> None:
         """Forget transfers nobody will claim (their task was aborted)."""
         with self._cond:
@@ -296,7 +307,7 @@ def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float =
 
 class Listener:
     """An engine's port for direct connections: each must open with a sealed hello; its channel is then
-    known by the client's token (one live channel per token)."""
+    known by the client's token (one per token: a new one takes over from the one before)."""
 
     def __init__(self, keys: Keys, ip: str, ident: str, log: Any = None):
         self.keys = keys
@@ -346,9 +357,9 @@ class Listener:
                 raise BulkError("a hello without the client's nonce")
             with self._lock:
                 old = self.channels.get(token)
-                if old is not None and old.closed is None:
-                    raise BulkError("a second connection for a client that is connected")
                 self.channels[token] = ch
+            if old is not None:  # the client connects again (a hello is proof: it answered this challenge)
+                ch.inherit(old)
             ch.send(token, self.ident.encode(), _ANSWER, salt=bytes(theirs))
             sock.settimeout(None)
         except (OSError, EOFError, BulkError, ValueError) as e:  # (closed under it, when the engine stops)

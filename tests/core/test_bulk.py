@@ -252,3 +252,24 @@ def test_huge_lengths_are_refused_before_allocation(pair):
         client.sock.sendall(bulk.HDR.pack(b"D", bulk.new_id(), 1 << 50))
     with pytest.raises(bulk.BulkError, match="claims"):
         engine.take([bulk.new_id()], stall=10)
+
+
+def test_a_client_that_connects_again_takes_over_with_what_had_arrived(pair):
+    client, engine, lst = pair
+    tid = bulk.new_id()
+    data = os.urandom(bulk.BULK_MIN)
+    client.send(tid, data)
+    deadline = time.monotonic() + 5
+    while engine.unclaimed() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    token = next(t for t, ch in lst.channels.items() if ch is engine)
+    again = bulk.connect(lst.address, bulk.Keys(KEY), token, "engine-7")
+    try:
+        deadline = time.monotonic() + 5
+        while lst.channel(token.hex()) is engine and time.monotonic() < deadline:
+            time.sleep(0.01)
+        new = lst.channel(token.hex())
+        assert new is not engine and engine.closed == "the client connected again"
+        assert bytes(new.take([tid], stall=5)[0]) == data
+    finally:
+        again.close()
