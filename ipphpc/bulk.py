@@ -43,7 +43,7 @@ HDR = struct.Struct("!c16sQ")
 #: the most one transfer may claim (a bigger length in a header is refused before anything is allocated)
 MAX_TRANSFER = 1 << 40
 _HUGE = 2 << 20
-_DATA, _HELLO, _ANSWER = b"D", b"H", b"h"
+_DATA, _HELLO, _ANSWER, _CANCEL = b"D", b"H", b"h", b"X"
 MAGIC = b"ipphpc-direct-1\n"
 #: connections at most that may be between accept and a valid hello at once (each holds a thread)
 MAX_GREETING = 64
@@ -127,30 +127,15 @@ class Channel:
 
     # -- writing ------------------------------------------------------------------------------
     def send(self, tid: bytes, frame: Any, kind: bytes = _DATA, salt: bytes = b"") -> None:
-        mv = memoryview(raw(frame))
-        if not mv.contiguous:
-            mv = memoryview(mv.tobytes())
-        mv = mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
-        n = mv.nbytes
-        hdr = HDR.pack(kind, tid, n)
-        Cipher, AES, GCM = _aes()
-        key = AES(self.keys.key(kind, tid, salt))
-        out = memoryview(self._out)
-        with self._wlock:
-            if self.closed:
-                raise BulkError(f"the direct connection {self.name} is closed: {self.closed}")
-            try:
-                self.sock.sendall(hdr)
-                for i, off in enumerate(range(0, max(n, 1), CHUNK)):
-                    enc = Cipher(key, GCM(i.to_bytes(12, "big"))).encryptor()
-                    enc.authenticate_additional_data(hdr)
-                    w = enc.update_into(mv[off:off + CHUNK], out)
-                    enc.finalize()
-                    out[w:w + 16] = enc.tag
-                    self.sock.sendall(out[:w + 16])
-            except OSError as e:
-                self._closed(f"sending failed: {e}")
-                raise BulkError(f"the direct connection {self.name} failed while sending: {e}") from None
+        if send_all([self], tid, frame, kind, salt):
+            raise BulkError(f"the direct connection {self.name} failed while sending: {self.closed}")
+
+    def cancel(self, tid: bytes) -> None:
+        """Tell the other side to forget transfer `tid` (its message went another way)."""
+        try:
+            self.send(tid, b"", _CANCEL)
+        except BulkError:
+            pass
 
     # -- reading ------------------------------------------------------------------------------
     def _recv_into(self, view: memoryview) -> None:
@@ -168,7 +153,7 @@ class Channel:
         self._recv_into(memoryview(hdr))
         kind, tid, n = HDR.unpack(hdr)
         hdr = bytes(hdr)
-        if kind not in (_DATA, _HELLO, _ANSWER) or (expect is not None and kind != expect):
+        if kind not in (_DATA, _HELLO, _ANSWER, _CANCEL) or (expect is not None and kind not in expect):
             raise BulkError(f"a transfer of unknown kind {kind!r}")
         if n > MAX_TRANSFER or (kind != _DATA and n > 4096):
             raise BulkError(f"a transfer claims {n} bytes")
@@ -199,9 +184,12 @@ class Channel:
         why = "closed"
         try:
             while True:
-                kind, tid, _, data = self.read_transfer(_DATA)
+                kind, tid, _, data = self.read_transfer(_DATA + _CANCEL)
                 with self._cond:
-                    self._arrived[tid] = data
+                    if kind == _CANCEL:
+                        self._arrived.pop(tid, None)
+                    else:
+                        self._arrived[tid] = data
                     self._cond.notify_all()
         except (EOFError, OSError, BulkError, ValueError, OverflowError, MemoryError) as e:
             why = str(e) or type(e).__name__
@@ -279,6 +267,54 @@ class Channel:
         for i, frame in zip(idx, self.take(tids, stall)):
             out[i] = frame
         return out
+
+
+def _view(frame: Any) -> memoryview:
+    mv = memoryview(raw(frame))
+    if not mv.contiguous:
+        mv = memoryview(mv.tobytes())
+    return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+
+
+def send_all(chans: Sequence[Channel], tid: bytes, frame: Any, kind: bytes = _DATA, salt: bytes = b""
+             ) -> list[Channel]:
+    """Send one transfer on every channel: each chunk is sealed once and written to each in turn, so the
+    receivers read at the same time. Returns the channels it failed on (closed); the others got it whole."""
+    mv = _view(frame)
+    n = mv.nbytes
+    hdr = HDR.pack(kind, tid, n)
+    Cipher, AES, GCM = _aes()
+    key = AES(chans[0].keys.key(kind, tid, salt))
+    out = memoryview(chans[0]._out)
+    order = sorted(chans, key=id)  # every sender takes the locks in one order
+    for ch in order:
+        ch._wlock.acquire()
+    try:
+        live = [ch for ch in chans if ch.closed is None]
+        failed = [ch for ch in chans if ch.closed is not None]
+
+        def write(data: Any) -> None:
+            for ch in list(live):
+                try:
+                    ch.sock.sendall(data)
+                except OSError as e:
+                    ch._closed(f"sending failed: {e}")
+                    live.remove(ch)
+                    failed.append(ch)
+        write(hdr)
+        for i, off in enumerate(range(0, max(n, 1), CHUNK)):
+            if not live:
+                break
+            enc = Cipher(key, GCM(i.to_bytes(12, "big"))).encryptor()
+            enc.authenticate_additional_data(hdr)
+            w = enc.update_into(mv[off:off + CHUNK], out)
+            enc.finalize()
+            out[w:w + 16] = enc.tag
+            write(out[:w + 16])
+        return failed
+    finally:
+        for ch in order:
+            ch._wlock.release()
 
 
 def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float = 3.0) -> Channel:

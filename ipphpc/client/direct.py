@@ -37,6 +37,9 @@ class DirectLinks:
         self._host = socket.gethostname()
         self._closed = False
         self._gave_up_until = 0.0  # after a failure, tasks for many engines use only connections already open
+        # transfers an engine got whole on a connection that then failed, for a message sent the long way: it
+        # keeps them for the next connection of this client (its messages may still need them) until told
+        self._abandoned: dict[int, list[bytes]] = {}
 
     def reachable(self, info: dict | None) -> bool:
         """Whether an engine listens for direct connections this host can make (a loopback address only
@@ -69,6 +72,8 @@ class DirectLinks:
                 ch.close()
                 return None
             self.links[eid] = ch
+            for tid in self._abandoned.pop(eid, ()):
+                ch.cancel(tid)
             return ch
 
     def open_later(self, eid: int, info: dict | None) -> None:
@@ -97,12 +102,30 @@ class DirectLinks:
         fields["bc"] = self.token_hex
         if not idx:
             return payload
-        try:
-            out = ch.export(payload, idx)
-        except bulk.BulkError as e:
-            log.info("engine %s: %s; its large frames go through the controller", eid, e)
-            return payload
-        fields["bk"] = idx
+        out = self._send(payload, idx, [(eid, ch)])
+        if out is not None:
+            fields["bk"] = idx
+        return out if out is not None else payload
+
+    def _send(self, payload: Sequence[Any], idx: list[int], to: list[tuple[int, bulk.Channel]]) -> list | None:
+        """`payload` with frames `idx` sent to every channel of `to`, as descriptors; None when a channel failed
+        (then the engines that got frames whole are told to forget them)."""
+        out, sent = list(payload), []
+        chans = [ch for _, ch in to]
+        for i in idx:
+            tid = bulk.new_id()
+            failed = bulk.send_all(chans, tid, payload[i])
+            sent.append(tid)
+            if failed:
+                log.info("%s; the frames go through the controller", failed[0].closed)
+                for eid, ch in to:
+                    if ch in failed:  # what arrived whole before it failed is forgotten when it connects again
+                        self._abandoned.setdefault(eid, []).extend(sent[:-1])
+                    else:
+                        for tid in sent:
+                            ch.cancel(tid)
+                return None
+            out[i] = bulk.descriptor(tid)
         return out
 
     def out_many(self, fields: dict, payload: Sequence[Any], targets: Sequence[int],
@@ -123,15 +146,8 @@ class DirectLinks:
             if ch is None:
                 return payload
             chans.append(ch)
-        out = list(payload)
-        try:
-            for i in idx:
-                tid = bulk.new_id()
-                for ch in chans:
-                    ch.send(tid, payload[i])
-                out[i] = bulk.descriptor(tid)
-        except bulk.BulkError as e:
-            log.info("%s; the frames go through the controller", e)
+        out = self._send(payload, idx, list(zip(targets, chans)))
+        if out is None:
             return payload
         fields["bk"], fields["bc"] = idx, self.token_hex
         return out

@@ -138,9 +138,11 @@ def test_frames_that_never_come_fail_the_task_clearly(cluster2, monkeypatch):
     e0 = rc.ids[0]
     rc[e0].apply_sync(echo, np.zeros(BIG))  # opens the connection
 
-    def lose(self, tid, frame, kind=b"D"):  # the frame never leaves, then the connection goes
-        self.close()
-    monkeypatch.setattr(bulk.Channel, "send", lose)
+    def lose(chans, tid, frame, kind=b"D", salt=b""):  # the frame never leaves, then the connection goes
+        for ch in chans:
+            ch.close()
+        return []
+    monkeypatch.setattr(bulk, "send_all", lose)
     ar = rc[e0].apply_async(double, np.zeros(BIG // 8))
     monkeypatch.undo()
     with pytest.raises(Exception, match="DirectTransferError") as e:
@@ -202,3 +204,54 @@ def test_a_task_for_many_engines_keeps_its_frames_unless_every_engine_is_connect
     finally:
         links.close()
         up.close()
+
+
+def test_frames_of_a_message_that_went_the_long_way_are_forgotten_by_the_engines():
+    """A task for two engines whose frames reached one whole and broke on the other: the message goes
+    through the controller, the first engine is told to forget its copy at once, the second when the client
+    connects to it again (it keeps what arrived whole on a connection for the client's next one)."""
+    import socket
+    import time
+    key = "k" * 64
+    here = socket.gethostname()
+    lsts = [bulk.Listener(bulk.Keys(key), "127.0.0.1", f"e{i}") for i in range(2)]
+    engines = {i: {"direct": {"at": lst.address, "id": f"e{i}"}, "host": here} for i, lst in enumerate(lsts)}
+    links = DirectLinks(key)
+    try:
+        assert links.link(0, engines[0]) and links.link(1, engines[1])
+        real = links.links[1].sock
+        writes = []
+
+        class Breaking:  # the second frame breaks after its first chunk
+            def sendall(self, buf):
+                writes.append(1)
+                if len(writes) == 1 + (1 + 3) + 2:
+                    raise BrokenPipeError(32, "Broken pipe")
+                return real.sendall(buf)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+        links.links[1].sock = Breaking()
+        a, b = np.ones(3 * bulk.CHUNK // 8), np.zeros(3 * bulk.CHUNK // 8)
+        frames = [b"head", memoryview(a), memoryview(b)]
+        fields: dict = {}
+        assert links.out_many(fields, frames, [0, 1], engines) is frames and "bk" not in fields
+        token = links.token_hex
+
+        def unclaimed(i):
+            ch = lsts[i].channel(token)
+            return ch.unclaimed() if ch is not None else 0
+        deadline = time.monotonic() + 5
+        while (unclaimed(0) or unclaimed(1) != 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert unclaimed(0) == 0  # told at once
+        assert unclaimed(1) == 1 and links._abandoned == {1: [links._abandoned[1][0]]}
+        assert links.link(1, engines[1]) is not None  # connects again: the engine is told
+        deadline = time.monotonic() + 5
+        while unclaimed(1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert unclaimed(1) == 0 and not links._abandoned
+    finally:
+        links.close()
+        for lst in lsts:
+            lst.close()
