@@ -275,37 +275,39 @@ def test_a_client_that_connects_again_takes_over_with_what_had_arrived(pair):
         again.close()
 
 
-def test_one_transfer_sealed_once_reaches_every_channel_and_a_cancel_forgets_it():
+@pytest.fixture
+def two():
+    """Two listeners, and a client's channel to each (one token): (listeners, channels, token)."""
     keys = bulk.Keys(KEY)
     lsts = [bulk.Listener(keys, "127.0.0.1", f"e{i}") for i in range(2)]
     token = bulk.new_id()
     chans = [bulk.connect(lst.address, keys, token, f"e{i}") for i, lst in enumerate(lsts)]
-    try:
-        data = os.urandom(3 * bulk.CHUNK + 5)
-        tid = bulk.new_id()
-        assert bulk.send_all(chans, tid, data) == []
-        engines = [lst.channel(token.hex()) for lst in lsts]
-        assert [bytes(e.take([tid], stall=10)[0]) for e in engines] == [data, data]
-        other = bulk.new_id()
-        bulk.send_all(chans, other, data)
-        for ch in chans:
-            ch.cancel(other)
-        deadline = time.monotonic() + 5
-        while any(e.unclaimed() for e in engines) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert [e.unclaimed() for e in engines] == [0, 0] and all(e.closed is None for e in engines)
-    finally:
-        for ch in chans:
-            ch.close()
-        for lst in lsts:
-            lst.close()
+    yield lsts, chans, token
+    for ch in chans:
+        ch.close()
+    for lst in lsts:
+        lst.close()
 
 
-def test_a_channel_failing_in_the_middle_leaves_the_others_whole():
-    keys = bulk.Keys(KEY)
-    lsts = [bulk.Listener(keys, "127.0.0.1", f"e{i}") for i in range(2)]
-    token = bulk.new_id()
-    chans = [bulk.connect(lst.address, keys, token, f"e{i}") for i, lst in enumerate(lsts)]
+def test_one_transfer_sealed_once_reaches_every_channel_and_a_cancel_forgets_it(two):
+    lsts, chans, token = two
+    data = os.urandom(3 * bulk.CHUNK + 5)
+    tid = bulk.new_id()
+    assert bulk.send_all(chans, tid, data) == []
+    engines = [lst.channel(token.hex()) for lst in lsts]
+    assert [bytes(e.take([tid], stall=10)[0]) for e in engines] == [data, data]
+    other = bulk.new_id()
+    bulk.send_all(chans, other, data)
+    for ch in chans:
+        ch.cancel(other)
+    deadline = time.monotonic() + 5
+    while any(e.unclaimed() for e in engines) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e.unclaimed() for e in engines] == [0, 0] and all(e.closed is None for e in engines)
+
+
+def test_a_channel_failing_in_the_middle_leaves_the_others_whole(two):
+    lsts, chans, token = two
 
     class Breaking:  # fails on its third write: the header and one chunk went
         def __init__(self, sock):
@@ -320,14 +322,8 @@ def test_a_channel_failing_in_the_middle_leaves_the_others_whole():
         def __getattr__(self, name):
             return getattr(self.sock, name)
     chans[1].sock = Breaking(chans[1].sock)
-    try:
-        data = os.urandom(3 * bulk.CHUNK)
-        tid = bulk.new_id()
-        assert bulk.send_all(chans, tid, data) == [chans[1]]
-        assert chans[1].closed and "Broken pipe" in chans[1].closed
-        assert bytes(lsts[0].channel(token.hex()).take([tid], stall=10)[0]) == data
-    finally:
-        for ch in chans:
-            ch.close()
-        for lst in lsts:
-            lst.close()
+    data = os.urandom(3 * bulk.CHUNK)
+    tid = bulk.new_id()
+    assert bulk.send_all(chans, tid, data) == [chans[1]]
+    assert chans[1].closed and "Broken pipe" in chans[1].closed
+    assert bytes(lsts[0].channel(token.hex()).take([tid], stall=10)[0]) == data
