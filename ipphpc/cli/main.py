@@ -61,6 +61,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "shm": [("Controller", "shm", bool)],
     "db": [("Controller", "db_class", str)],
     "db_file": [("Controller", "db_file", str)],
+    "direct": [("Engine", "direct", bool)],
     "file": [("Engine", "file", str)],
     "work_dir": [("Engine", "work_dir", str)],
     "startup_script": [("Engine", "startup_script", str)],
@@ -85,7 +86,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
 }
 
 
-TRISTATE = {"curve", "shm"}  # --x / --no-x: False is a choice, not an absent flag
+TRISTATE = {"curve", "shm", "direct"}  # --x / --no-x: False is a choice, not an absent flag
 
 
 def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-script", default=None)
     p.add_argument("--startup-command", default=None)
     p.add_argument("--mpi", nargs="?", const=True, default=None, help="initialize MPI with mpi4py")
+    p.add_argument("--direct", action=argparse.BooleanOptionalAction, default=None,
+                   help="listen for clients that send frames of 1 MiB or more straight to the engine, and answer "
+                        "them the same way (default: on; off: every frame goes through the controller)")
     p.add_argument("--engine-id", type=int, default=None)
     p.add_argument("--wait-for-file", type=float, default=None, help="seconds to wait for the connection file")
     p.add_argument("--controller-timeout", type=float, default=None,

@@ -151,9 +151,13 @@ def test_frames_that_never_come_fail_the_task_clearly(cluster2, monkeypatch):
     assert rc[e0].apply_sync(double, 21) == 42  # the engine goes on
 
 
-def test_an_engine_without_the_port_takes_frames_through_the_controller(spawner, pdir):
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_an_engine_without_the_port_takes_frames_through_the_controller(spawner, pdir, how):
     spawner.controller(pdir, "nodirect", "--no-shm")
-    spawner.engine(pdir, "nodirect", env={"IPPHPC_NO_DIRECT": "1"})
+    if how == "flag":
+        spawner.engine(pdir, "nodirect", "--no-direct")
+    else:
+        spawner.engine(pdir, "nodirect", env={"IPPHPC_NO_DIRECT": "1"})
     with Client(profile_dir=str(pdir), cluster_id="nodirect") as rc:
         rc.wait_for_engines(1, timeout=30)
         assert "direct" not in rc.engines[rc.ids[0]]
