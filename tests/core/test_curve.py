@@ -55,6 +55,12 @@ def test_wildcard_is_encrypted_and_refuses_plain_sockets(spawner, pdir) -> None:
                 s.send_multipart(session.pack("hello", {"c": session.id}), zmq.NOBLOCK)
                 s.send_multipart(session.pack("register", {"info": {}, "hb": "x", "ctl": ""}), zmq.NOBLOCK)
                 socks.append(s)
+            # the engine's port for direct transfers speaks no ZMTP: a zmq socket never completes a handshake
+            direct = ctx.socket(zmq.DEALER)
+            direct.setsockopt(zmq.LINGER, 0)
+            direct.connect(f"tcp://{rc.engines[rc.ids[0]]['direct']['at']}")
+            direct.send_multipart(session.pack("hello", {"c": session.id}), zmq.NOBLOCK)
+            socks.append(direct)
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
