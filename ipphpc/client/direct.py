@@ -31,7 +31,7 @@ class DirectLinks:
         self.token = bulk.new_id()
         self.token_hex = self.token.hex()
         self.links: dict[int, bulk.Channel] = {}
-        self._failed: dict[int, float] = {}
+        self._failed: dict[tuple[int, str], float] = {}  # (engine, address) -> when to try again
         self._opening: set[int] = set()
         self._lock = threading.Lock()
         self._host = socket.gethostname()
@@ -50,12 +50,17 @@ class DirectLinks:
         host = str(d.get("at", "")).rpartition(":")[0]
         return not is_loopback(host) or (info or {}).get("host") == self._host
 
+    @staticmethod
+    def _key(eid: int, info: dict | None) -> tuple[int, str]:
+        """Failures are remembered per address: an engine restarted in place listens somewhere new."""
+        return eid, str(((info or {}).get("direct") or {}).get("at"))
+
     def link(self, eid: int, info: dict | None) -> bulk.Channel | None:
         """The open connection to engine `eid`, opened now if need be; None when it cannot be."""
         ch = self.links.get(eid)
         if ch is not None and ch.closed is None:
             return ch
-        if self._closed or not self.reachable(info) or time.monotonic() < self._failed.get(eid, 0.0):
+        if self._closed or not self.reachable(info) or time.monotonic() < self._failed.get(self._key(eid, info), 0):
             return None
         with self._lock:
             ch = self.links.get(eid)
@@ -66,7 +71,7 @@ class DirectLinks:
                 ch = bulk.connect(str(d["at"]), self.keys, self.token, str(d["id"]), CONNECT_TIMEOUT)
             except (bulk.BulkError, OSError, ValueError) as e:
                 log.info("engine %s: %s; its large frames go through the controller", eid, e)
-                self._failed[eid] = self._gave_up_until = time.monotonic() + RETRY_AFTER
+                self._failed[self._key(eid, info)] = self._gave_up_until = time.monotonic() + RETRY_AFTER
                 return None
             if self._closed:
                 ch.close()
@@ -80,7 +85,7 @@ class DirectLinks:
         """Open a connection to `eid` in the background (a large result came from it the long way)."""
         if eid in self.links or eid in self._opening or not self.reachable(info):
             return
-        if time.monotonic() < self._failed.get(eid, 0.0):
+        if time.monotonic() < self._failed.get(self._key(eid, info), 0.0):
             return
         self._opening.add(eid)
 

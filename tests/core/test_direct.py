@@ -179,7 +179,7 @@ def test_an_unreachable_engine_is_remembered_and_skipped():
     frames = serialize.dumps(np.zeros(BIG // 8))
     fields: dict = {}
     assert links.out(fields, frames, 3, info) is frames and fields == {}
-    assert links._failed[3] > 0 and links.link(3, info) is None  # not tried again for a minute
+    assert links._failed[(3, f"127.0.0.1:{port}")] > 0 and links.link(3, info) is None  # not tried again for now
     other_host = {"direct": {"at": f"127.0.0.1:{port}", "id": "x"}, "host": "elsewhere"}
     assert not links.reachable(other_host)  # a loopback address on another host is never tried
 
@@ -259,3 +259,29 @@ def test_frames_of_a_message_that_went_the_long_way_are_forgotten_by_the_engines
         links.close()
         for lst in lsts:
             lst.close()
+
+
+def test_an_engine_restarted_in_place_is_reached_at_its_new_port(tmp_path, monkeypatch):
+    from ipphpc import HPCCluster
+
+    from .helpers import kill_matching
+    monkeypatch.setenv("IPPHPC_NO_SHM", "1")  # the controller and engines this cluster starts: no /dev/shm
+    root = tmp_path.resolve()
+    c = HPCCluster(n=1, profile_dir=str(root / "profile"), shutdown_atexit=False)
+    try:
+        rc = c.start_and_connect_sync()
+        eid = rc.ids[0]
+        a = np.arange(BIG // 8, dtype=np.float64)
+        assert np.array_equal(rc[eid].apply_sync(double, a), a * 2)
+        old = rc.engines[eid]["direct"]
+        assert eid in rc._direct.links
+        assert c.restart_engine_sync(eid) == [eid]
+        wait_until(lambda: rc.engines[eid]["direct"] != old, timeout=30, what="the restarted engine's new port")
+        ar = rc[eid].apply_async(double, a)
+        assert np.array_equal(ar.get(timeout=30), a * 2)
+        assert rc._direct.links[eid].closed is None and rc._direct.links[eid].name == rc.engines[eid]["direct"]["at"]
+        assert rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header"])[0]["header"]["bk"] == [1]
+    finally:
+        c.stop_cluster_sync()
+        left = kill_matching(str(root))
+        assert not left, f"processes left behind: {left}"
