@@ -340,6 +340,8 @@ class Client(TaskDBMixin):
             with self._engine_cond:
                 for k in h.get("rm", []):  # before the additions: an engine that left and came back is there
                     self._engines.pop(int(k), None)
+                    if self._direct is not None:
+                        self._direct.forget(int(k))
                 for k, v in h.get("add", {}).items():
                     self._engines[int(k)] = v
                 self._note_pythons()

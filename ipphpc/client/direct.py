@@ -174,6 +174,12 @@ class DirectLinks:
             except (bulk.BulkError, TypeError, IndexError):
                 pass
 
+    def forget(self, eid: int) -> None:
+        """An engine left: its connection goes, with any frames it sent that nobody claimed."""
+        ch = self.links.pop(eid, None)
+        if ch is not None:
+            ch.close()
+
     def close(self) -> None:
         self._closed = True
         with self._lock:

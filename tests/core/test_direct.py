@@ -285,3 +285,15 @@ def test_an_engine_restarted_in_place_is_reached_at_its_new_port(tmp_path, monke
         c.stop_cluster_sync()
         left = kill_matching(str(root))
         assert not left, f"processes left behind: {left}"
+
+
+def test_an_engine_that_leaves_takes_its_connection_along(cluster2):
+    spawner, pdir, rc = cluster2
+    e0 = rc.ids[0]
+    a = np.arange(BIG // 8, dtype=np.float64)
+    assert np.array_equal(rc[e0].apply_sync(double, a), a * 2)
+    ch = rc._direct.links[e0]
+    rc.shutdown(targets=[e0], block=True)
+    wait_until(lambda: e0 not in rc.ids, timeout=30, what="the engine to leave")
+    wait_until(lambda: e0 not in rc._direct.links, timeout=10, what="its connection to go")
+    assert ch.closed is not None
