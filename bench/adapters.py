@@ -64,6 +64,12 @@ class System:
         """Send ``value`` to one engine, run ``fn`` on it there and return what comes back."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def far_echo(self):
+        """An `echo` to an engine that shares no memory with this process, as on another host. Systems
+        without a shared-memory path use their main cluster, whose path is that already."""
+        yield self.echo
+
     def push_all(self, value) -> list:
         """Put ``value`` on every engine, wait until it is there; return each engine's `checksum` of it."""
         raise NotImplementedError

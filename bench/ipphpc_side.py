@@ -6,7 +6,11 @@ points at a temporary directory.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from adapters import IPStyle
+from workload import echo, noop
 
 
 class Ipphpc(IPStyle):
@@ -30,6 +34,29 @@ class Ipphpc(IPStyle):
 
     def controller_pid(self, cluster):
         return cluster.controller_pid
+
+    @contextlib.contextmanager
+    def far_echo(self):
+        # a cluster of its own whose controller and engine start without /dev/shm: large frames then take
+        # the path they take between hosts (straight to the engine, or through the controller)
+        old = os.environ.get("IPPHPC_NO_SHM")
+        os.environ["IPPHPC_NO_SHM"] = "1"
+        cluster = rc = None
+        try:
+            cluster = self.make_cluster(1)
+            rc = cluster.start_and_connect_sync()
+        finally:
+            if old is None:
+                os.environ.pop("IPPHPC_NO_SHM", None)
+            else:
+                os.environ["IPPHPC_NO_SHM"] = old
+        try:
+            view = rc[rc.ids[0]]
+            view.apply_sync(noop)
+            view.apply_sync(echo, b"x" * 1_000_000)  # the warm-up the main cluster gets
+            yield lambda value: view.apply_sync(echo, value)
+        finally:
+            self._stop(cluster, rc)
 
     def ipp_module(self):
         return self.ipphpc

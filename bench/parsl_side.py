@@ -18,7 +18,7 @@ from workload import echo, inc, noop
 
 class ParslEncrypted(System):
     name = "parsl-enc"
-    supported = frozenset({"coldstart", "apply", "map", "latency", "array", "array_new"})
+    supported = frozenset({"coldstart", "apply", "map", "latency", "array", "array_new", "array_far"})
 
     def __init__(self):
         import parsl
