@@ -18,6 +18,7 @@ import zmq
 
 from .. import shm
 from .._version import PROTOCOL_VERSION
+from ..logflood import FloodLog
 from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_version, family, fan_part, read_beat
 from ..zmqpump import Pump
 from .memtrim import Trimmer
@@ -102,7 +103,7 @@ class Hub:
         self.note_scheduled = False
         # task_messages: tasks as clients sent them (one message may carry a task for many engines)
         self.stats = {"tasks": 0, "task_messages": 0, "results": 0, "dropped": 0, "engines_died": 0}
-        self._drop_window = [time.monotonic(), 0]  # start of the minute, messages dropped in it
+        self._drops = FloodLog(self.log, "messages dropped")
         self.empty_since: float | None = None  # when the last engine went (None: engines, or none ever)
         self.last_gone = ""
         # hearts of engines declared dead, so one that comes back (SIGCONT, a network healed) is asked to
@@ -149,17 +150,9 @@ class Hub:
         return handle
 
     def _dropped(self, where: str, why: str) -> None:
-        """Count a refused message; log the first few of each minute, then how many more (a flood of forged
-        or replayed messages must not fill the disk with log lines)."""
+        """Count a refused message, and log it unless many came this minute."""
         self.stats["dropped"] += 1
-        now = time.monotonic()
-        if now - self._drop_window[0] > 60.0:
-            if self._drop_window[1] > 10:
-                self.log.warning("... and %d more messages dropped in the last minute", self._drop_window[1] - 10)
-            self._drop_window = [now, 0]
-        self._drop_window[1] += 1
-        if self._drop_window[1] <= 10:
-            self.log.warning("dropped a message on the %s socket: %s", where, why)
+        self._drops.warning("dropped a message on the %s socket: %s", where, why)
 
     def _out(self, sock, frames: list) -> None:
         self.pumps[sock].send(frames)
