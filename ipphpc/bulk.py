@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 from blake3 import blake3
 
+from .logflood import FloodLog
 from .wire import raw
 
 #: frames from this size on take the direct path: below it a hop through the controller costs less
@@ -147,8 +148,8 @@ class Channel:
             got += k
 
     def read_transfer(self, expect: bytes | None = None, salt: bytes = b""
-                      ) -> tuple[bytes, bytes, mmap.mmap | None, memoryview]:
-        """The next transfer: (kind, id, its buffer, its bytes); BulkError when it is not sealed with the key."""
+                      ) -> tuple[bytes, bytes, memoryview]:
+        """The next transfer: (kind, id, its bytes); BulkError when it is not sealed with the key."""
         hdr = bytearray(HDR.size)
         self._recv_into(memoryview(hdr))
         kind, tid, n = HDR.unpack(hdr)
@@ -159,8 +160,8 @@ class Channel:
             raise BulkError(f"a transfer claims {n} bytes")
         Cipher, AES, GCM = _aes()
         key = AES(self.keys.key(kind, tid, salt))
-        m, dest = new_buffer(n) if n else (None, memoryview(bytearray(32))[:0])
-        full = memoryview(m) if m is not None else memoryview(bytearray(32))
+        m, dest = new_buffer(n)
+        full = memoryview(m)
         scratch = memoryview(bytearray(min(max(n, 1), CHUNK) + 16))
         from cryptography.exceptions import InvalidTag
         for i, off in enumerate(range(0, max(n, 1), CHUNK)):
@@ -174,7 +175,7 @@ class Channel:
             except InvalidTag:
                 raise BulkError("a transfer that is not sealed with this cluster's key") from None
             self._progress = time.monotonic()
-        return kind, tid, m, dest
+        return kind, tid, dest
 
     def start_reader(self) -> None:
         self._reader = threading.Thread(target=self._read_loop, name=f"ipphpc-direct-{self.name}", daemon=True)
@@ -184,7 +185,7 @@ class Channel:
         why = "closed"
         try:
             while True:
-                kind, tid, _, data = self.read_transfer(_DATA + _CANCEL)
+                kind, tid, data = self.read_transfer(_DATA + _CANCEL)
                 with self._cond:
                     if kind == _CANCEL:
                         self._arrived.pop(tid, None)
@@ -233,11 +234,15 @@ class Channel:
         with self._cond:
             self._arrived.update(left)
 
-    def drop(self, tids: Sequence[bytes]) -> None:
-        """Forget transfers nobody will claim (their task was aborted)."""
+    def drop(self, idx: Sequence[Any], payload: Sequence[Any]) -> None:
+        """Forget the transfers the descriptors at `idx` name: nobody will read that message (a task
+        aborted before it started, a result nobody waits for). A bad descriptor names nothing."""
         with self._cond:
-            for t in tids:
-                self._arrived.pop(t, None)
+            for i in idx:
+                try:
+                    self._arrived.pop(descriptor_id(payload[i]), None)
+                except (BulkError, TypeError, IndexError):
+                    pass
 
     def unclaimed(self) -> int:
         with self._cond:
@@ -330,7 +335,7 @@ def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float =
             raise BulkError(f"{address} is not an engine's port for direct transfers")
         mine = os.urandom(16)
         ch.send(token, mine, _HELLO, salt=bytes(challenge[len(MAGIC):]))
-        kind, tid, _, answer = ch.read_transfer(_ANSWER, salt=mine)
+        kind, tid, answer = ch.read_transfer(_ANSWER, salt=mine)
         if tid != token or bytes(answer) != ident.encode():
             raise BulkError(f"{address} answered as another engine")
     except (OSError, EOFError, BulkError) as e:
@@ -355,7 +360,7 @@ class Listener:
         self.refused = 0
         self._lock = threading.Lock()
         self._greeting = threading.BoundedSemaphore(MAX_GREETING)
-        self._logged: list[float] = []
+        self._refusals = FloodLog(log, "direct connections refused")
         self._stopped = False
         threading.Thread(target=self._accept_loop, name="ipphpc-direct-listener", daemon=True).start()
 
@@ -373,13 +378,7 @@ class Listener:
     def _refuse(self, sock: socket.socket, peer: Any, why: Any) -> None:
         with self._lock:
             self.refused += 1
-            now = time.monotonic()
-            self._logged = [t for t in self._logged if now - t < 60.0]
-            log = self.log is not None and len(self._logged) < 10  # a flood is not a flood of log lines
-            if log:
-                self._logged.append(now)
-        if log:
-            self.log.warning("refused a direct connection from %s: %s", peer[0], why)
+        self._refusals.warning("refused a direct connection from %s: %s", peer[0], why)
         sock.close()
 
     def _greet(self, sock: socket.socket, peer: Any) -> None:
@@ -388,7 +387,7 @@ class Listener:
             ch = Channel(sock, self.keys, f"from {peer[0]}:{peer[1]}")
             challenge = os.urandom(16)
             sock.sendall(MAGIC + challenge)
-            kind, token, _, theirs = ch.read_transfer(_HELLO, salt=challenge)
+            kind, token, theirs = ch.read_transfer(_HELLO, salt=challenge)
             if len(theirs) != 16:
                 raise BulkError("a hello without the client's nonce")
             with self._lock:

@@ -169,10 +169,7 @@ class DirectLinks:
         """Forget the frames of a result nobody here waits for."""
         ch = self.links.get(h.get("eid"))  # type: ignore[arg-type]
         if ch is not None:
-            try:
-                ch.drop([bulk.descriptor_id(payload[i]) for i in h["bk"]])
-            except (bulk.BulkError, TypeError, IndexError):
-                pass
+            ch.drop(h["bk"], payload)
 
     def forget(self, eid: int) -> None:
         """An engine left: its connection goes, with any frames it sent that nobody claimed."""

@@ -438,8 +438,8 @@ class Engine(LoggingConfigurable):
 
     def _drop_direct(self, h: dict, payload: list) -> None:
         try:
-            self._channel(h).drop([bulk.descriptor_id(payload[i]) for i in h["bk"]])
-        except (bulk.BulkError, TypeError, IndexError):
+            self._channel(h).drop(h["bk"], payload)
+        except bulk.BulkError:
             pass
 
     def _direct_out(self, token: str, value: list, fields: dict) -> list:

@@ -19,6 +19,13 @@ def double(a):
     return a * 2
 
 
+def linked(rc, eid):
+    """Send engine `eid` a large array and check the answer: the client's direct connection to it, then open."""
+    a = np.arange(BIG // 8, dtype=np.float64)
+    assert np.array_equal(rc[eid].apply_sync(double, a), a * 2)
+    return rc._direct.links[eid]
+
+
 def echo(a):
     return a
 
@@ -66,7 +73,7 @@ def test_arrays_there_and_back_straight(cluster2):
 def test_small_messages_keep_their_frames_and_name_the_connection(cluster2):
     _, _, rc = cluster2
     e0 = rc.ids[0]
-    rc[e0].apply_sync(echo, np.zeros(BIG))  # opens the connection
+    linked(rc, e0)
     ar = rc[e0].apply_async(echo, 5)
     assert ar.get(timeout=30) == 5
     h = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header"])[0]["header"]
@@ -125,18 +132,15 @@ def test_another_client_gets_a_clear_error_for_a_result_it_cannot_have(cluster2)
 def test_a_dropped_connection_is_made_again(cluster2):
     _, _, rc = cluster2
     e0 = rc.ids[0]
-    a = np.arange(BIG // 8, dtype=np.float64)
-    assert np.array_equal(rc[e0].apply_sync(double, a), a * 2)
-    old = rc._direct.links[e0]
+    old = linked(rc, e0)
     old.close()
-    assert np.array_equal(rc[e0].apply_sync(double, a), a * 2)
-    assert rc._direct.links[e0] is not old and rc._direct.links[e0].closed is None
+    assert linked(rc, e0) is not old and rc._direct.links[e0].closed is None
 
 
 def test_frames_that_never_come_fail_the_task_clearly(cluster2, monkeypatch):
     _, _, rc = cluster2
     e0 = rc.ids[0]
-    rc[e0].apply_sync(echo, np.zeros(BIG))  # opens the connection
+    linked(rc, e0)
 
     def lose(chans, tid, frame, kind=b"D", salt=b""):  # the frame never leaves, then the connection goes
         for ch in chans:
@@ -290,9 +294,7 @@ def test_an_engine_restarted_in_place_is_reached_at_its_new_port(tmp_path, monke
 def test_an_engine_that_leaves_takes_its_connection_along(cluster2):
     spawner, pdir, rc = cluster2
     e0 = rc.ids[0]
-    a = np.arange(BIG // 8, dtype=np.float64)
-    assert np.array_equal(rc[e0].apply_sync(double, a), a * 2)
-    ch = rc._direct.links[e0]
+    ch = linked(rc, e0)
     rc.shutdown(targets=[e0], block=True)
     wait_until(lambda: e0 not in rc.ids, timeout=30, what="the engine to leave")
     wait_until(lambda: e0 not in rc._direct.links, timeout=10, what="its connection to go")
