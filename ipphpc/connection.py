@@ -106,7 +106,9 @@ def urls(info: dict[str, Any], port_name: str) -> list[str]:
 
 
 def url(address: str, info: dict[str, Any], port_name: str) -> str:
-    return f"tcp://{_host(address)}:{info['ports'][port_name]}"
+    """Where to connect to `port_name`: the controller's Unix socket when it is on this host, else `address`."""
+    from .localsock import url as local_url
+    return local_url(info, port_name) or f"tcp://{_host(address)}:{info['ports'][port_name]}"
 
 
 def reachable_address(info: dict[str, Any], port_name: str, timeout: float, what: str) -> str:

@@ -59,6 +59,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "new_key": [("Controller", "new_key", bool)],
     "curve": [("Controller", "curve", bool), ("HPCCluster", "curve", bool)],
     "shm": [("Controller", "shm", bool)],
+    "ipc": [("Controller", "ipc", bool)],
     "db": [("Controller", "db_class", str)],
     "db_file": [("Controller", "db_file", str)],
     "direct": [("Engine", "direct", bool)],
@@ -86,7 +87,7 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
 }
 
 
-TRISTATE = {"curve", "shm", "direct"}  # --x / --no-x: False is a choice, not an absent flag
+TRISTATE = {"curve", "shm", "ipc", "direct"}  # --x / --no-x: False is a choice, not an absent flag
 
 
 def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     _curve_flag(p)
     p.add_argument("--shm", action=argparse.BooleanOptionalAction, default=None,
                    help="pass frames of 1 MiB or more between processes of this host through /dev/shm (default: on)")
+    p.add_argument("--ipc", action=argparse.BooleanOptionalAction, default=None,
+                   help="also listen on Unix sockets, which engines and clients of this host use instead of TCP "
+                        "(default: on)")
     p.add_argument("--enginessh", default=None, metavar="[USER@]HOST[:PORT]",
                    help="ssh server engines tunnel through (written into the engine connection file)")
     _db_flags(p)

@@ -15,7 +15,7 @@ import zmq
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .. import connection, paths, shm
+from .. import connection, localsock, paths, shm
 from .._version import __version__
 from ..netutil import advertised_addresses, is_loopback, is_wildcard
 from ..wire import Session, new_key
@@ -70,6 +70,9 @@ class Controller(LoggingConfigurable):
     shm = Bool(True, config=True, help="Let clients and engines on this controller's host pass frames of 1 MiB "
                "or more through files in /dev/shm (written once, mapped by the reader) instead of sockets. "
                "Off: every frame travels through the controller's sockets.")
+    ipc = Bool(True, config=True, help="Also listen on Unix sockets (ipc://) in a private directory of this user, "
+               "used by engines and clients on this host (same host, network and mount namespaces): less CPU "
+               "and latency per message than TCP loopback, and unreachable by other users. Off: TCP only.")
     hold_time = Float(30.0, config=True, help="Seconds a message of a sender that has not proven it is alive (by "
                       "a hello answering the controller's challenge) is held for that hello to arrive; then it is "
                       "dropped, never run.")
@@ -91,6 +94,8 @@ class Controller(LoggingConfigurable):
         self.pid_file = paths.pid_file(self.pdir, "ipcontroller", self.cluster_id)
         self.curve_file = self.engine_file.with_name(self.engine_file.name.replace("-engine.json", "-curve.key"))
         self.urls: dict[str, str] = {}
+        self.ipc_paths: dict[str, str] = {}  # socket name -> its Unix socket, for peers on this host
+        self._ipc_inodes: dict[str, int] = {}
         self.record_file: Path | None = None  # the cluster file this controller wrote itself, if any
 
     # -- files -----------------------------------------------------------------------------
@@ -140,6 +145,8 @@ class Controller(LoggingConfigurable):
                 "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), **self.extra_info}
         if curve is not None:
             base["curve"] = curve.decode()
+        if self.ipc_paths:
+            base["ipc"] = {"tag": localsock.host_tag(), "paths": self.ipc_paths}
         if self.shm and shm.host_tag():
             base["shm"] = shm.host_tag()  # who shares it shares this host's /dev/shm as this user
         eng = {"ssh": self.enginessh} if self.enginessh else {}
@@ -192,7 +199,34 @@ class Controller(LoggingConfigurable):
                                  f"for {name}: {e}; choose other --ports or stop the process using them") from None
             socks[name] = s
         self.ports_bound = bound
+        self.ipc_paths = self._bind_local(socks) if self.ipc else {}
         return socks
+
+    def _bind_local(self, socks: dict[str, zmq.Socket]) -> dict[str, str]:
+        """Each socket also on a Unix socket next to its TCP port, for the peers of this host; {} when this host
+        offers no private place for them (they then use TCP)."""
+        paths = {name: localsock.socket_path(self.ports_bound[name]) for name in socks}
+        if not localsock.host_tag() or None in paths.values():
+            self.log.info("no private directory for Unix sockets (%s): peers on this host use TCP",
+                          localsock.socket_dir() or "not private")
+            return {}
+        try:
+            for name, s in socks.items():
+                s.bind(f"ipc://{paths[name]}")
+                self._ipc_inodes[paths[name]] = os.stat(paths[name]).st_ino
+        except (zmq.ZMQError, OSError) as e:
+            self.log.warning("cannot listen on Unix sockets (%s): peers on this host use TCP", e)
+            return {}
+        return paths
+
+    def _remove_local(self) -> None:
+        """The Unix sockets this controller made (libzmq leaves them), unless another has taken the path since."""
+        for path, ino in self._ipc_inodes.items():
+            try:
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+            except OSError:
+                pass
 
     # -- task database ---------------------------------------------------------------------
     def _open_db(self, session: Session):
@@ -247,6 +281,7 @@ class Controller(LoggingConfigurable):
             for s in socks.values():
                 s.close(0)
             ctx.term()
+            self._remove_local()
             if recorder is not None:
                 recorder.close()
             self.log.info("controller stopped")

@@ -525,4 +525,5 @@ def tunnel_info(info: dict[str, Any], port_names: Sequence[str], server: "str | 
     local = {**info, "addresses": ["127.0.0.1"],
              "ports": {**info["ports"], **{p: lp for p, lp in zip(port_names, t.local_ports)}},
              "tunnel": {"server": str(t.server), "to": target, "pid": t.pid}}
+    local.pop("ipc", None)  # through the tunnel, even to a controller on this host
     return t, local

@@ -68,13 +68,14 @@ def test_files_pid_and_log(spawner, pdir):
 
 
 def test_ports_honoured(spawner, pdir):
-    """--ports client,engine,hb_ping,hb_pong binds exactly those ports."""
+    """--ports client,engine,hb_ping,hb_pong binds exactly those ports (over TCP: --no-ipc)."""
     ports = _free_ports(4)
-    _, einfo, cinfo = spawner.controller(pdir, "ports", "--ports", ",".join(map(str, ports)))
+    _, einfo, cinfo = spawner.controller(pdir, "ports", "--ports", ",".join(map(str, ports)), "--no-ipc")
     assert cinfo["ports"]["client"] == ports[0]
     assert [einfo["ports"][k] for k in ("engine", "hb_ping", "hb_pong")] == ports[1:]
+    assert "ipc" not in einfo and "ipc" not in cinfo
     with Client(paths.connection_file(pdir, "client", "ports")) as client:
-        assert client.url.endswith(f":{ports[0]}")
+        assert client.url == f"tcp://127.0.0.1:{ports[0]}"
         assert client.controller_status()["engines"] == {}
 
 
@@ -111,6 +112,7 @@ def test_reuse_keeps_ports_and_key_and_engines_reregister(spawner, pdir):
     assert p2.pid != p1.pid
     assert e2["key"] == e1["key"] and c2["key"] == c1["key"]
     assert e2["ports"] == e1["ports"] and c2["ports"] == c1["ports"]
+    assert e2["ipc"] == e1["ipc"]  # the engine, connected through its Unix socket, finds it at the same path
     with Client(cfile) as client:
         client.wait_for_engines(1, timeout=20)
         (eid2,) = client.ids
@@ -147,7 +149,7 @@ def test_client_connected_before_reuse_restart_keeps_working(spawner, pdir):
 
 def test_ip_wildcard_lists_host_addresses(spawner, pdir):
     """--ip '*' advertises every address of the host, not only loopback, and clients connect through it."""
-    _, einfo, cinfo = spawner.controller(pdir, "wild", "--ip", "*")
+    _, einfo, cinfo = spawner.controller(pdir, "wild", "--ip", "*", "--no-ipc")  # the client picks a TCP address
     assert einfo["bind_ip"] == "*"
     assert "127.0.0.1" in einfo["addresses"]
     others = _host_ipv4_addresses() - {a for a in _host_ipv4_addresses() if a.startswith("127.")}

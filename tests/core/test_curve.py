@@ -48,10 +48,13 @@ def test_wildcard_is_encrypted_and_refuses_plain_sockets(spawner, pdir) -> None:
         session = Session(cinfo["key"])
         socks = []
         try:
-            for port in (cinfo["ports"]["client"], einfo["ports"]["engine"], einfo["ports"]["hb_pong"]):
+            local = einfo["ipc"]["paths"]  # the same sockets on this host's Unix sockets
+            for url in [f"tcp://127.0.0.1:{port}" for port in (cinfo["ports"]["client"], einfo["ports"]["engine"],
+                                                                einfo["ports"]["hb_pong"])] + \
+                       [f"ipc://{local[name]}" for name in ("client", "engine", "hb_pong")]:
                 s = ctx.socket(zmq.DEALER)
                 s.setsockopt(zmq.LINGER, 0)
-                s.connect(f"tcp://127.0.0.1:{port}")
+                s.connect(url)
                 s.send_multipart(session.pack("hello", {"c": session.id}), zmq.NOBLOCK)
                 s.send_multipart(session.pack("register", {"info": {}, "hb": "x", "ctl": ""}), zmq.NOBLOCK)
                 socks.append(s)
@@ -65,6 +68,7 @@ def test_wildcard_is_encrypted_and_refuses_plain_sockets(spawner, pdir) -> None:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.connect(f"tcp://127.0.0.1:{einfo['ports']['hb_ping']}")
+            sub.connect(f"ipc://{local['hb_ping']}")
             socks.append(sub)
             time.sleep(0.1)
             assert all(_silent(s, 1.5) for s in socks), "a socket without the Curve key got a message"

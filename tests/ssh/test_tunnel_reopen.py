@@ -34,6 +34,7 @@ def test_client_tunnel_killed_is_reopened(shim_path: SSHEnv, tmp_path) -> None:
         sp.engine(pdir, "tun")
         with ipphpc.Client(profile_dir=str(pdir), cluster_id="tun", sshserver=shim_path.host) as rc:
             rc.wait_for_engines(1, timeout=30)
+            assert rc.url == f"tcp://127.0.0.1:{rc._tunnel.local_ports[0]}"  # not the controller's Unix socket
             marker = tmp_path / "started"
             pending = rc.load_balanced_view().apply_async(nap, 2, str(marker))
             wait_until(marker.exists, 20, what="the task to start")  # the controller has it

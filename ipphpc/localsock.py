@@ -1,0 +1,81 @@
+"""Unix-domain sockets for the engines and clients on the controller's own host.
+
+Over TCP loopback every message goes through the kernel's whole TCP stack twice; over a Unix
+socket it is one copy between two buffers. The controller listens on both; a process takes the
+Unix socket only when it shares the controller's host, boot, network and mount namespaces and
+user (the socket lives in a 0700 directory of that user, so nobody else can even connect).
+Anything else (another node, a container, a network namespace standing in for a host, an SSH
+tunnel) connects over TCP as before.
+
+A socket's name is made of the host, the network namespace and the TCP port it shadows, so a
+controller restarted with `--reuse` listens at the same path and connected peers find it again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+_cache: dict[str, Any] = {}
+
+
+def _namespaces() -> tuple[int, int] | None:
+    try:
+        return os.stat("/proc/self/ns/net").st_ino, os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
+def host_tag() -> str | None:
+    """What a peer must match to use this host's sockets (host, boot, namespaces, user); None off Linux."""
+    if "tag" not in _cache:
+        ns = _namespaces()
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+        except OSError:
+            boot = ""
+        ident = f"{socket.gethostname()}:{boot}:{ns}:{os.getuid()}" if ns and boot else None
+        _cache["tag"] = hashlib.sha256(ident.encode()).hexdigest()[:16] if ident else None
+    return _cache["tag"]
+
+
+def socket_dir() -> Path | None:
+    """This user's private directory for the sockets (created 0700); None if it is not private or not ours."""
+    path = Path(tempfile.gettempdir()) / f"ipphpc-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def socket_path(port: int) -> str | None:
+    """Where the controller listening on TCP `port` also listens on this host; None when it cannot."""
+    d, ns = socket_dir(), _namespaces()
+    if d is None or ns is None:
+        return None
+    path = str(d / f"{socket.gethostname()}-{ns[0]}-{port}")
+    return path if len(path.encode()) <= _MAX_PATH else None
+
+
+def url(info: dict[str, Any], port_name: str) -> str | None:
+    """The ipc:// address of `port_name` when the controller of `info` is on this host and listens there."""
+    local = info.get("ipc")
+    if not local or local.get("tag") != host_tag():
+        return None
+    path = local.get("paths", {}).get(port_name)
+    try:
+        if not path or not stat.S_ISSOCK(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    return f"ipc://{path}"
