@@ -1,10 +1,12 @@
 """Message framing and authentication.
 
-A message on the wire is ``[routing ids..., DELIM, signature, header, payload...]``.
+A message on the wire is ``[routing ids..., head, payload...]``, the head frame being
+``DELIM + signature + header``: one frame, because every frame costs a call into libzmq on each
+side of each hop (two frames fewer per message saved a quarter of pyzmq's cost per message).
 
 * ``header`` is compact JSON: message type ``t``, sender session ``s``, sequence ``q``,
   send time ``ts``, protocol version ``v`` and routing fields. Routers read only this.
-* ``signature`` is HMAC-SHA256 of the header under the connection file's key.
+* ``signature`` is HMAC-SHA256 of the header under the connection file's key, 64 hex digits.
 * When there is a payload, the header carries ``d``, a BLAKE3 digest over the payload
   frames. The header is authenticated, so a receiver that checks ``d`` before it
   deserializes anything has an authenticated payload, while a router that never
@@ -30,6 +32,10 @@ from blake3 import blake3
 from ._version import PROTOCOL_VERSION
 
 DELIM = b"<IPH>"
+_SIG_LEN = 64  # HMAC-SHA256 in hex
+_HEADER_AT = len(DELIM) + _SIG_LEN
+#: where the payload starts in a message a ROUTER socket received from a peer connected to it
+PAYLOAD_AT = 2
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
 log = logging.getLogger("ipphpc.wire")
@@ -103,10 +109,10 @@ class Session:
         m.update(header)
         return m.hexdigest().encode()
 
-    def signed(self, header: dict) -> list[Any]:
-        """[DELIM, signature, header] of a header made elsewhere (one engine's part of a task for many)."""
+    def signed(self, header: dict) -> bytes:
+        """The head frame of a header made elsewhere (one engine's part of a task for many)."""
         hb = _dumps(header).encode()
-        return [DELIM, self.sign(hb), hb]
+        return DELIM + self.sign(hb) + hb
 
     def next_id(self) -> tuple[int, str]:
         q = next(self._seq)
@@ -122,7 +128,7 @@ class Session:
         if payload:
             header["d"] = digest or payload_digest(payload)
         hb = _dumps(header).encode()
-        return [DELIM, self.sign(hb), hb, *payload]
+        return [DELIM + self.sign(hb) + hb, *payload]
 
     def split(self, frames: list[Any]) -> tuple[list[Any], dict, list[Any]]:
         """Verify the header signature and return (routing ids, header, payload frames).
@@ -130,17 +136,19 @@ class Session:
         The payload is not checked here: call `check_payload` before deserializing it.
         """
         for i, f in enumerate(frames):  # noqa: B007 - i is read after the loop
-            if frame_bytes(f) == DELIM:
+            b = frame_bytes(f)
+            if b[:5] == DELIM:
                 break
         else:
-            raise AuthError("no delimiter frame")
-        if len(frames) < i + 3:
-            raise AuthError("truncated message")
-        sig, hb = frame_bytes(frames[i + 1]), frame_bytes(frames[i + 2])
+            raise AuthError("no header frame")
+        if len(b) == len(DELIM):
+            raise AuthError("a message in the wire format of an older ipphpc (protocol 3 or before): install the "
+                            "same ipphpc version on both sides")
+        sig, hb = head_parts(b)
         if not hmac.compare_digest(self.sign(hb), sig):
             raise AuthError("bad signature")
         header = _loads(hb)
-        return frames[:i], header, frames[i + 3:]
+        return frames[:i], header, frames[i + 1:]
 
     @staticmethod
     def check_payload(header: dict, payload: Sequence[Any]) -> None:
@@ -148,6 +156,17 @@ class Session:
         if payload or want:
             if want is None or payload_digest(payload) != want:
                 raise AuthError("payload does not match the signed digest")
+
+
+def head_parts(head: Any) -> tuple[bytes, bytes]:
+    """(signature, header JSON) of a head frame."""
+    b = frame_bytes(head)
+    return b[len(DELIM):_HEADER_AT], b[_HEADER_AT:]
+
+
+def head(signature: bytes, header: bytes) -> bytes:
+    """A head frame from a stored signature and header (a result sent again as the engine sent it)."""
+    return DELIM + signature + header
 
 
 def beat(session: Session, n: int) -> bytes:

@@ -19,7 +19,18 @@ import zmq
 from .. import shm
 from .._version import PROTOCOL_VERSION
 from ..logflood import FloodLog
-from ..wire import AuthError, Freshness, NotAdmitted, Session, beat, check_version, family, fan_part, read_beat
+from ..wire import (
+    PAYLOAD_AT,
+    AuthError,
+    Freshness,
+    NotAdmitted,
+    Session,
+    beat,
+    check_version,
+    family,
+    fan_part,
+    read_beat,
+)
 from ..zmqpump import Pump
 from .memtrim import Trimmer
 from .taskdb.service import TaskDBService
@@ -265,13 +276,13 @@ class Hub:
         target = h.get("to")
         if isinstance(target, list):  # one message for many engines: the same payload frames go to each,
             self.stats["tasks"] += len(target)  # under a header of its own (signed here)
-            payload = frames[4:]
+            payload = frames[PAYLOAD_AT:]
             for eid, mid in zip(target, h["ids"]):
                 e = self.engines.get(eid)
                 if e is None:
                     self._fail(client, mid, "EngineError", f"engine {eid} is not registered", eid)
                 else:
-                    self._to_engine(e, mid, client, [*self.session.signed(fan_part(h, eid, mid)), *payload])
+                    self._to_engine(e, mid, client, [self.session.signed(fan_part(h, eid, mid)), *payload])
             return
         self.stats["tasks"] += 1
         if target is not None:
@@ -295,7 +306,7 @@ class Hub:
             self._dispatch()
 
     def _shm_track(self, h: dict, frames: list) -> None:
-        entry = [shm.names(h, frames[4:]), len(h["ids"]) if "ids" in h else 1]
+        entry = [shm.names(h, frames[PAYLOAD_AT:]), len(h["ids"]) if "ids" in h else 1]
         for mid in h.get("ids") or (h["id"],):
             self.shm_files[mid] = entry
 
@@ -312,7 +323,7 @@ class Hub:
         """The frames with shared-memory descriptors replaced by the files' pages, mapped (not read), for
         the task database: its records then outlive the files' names."""
         try:
-            return [*frames[:4], *shm.resolve(h, frames[4:], populate=False)]
+            return [*frames[:PAYLOAD_AT], *shm.resolve(h, frames[PAYLOAD_AT:], populate=False)]
         except shm.SharedMemoryError as e:
             self.log.warning("task database: %s", e)
             return frames
@@ -605,7 +616,7 @@ class Hub:
         if client is not None:
             self._out(self.client_sock, [client, *frames[1:]])
         elif "sh" in h:  # nobody will read its files
-            shm.remove(shm.names(h, frames[4:]))
+            shm.remove(shm.names(h, frames[PAYLOAD_AT:]))
         dur = h.get("dur")
         if dur is not None:
             avg = self.avg_task
@@ -882,7 +893,7 @@ class Hub:
             held = self.orphans.pop(cid)
             n = len(held)
             for _, h, frames in held:
-                shm.remove(shm.names(h, frames[4:]))
+                shm.remove(shm.names(h, frames[PAYLOAD_AT:]))
             self.log.warning("dropped %d tasks of client %s: it never said hello", n, cid)
 
     def _sweep_timeouts(self) -> None:

@@ -105,7 +105,8 @@ def _register(peer: RawPeer, fields: dict) -> tuple[dict, list]:
 
 
 def _msg_id(frames: list) -> str:
-    return json.loads(frames[frames.index(wire.DELIM) + 2])["id"]
+    head = next(f for f in frames if f[:len(wire.DELIM)] == wire.DELIM)
+    return json.loads(wire.head_parts(head)[1])["id"]
 
 
 def _task(peer: RawPeer, eid: int, f, *args, payload: list | None = None, digest: str | None = None) -> list:

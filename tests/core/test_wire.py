@@ -9,7 +9,17 @@ import pytest
 
 from ipphpc import serialize
 from ipphpc._version import PROTOCOL_VERSION
-from ipphpc.wire import DELIM, AuthError, Freshness, NotAdmitted, Session, check_version, new_key, payload_digest
+from ipphpc.wire import (
+    DELIM,
+    AuthError,
+    Freshness,
+    NotAdmitted,
+    Session,
+    check_version,
+    head_parts,
+    new_key,
+    payload_digest,
+)
 
 KEY = new_key()
 
@@ -58,14 +68,27 @@ def test_tampered_header_rejected_before_parsing():
     """A changed header byte fails the signature check; the header is not even parsed as JSON."""
     s = Session(KEY)
     frames = s.pack("task", {"k": "apply"}, serialize.dumps(1))
-    i = frames.index(DELIM)
-    frames[i + 2] = frames[i + 2].replace(b'"apply"', b'"apply2"')
+    assert frames[0].startswith(DELIM) and b'"apply"' in frames[0]  # one head frame: delimiter, signature, header
+    frames[0] = frames[0].replace(b'"apply"', b'"apply2"')
     with pytest.raises(AuthError, match="bad signature"):
         s.split(frames)
     # not JSON at all: still an AuthError, so nothing was parsed before the signature check
-    garbage = frames[: i + 2] + [b"\x80not json"] + frames[i + 3:]
+    sig, _ = head_parts(frames[0])
     with pytest.raises(AuthError):
-        s.split(garbage)
+        s.split([DELIM + sig + b"\x80not json", *frames[1:]])
+
+
+def test_head_frame_and_older_layout():
+    """Routing ids, then one head frame, then the payload; a message laid out as before protocol 4 (delimiter,
+    signature and header in three frames) is refused saying so."""
+    s = Session(KEY)
+    frames = s.pack("task", {"k": "apply"}, serialize.dumps(1))
+    ids, h, payload = s.split([b"\x00abcd", *frames])
+    assert ids == [b"\x00abcd"] and h["k"] == "apply" and payload == frames[1:]
+    sig, hb = head_parts(frames[0])
+    assert len(sig) == 64 and json.loads(hb) == h
+    with pytest.raises(AuthError, match="older ipphpc"):
+        s.split([b"\x00abcd", DELIM, sig, hb, *payload])
 
 
 def test_tampered_payload_rejected_before_deserializing(tmp_path):
@@ -79,17 +102,17 @@ def test_tampered_payload_rejected_before_deserializing(tmp_path):
     marker.unlink()
 
     frames = s.pack("task", {"k": "apply"}, serialize.dumps("harmless"))
-    swapped = frames[:3] + evil
+    swapped = frames[:1] + evil
     with pytest.raises(AuthError, match="digest"):
         _receive(s, swapped)
     assert not marker.exists()
 
     # one flipped byte in a payload frame
     frames = s.pack("task", {"k": "apply"}, serialize.dumps(b"x" * 100))
-    body = bytearray(frames[3])
+    body = bytearray(frames[1])
     body[-5] ^= 0x01
     with pytest.raises(AuthError, match="digest"):
-        _receive(s, frames[:3] + [bytes(body)])
+        _receive(s, frames[:1] + [bytes(body)])
     # an extra frame appended, or a frame dropped
     frames = s.pack("task", {}, [b"a", b"b"])
     with pytest.raises(AuthError):
@@ -104,17 +127,15 @@ def test_tampered_payload_rejected_before_deserializing(tmp_path):
 
 
 def test_missing_signature_rejected():
-    """No signature frame, an empty one, or no delimiter at all: AuthError."""
+    """No signature, an empty one, a cut one, or no delimiter at all: AuthError."""
     s = Session(KEY)
-    delim, sig, header = s.pack("status")
-    with pytest.raises(AuthError):
-        s.split([delim, header])
-    with pytest.raises(AuthError):
-        s.split([delim, b"", header])
-    with pytest.raises(AuthError):
-        s.split([sig, header])
-    with pytest.raises(AuthError):
-        s.split([b"ident", delim])
+    (head,) = s.pack("status")
+    sig, header = head_parts(head)
+    for bad in ([DELIM + header], [DELIM + b"" + header], [sig + header], [header], [b"ident", DELIM],
+                [DELIM + sig[:-1] + header], [head[:len(DELIM) + 64]], [b"ident"]):
+        with pytest.raises(AuthError):
+            s.split(bad)
+    assert s.split([head])[1]["t"] == "status"
 
 
 def _admitted(fresh: Freshness, s: Session) -> dict:
@@ -193,7 +214,8 @@ def test_check_version_message():
 def test_header_is_compact_json():
     """Routers read only the header: it is plain JSON carrying type, session, sequence, time and version."""
     s = Session(KEY)
-    _, _, hb = s.pack("ping", {"n": 4})
+    (head,) = s.pack("ping", {"n": 4})
+    _, hb = head_parts(head)
     h = json.loads(hb)
     assert set(h) >= {"t", "s", "q", "id", "ts", "v", "n"}
     assert b" " not in hb

@@ -236,11 +236,17 @@ def build_corpus(rec: Recorder) -> dict[str, list[tuple[str, list[bytes]]]]:
 
 # -- the generator of mutated messages ---------------------------------------------------------------
 def _header_at(frames: list[bytes]) -> int | None:
-    try:
-        i = frames.index(DELIM)
-    except ValueError:
-        return None
-    return i + 2 if i + 2 < len(frames) else None
+    """Index of the head frame (delimiter, signature and header in one)."""
+    return next((i for i, f in enumerate(frames) if f[:len(DELIM)] == DELIM and len(f) > len(DELIM)), None)
+
+
+def _sign_and_header(frame: bytes) -> tuple[bytes, bytes]:
+    return frame[len(DELIM):len(DELIM) + 64], frame[len(DELIM) + 64:]
+
+
+def _head(frames: list[bytes]) -> dict:
+    """The header of a recorded message (its head frame is the first)."""
+    return json.loads(_sign_and_header(frames[0])[1])
 
 
 BAD_VALUES = {
@@ -281,9 +287,9 @@ class Mutator:
         self.rng = random.Random(seed)
         self.wrong_keys = [Session(self.rng.randbytes(32).hex(), self.rng.randbytes(8).hex()) for _ in range(4)]
         self.everything = [m for msgs in corpus.values() for m in msgs]
-        wired = [f for _, f in self.everything if DELIM in f]
-        self.headers = [json.loads(f[f.index(DELIM) + 2]) for f in wired]
-        self.sigs = [f[f.index(DELIM) + 1] for f in wired]
+        heads = [f[i] for _, f in self.everything if (i := _header_at(f)) is not None]
+        self.headers = [json.loads(_sign_and_header(h)[1]) for h in heads]
+        self.sigs = [_sign_and_header(h)[0] for h in heads]
         self.big = self.rng.randbytes(4 * 2**20)
         self.ops = [(self.bitflip, 6), (self.truncate, 3), (self.extra_frame, 3), (self.drop_frame, 2),
                     (self.empty_frame, 2), (self.dup_delimiter, 2), (self.garbage_header, 3),
@@ -348,15 +354,17 @@ class Mutator:
 
     def garbage_header(self, frames: list[bytes]) -> list[bytes]:
         i = _header_at(frames)
-        i = self.rng.randrange(len(frames)) if i is None else i
-        frames[i] = self.rng.choice(GARBAGE_HEADERS)
+        if i is None:
+            frames[self.rng.randrange(len(frames))] = self.rng.choice(GARBAGE_HEADERS)
+        else:  # under the signature it had
+            frames[i] = frames[i][:len(DELIM) + 64] + self.rng.choice(GARBAGE_HEADERS)
         return frames
 
     def _header(self, frames: list[bytes]) -> tuple[int | None, dict]:
         i = _header_at(frames)
         if i is not None:
             try:
-                h = json.loads(frames[i])
+                h = json.loads(_sign_and_header(frames[i])[1])
                 if isinstance(h, dict):
                     return i, h
             except (ValueError, RecursionError):  # the garbage headers above
@@ -368,8 +376,8 @@ class Mutator:
         hb = json.dumps(h, separators=(",", ":")).encode()
         sig = self.rng.choice(self.wrong_keys).sign(hb)
         if i is None:
-            return [DELIM, sig, hb, *frames[:self.rng.randrange(0, 3)]]
-        frames[i - 1], frames[i] = sig, hb
+            return [DELIM + sig + hb, *frames[:self.rng.randrange(0, 3)]]
+        frames[i] = DELIM + sig + hb
         return frames
 
     def wrong_key(self, frames: list[bytes]) -> list[bytes]:
@@ -396,8 +404,8 @@ class Mutator:
             return self._resign(frames, i, h)
         hb = json.dumps(h).encode()
         if i is None:
-            return [DELIM, rng.randbytes(32).hex().encode(), hb]
-        frames[i] = hb
+            return [DELIM + rng.randbytes(32).hex().encode() + hb]
+        frames[i] = frames[i][:len(DELIM) + 64] + hb  # the signature of the header it replaces
         return frames
 
     def bad_signature(self, frames: list[bytes]) -> list[bytes]:
@@ -405,13 +413,14 @@ class Mutator:
         i = _header_at(frames)
         if i is None:
             return frames
-        sig = frames[i - 1]
+        sig, hb = _sign_and_header(frames[i])
         try:
             raw = bytes.fromhex(sig.decode())  # the digest itself instead of its hex
         except ValueError:
             raw = sig[:32]
-        frames[i - 1] = rng.choice([rng.randbytes(32).hex().encode(), sig.upper(), sig[:-1], sig + b"0", raw, b"",
-                                    rng.choice(self.sigs), b"0" * 64, sig[::-1]])
+        bad = rng.choice([rng.randbytes(32).hex().encode(), sig.upper(), sig[:-1], sig + b"0", raw, b"",
+                          rng.choice(self.sigs), b"0" * 64, sig[::-1]])
+        frames[i] = DELIM + bad + hb
         return frames
 
     def routing_prefix(self, frames: list[bytes]) -> list[bytes]:
@@ -596,7 +605,7 @@ def run_fuzz(spawner, pdir: Path, tmp_path: Path, seed: int, per_port: int) -> d
               "engine:register", "engine:result", "engine:synced", "engine:stream", "engine:bye"}
     assert wanted <= seen, f"the capture missed {sorted(wanted - seen)}; recorded {sorted(seen)}"
     tasks = [f for lbl, f in corpus["client"] if lbl == "client:task"]
-    marker_tasks = [f for f in tasks if str(marker).encode() in b"".join(f[3:])]
+    marker_tasks = [f for f in tasks if str(marker).encode() in b"".join(f[1:])]
     assert len(marker_tasks) >= 3, "the captured tasks do not carry the marker function"
     t_capture = time.monotonic() - t_start
 
@@ -639,7 +648,7 @@ def run_fuzz(spawner, pdir: Path, tmp_path: Path, seed: int, per_port: int) -> d
                         pytest.fail(f"the controller stopped reading the {port} port {where}")
                 sent[port] += BATCH
                 if b == per_port // BATCH // 2:  # one frame of 100 MB in the header's place, halfway
-                    socks[0].send_multipart([DELIM, ctl_rng.randbytes(32).hex().encode(), huge], copy=False)
+                    socks[0].send_multipart([DELIM + ctl_rng.randbytes(32).hex().encode() + huge], copy=False)
                     sent[port] += 1
                     target.served(f"after a {HUGE >> 20} MB frame on the {port} port ({tag})", 10.0)
                 target.served(where)
@@ -755,12 +764,12 @@ def run_fuzz(spawner, pdir: Path, tmp_path: Path, seed: int, per_port: int) -> d
 
         # the control: the captured payload is live ammunition. Signed as the real client signs (its session,
         # which the controller admitted), the same payload frames run and leave the marker
-        captured = next(f for f in marker_tasks if json.loads(f[2]).get("to") == 0 and json.loads(f[2])["k"] == "apply")
-        h = json.loads(captured[2])
+        captured = next(f for f in marker_tasks if _head(f).get("to") == 0 and _head(f)["k"] == "apply")
+        h = _head(captured)
         peer = ctx.socket(zmq.DEALER)
         peer.setsockopt(zmq.LINGER, 0)
         peer.connect(target.url("client"))
-        peer.send_multipart(rc.session.pack("task", {"k": h["k"], "c": rc.cid, "to": 0}, captured[3:], digest=h["d"]))
+        peer.send_multipart(rc.session.pack("task", {"k": h["k"], "c": rc.cid, "to": 0}, captured[1:], digest=h["d"]))
         wait_until(marker.exists, 10, what="the captured task, signed with the real key, to run")
         wait_until(lambda: marker.read_text() == "ran\n", 5, what="the marker's content")
         return {"seed": seed, "sent": sent, "dropped": after["dropped"] - before["dropped"],

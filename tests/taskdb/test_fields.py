@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ipphpc.controller.taskdb import fields
-from ipphpc.wire import Session, payload_digest
+from ipphpc.wire import Session, head_parts, payload_digest
 
 META = {"started": 1000.0, "completed": 1001.5, "stdout": "hi"}
 
@@ -36,17 +36,17 @@ def test_damaged_metadata_is_stored_but_never_parsed():
     s = Session("k" * 64)
     for with_dm in (True, False):
         h, frames = _result(s, META, [b"y" * 100_000], with_dm)
-        frames[4] = json.dumps({**META, "stdout": "forged"}).encode()  # after signing: the digests no longer match
+        frames[2] = json.dumps({**META, "stdout": "forged"}).encode()  # after signing: the digests no longer match
         rec = fields.from_result(h, frames, 5.0)
         assert "stdout" not in rec and "completed" not in rec, with_dm
-        assert rec["result_header"] == frames[3].decode()  # kept: the client says why it cannot read it
+        assert rec["result_header"] == head_parts(frames[1])[1].decode()  # kept: the client says why it cannot read it
 
 
 def test_results_without_a_metadata_digest_are_checked_whole():
     s = Session("k" * 64)
     h, frames = _result(s, META, [b"z" * 1000], with_dm=False)
     assert fields.from_result(h, frames, 5.0)["stdout"] == "hi"
-    frames[5] = b"Z" * 1000  # a changed buffer fails the whole-payload digest: metadata not trusted
+    frames[3] = b"Z" * 1000  # a changed buffer fails the whole-payload digest: metadata not trusted
     assert "stdout" not in fields.from_result(h, frames, 5.0)
 
 

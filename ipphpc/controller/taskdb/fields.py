@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...wire import Session, fan_part, frame_bytes, payload_digest
+from ...wire import PAYLOAD_AT, Session, fan_part, head_parts, payload_digest
 from ...wire import raw as _raw
 
 #: every field, in the order the SQL and HDF5 layouts use
@@ -37,20 +37,15 @@ def _t(ts: Any) -> float | None:
 
 
 
-def _text(frame: Any) -> str:
-    """A header or signature frame as text, from the bytes the check of its signature already read."""
-    return frame_bytes(frame).decode()
-
-
 def from_task(h: dict, frames: list, now: float) -> dict:
-    """The record of a task as it entered the controller: `frames` is [ident, DELIM, sig, header, *payload]."""
+    """The record of a task as it entered the controller: `frames` is [ident, head, *payload]."""
     return {
         "msg_id": h["id"], "client_uuid": h.get("c"), "engine_uuid": None,
         "engine_id": h.get("to"), "label": h.get("lbl"), "queue": "mux" if "to" in h else "task",
         "kind": h.get("k"), "submitted": _t(h.get("ts", now)), "started": None, "completed": None,
-        "received": None, "resubmitted": None, "header": _text(frames[3]),
+        "received": None, "resubmitted": None, "header": head_parts(frames[1])[1].decode(),
         "result_header": None, "result_sig": None, "stdout": "", "stderr": "", "error": None,
-        "execute_result": None, "buffers": [_raw(f) for f in frames[4:]], "result_buffers": None,
+        "execute_result": None, "buffers": [_raw(f) for f in frames[PAYLOAD_AT:]], "result_buffers": None,
     }
 
 
@@ -68,7 +63,7 @@ def from_fan(h: dict, frames: list, now: float) -> list[dict]:
 
 
 def from_result(h: dict, frames: list, now: float) -> dict:
-    """The fields a result adds to its task's record: `frames` is [ident, DELIM, sig, header, *payload].
+    """The fields a result adds to its task's record: `frames` is [ident, head, *payload].
 
     The signed header carries the task's times (`st`, `cp`) and says when the engine's metadata frame
     holds more (`mo`: output, an error, an execute result); only then is that frame read. It is JSON,
@@ -76,10 +71,11 @@ def from_result(h: dict, frames: list, now: float) -> dict:
     unauthenticated bytes. That digest is `dm`, over the metadata frame alone, when the engine sent
     one: a large result is then not hashed here (the client checks all of it against `d` when it reads it).
     """
-    payload = frames[4:]
+    payload = frames[PAYLOAD_AT:]
+    sig, hb = head_parts(frames[1])
     out: dict[str, Any] = {
         "engine_id": h.get("eid"), "engine_uuid": h.get("s"), "received": _t(now),
-        "result_header": _text(frames[3]), "result_sig": _text(frames[2]),
+        "result_header": hb.decode(), "result_sig": sig.decode(),
         "result_buffers": [_raw(f) for f in payload],
     }
     err = h.get("err")

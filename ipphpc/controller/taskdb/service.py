@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from ...wire import PAYLOAD_AT, head, head_parts
 from .base import Store
 from .query import QueryError, check
 
@@ -46,7 +47,7 @@ class TaskDBService:
             idents = self.watchers.pop(mid, ())
             if idents:
                 # frames in shared memory are the owner's to read (it removes their files): send their pages
-                out = self._inline(h, frames[4:]) if "sh" in h else frames[1:]
+                out = self._inline(h, frames[PAYLOAD_AT:]) if "sh" in h else frames[1:]
                 for ident in idents:
                     self.hub._out(self.hub.client_sock, [ident, *out])
 
@@ -121,7 +122,7 @@ class TaskDBService:
                     if '"sh":' in rec["result_header"]:  # stored as pages: the files' names are gone
                         out = self._inline(json.loads(rec["result_header"]), rec["result_buffers"])
                     else:
-                        out = [b"<IPH>", rec["result_sig"].encode(), rec["result_header"].encode(),
+                        out = [head(rec["result_sig"].encode(), rec["result_header"].encode()),
                                *rec["result_buffers"]]
                     self.hub._out(self.hub.client_sock, [ident, *out])
                 elif m in self.live:
@@ -256,4 +257,4 @@ class TaskDBService:
         # (a task that sent frames in shared memory is stored with their pages: sent inline now)
         digest = None if "sh" in old else old.get("d")
         packed = hub.session.pack("task", fields, rec["buffers"], seq=(q, new_id), digest=digest)
-        hub.on_task(ident, json.loads(packed[2]), [ident, *packed])
+        hub.on_task(ident, json.loads(head_parts(packed[0])[1]), [ident, *packed])
