@@ -76,3 +76,51 @@ def test_large_array_roundtrip_through_engine(rc):
     assert isinstance(out, np.ndarray) and np.array_equal(out, a * 2)
     made = rc[1].apply_sync(lambda n: np.arange(n, dtype=np.int64), 20_000)
     assert np.array_equal(made, np.arange(20_000))
+
+
+def _module_function(x: int = 1) -> int:
+    return x + 1
+
+
+def test_plain_messages_skip_cloudpickle_and_pickle_to_the_same_bytes(monkeypatch):
+    """A module's function with a few numbers (most task messages) is pickled by plain pickle, byte for byte
+    what cloudpickle writes; anything cloudpickle would carry by value still goes through it."""
+    import os
+    import pickle
+
+    import cloudpickle
+
+    plain = [(_module_function, (1, 2.5, "s", b"b", None, True, 3j), {"k": 1}), (os.getpid, (), {}), None, 42,
+             ("nested", [1, [2, 3]], {"a": {"b": None}}), (len, ([1, 2],), {})]
+    for obj in plain:
+        assert serialize._plain(obj), obj
+        assert serialize.dumps(obj) == [cloudpickle.dumps(obj, protocol=5)]
+        assert serialize.loads(serialize.dumps(obj)) == obj
+
+    def local(x):
+        return x
+
+    class Mine(int):
+        pass
+
+    k = 3
+    by_value = [(local, (), {}), (lambda: k, (), {}), (_module_function, (Mine(1),), {}), ([].append, (), {}),
+                (_module_function, (list(range(17)),), {}), ([[[[1]]]],), (_module_function, (), {1: 2}),
+                np.arange(3), (Mine,)]
+    for obj in by_value:
+        assert not serialize._plain(obj), obj
+    # nothing of these goes through plain pickle: a function of this test would pickle by name, wrongly
+    calls = []
+    real = pickle.dumps
+    monkeypatch.setattr(pickle, "dumps", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    f2, _, _ = serialize.loads(serialize.dumps((local, (), {})))
+    assert calls == [] and f2(5) == 5 and f2 is not local
+
+    # a module registered to travel by value is not pickled by name either
+    import tests.core.test_serialize as me
+    cloudpickle.register_pickle_by_value(me)
+    try:
+        assert not serialize._plain((_module_function, (), {}))
+    finally:
+        cloudpickle.unregister_pickle_by_value(me)
+    assert serialize._plain((_module_function, (), {}))
