@@ -7,8 +7,8 @@ user (the socket lives in a 0700 directory of that user, so nobody else can even
 Anything else (another node, a container, a network namespace standing in for a host, an SSH
 tunnel) connects over TCP as before.
 
-A socket's name is made of the host, the network namespace and the TCP port it shadows, so a
-controller restarted with `--reuse` listens at the same path and connected peers find it again.
+A socket's name is made of the host, the network namespace and the TCP address and port it shadows,
+so a controller restarted with `--reuse` listens at the same path and connected peers find it again.
 """
 from __future__ import annotations
 
@@ -58,13 +58,26 @@ def socket_dir() -> Path | None:
     return path
 
 
-def socket_path(port: int) -> str | None:
-    """Where the controller listening on TCP `port` also listens on this host; None when it cannot."""
+def socket_path(port: int, ip: str = "") -> str | None:
+    """Where the controller listening on TCP `ip`:`port` also listens on this host; None when it cannot."""
     d, ns = socket_dir(), _namespaces()
     if d is None or ns is None:
         return None
-    path = str(d / f"{socket.gethostname()}-{ns[0]}-{port}")
+    where = hashlib.sha256(f"{socket.gethostname()}:{ns[0]}:{ip}:{port}".encode()).hexdigest()[:12]
+    path = str(d / f"{where}-{port}")
     return path if len(path.encode()) <= _MAX_PATH else None
+
+
+def in_use(path: str) -> bool:
+    """Something listens at `path` now (another controller): binding there would take its peers' way in."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def url(info: dict[str, Any], port_name: str) -> str | None:

@@ -205,10 +205,14 @@ class Controller(LoggingConfigurable):
     def _bind_local(self, socks: dict[str, zmq.Socket]) -> dict[str, str]:
         """Each socket also on a Unix socket next to its TCP port, for the peers of this host; {} when this host
         offers no private place for them (they then use TCP)."""
-        paths = {name: localsock.socket_path(self.ports_bound[name]) for name in socks}
+        paths = {name: localsock.socket_path(self.ports_bound[name], self.ip) for name in socks}
         if not localsock.host_tag() or None in paths.values():
             self.log.info("no private directory for Unix sockets (%s): peers on this host use TCP",
                           localsock.socket_dir() or "not private")
+            return {}
+        taken = [p for p in paths.values() if localsock.in_use(p)]
+        if taken:
+            self.log.warning("another process listens at %s: peers on this host use TCP", taken[0])
             return {}
         try:
             for name, s in socks.items():

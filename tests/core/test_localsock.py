@@ -133,3 +133,30 @@ def test_flag_is_a_controller_trait(flag) -> None:
     from ipphpc.cli.main import build_parser, to_config
     ns, extra = build_parser().parse_known_args(["controller", flag])
     assert to_config(ns, extra, ("Controller",))["Controller"]["ipc"] is (flag == "--ipc")
+
+
+def test_a_path_someone_listens_at_is_left_alone(spawner, pdir) -> None:
+    """Two controllers may bind one port number on two addresses: each has its own path, and a controller
+    never takes over a path another process listens at (its peers would come to the wrong controller)."""
+    import socket as pysocket
+
+    from .test_controller import _free_ports
+    ports = _free_ports(4)
+    assert localsock.socket_path(ports[0], "127.0.0.1") != localsock.socket_path(ports[0], "127.0.0.2")
+    squatter = pysocket.socket(pysocket.AF_UNIX)
+    path = localsock.socket_path(ports[0], "127.0.0.1")
+    try:
+        squatter.bind(path)
+        squatter.listen()
+        p, einfo, cinfo = spawner.controller(pdir, "busy", "--ip", "127.0.0.1", "--ports", ",".join(map(str, ports)))
+        assert "ipc" not in cinfo and "ipc" not in einfo
+        log = pdir / "log" / f"ipcontroller-busy-{p.pid}.log"
+        wait_until(lambda: f"another process listens at {path}" in log.read_text(), 10, what="the log line")
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)  # still there, still the squatter's
+        with Client(paths.connection_file(pdir, "client", "busy")) as rc:
+            assert rc.url == f"tcp://127.0.0.1:{ports[0]}"
+        assert spawner.stop(p) == 0
+        assert os.path.exists(path)
+    finally:
+        squatter.close()
+        os.unlink(path)
