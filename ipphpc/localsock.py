@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,23 @@ def in_use(path: str) -> bool:
         return False
     finally:
         probe.close()
+
+
+def sweep(older_than: float = 60.0) -> int:
+    """Remove the sockets of controllers that were killed (nobody listens at them any more); their number.
+    A socket made in the last `older_than` seconds is left: its controller may be between bind and listen."""
+    d = socket_dir()
+    gone = 0
+    now = time.time()
+    for entry in (os.scandir(d) if d is not None else ()):
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(st.st_mode) and now - st.st_mtime > older_than and not in_use(entry.path):
+                os.unlink(entry.path)
+                gone += 1
+        except OSError:
+            pass
+    return gone
 
 
 def url(info: dict[str, Any], port_name: str) -> str | None:

@@ -210,6 +210,10 @@ class Controller(LoggingConfigurable):
             self.log.info("no private directory for Unix sockets (%s): peers on this host use TCP",
                           localsock.socket_dir() or "not private")
             return {}
+        swept = localsock.sweep()
+        if swept:
+            self.log.info("removed %d Unix sockets of controllers that are gone from %s", swept,
+                          localsock.socket_dir())
         taken = [p for p in paths.values() if localsock.in_use(p)]
         if taken:
             self.log.warning("another process listens at %s: peers on this host use TCP", taken[0])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,25 @@ def test_a_path_someone_listens_at_is_left_alone(spawner, pdir) -> None:
     finally:
         squatter.close()
         os.unlink(path)
+
+
+def test_sockets_of_killed_controllers_are_swept(spawner, pdir) -> None:
+    """A controller killed with SIGKILL leaves its sockets; the next one on this host removes them, and only
+    them (a live controller's stay)."""
+    import signal
+
+    live, linfo, _ = spawner.controller(pdir, "live")
+    killed, kinfo, _ = spawner.controller(pdir, "killed")
+    assert spawner.stop(killed, signal.SIGKILL) == -signal.SIGKILL
+    left = list(kinfo["ipc"]["paths"].values())
+    assert all(os.path.exists(p) for p in left)  # nobody removed them
+    assert localsock.sweep() == 0  # made a moment ago: perhaps by a controller between bind and listen
+    for x in [*left, *linfo["ipc"]["paths"].values()]:  # old enough: only listening keeps a socket now
+        os.utime(x, (time.time() - 120, time.time() - 120))
+    p, _, _ = spawner.controller(pdir, "next")
+    assert [x for x in left if os.path.exists(x)] == []
+    assert all(os.path.exists(x) for x in linfo["ipc"]["paths"].values())
+    log = pdir / "log" / f"ipcontroller-next-{p.pid}.log"
+    wait_until(lambda: "Unix sockets of controllers that are gone" in log.read_text(), 10, what="the log line")
+    with Client(paths.connection_file(pdir, "client", "live")) as rc:
+        assert rc.url.startswith("ipc://") and rc.controller_status()["pid"] == live.pid
