@@ -110,7 +110,7 @@ class Session:
         return m.hexdigest().encode()
 
     def signed(self, header: dict) -> bytes:
-        """The head frame of a header made elsewhere (one engine's part of a task for many)."""
+        """The head frame of `header`: delimiter, signature, header."""
         hb = _dumps(header).encode()
         return DELIM + self.sign(hb) + hb
 
@@ -127,8 +127,7 @@ class Session:
             header.update(fields)
         if payload:
             header["d"] = digest or payload_digest(payload)
-        hb = _dumps(header).encode()
-        return [DELIM + self.sign(hb) + hb, *payload]
+        return [self.signed(header), *payload]
 
     def split(self, frames: list[Any]) -> tuple[list[Any], dict, list[Any]]:
         """Verify the header signature and return (routing ids, header, payload frames).
@@ -137,7 +136,7 @@ class Session:
         """
         for i, f in enumerate(frames):  # noqa: B007 - i is read after the loop
             b = frame_bytes(f)
-            if b[:5] == DELIM:
+            if b.startswith(DELIM):
                 break
         else:
             raise AuthError("no header frame")

@@ -40,7 +40,7 @@ import zmq
 
 from ipphpc import Client, connection, paths, serialize, wire
 from ipphpc.error import EngineError
-from ipphpc.wire import DELIM, AuthError, Session, new_key
+from ipphpc.wire import DELIM, AuthError, Session, head_parts, new_key
 from tests.core.helpers import alive, clean_env, ship_by_value, wait_until
 
 ship_by_value(__name__)  # the captured tasks carry this module's functions by value
@@ -240,13 +240,9 @@ def _header_at(frames: list[bytes]) -> int | None:
     return next((i for i, f in enumerate(frames) if f[:len(DELIM)] == DELIM and len(f) > len(DELIM)), None)
 
 
-def _sign_and_header(frame: bytes) -> tuple[bytes, bytes]:
-    return frame[len(DELIM):len(DELIM) + 64], frame[len(DELIM) + 64:]
-
-
 def _head(frames: list[bytes]) -> dict:
     """The header of a recorded message (its head frame is the first)."""
-    return json.loads(_sign_and_header(frames[0])[1])
+    return json.loads(head_parts(frames[0])[1])
 
 
 BAD_VALUES = {
@@ -288,8 +284,8 @@ class Mutator:
         self.wrong_keys = [Session(self.rng.randbytes(32).hex(), self.rng.randbytes(8).hex()) for _ in range(4)]
         self.everything = [m for msgs in corpus.values() for m in msgs]
         heads = [f[i] for _, f in self.everything if (i := _header_at(f)) is not None]
-        self.headers = [json.loads(_sign_and_header(h)[1]) for h in heads]
-        self.sigs = [_sign_and_header(h)[0] for h in heads]
+        self.headers = [json.loads(head_parts(h)[1]) for h in heads]
+        self.sigs = [head_parts(h)[0] for h in heads]
         self.big = self.rng.randbytes(4 * 2**20)
         self.ops = [(self.bitflip, 6), (self.truncate, 3), (self.extra_frame, 3), (self.drop_frame, 2),
                     (self.empty_frame, 2), (self.dup_delimiter, 2), (self.garbage_header, 3),
@@ -364,7 +360,7 @@ class Mutator:
         i = _header_at(frames)
         if i is not None:
             try:
-                h = json.loads(_sign_and_header(frames[i])[1])
+                h = json.loads(head_parts(frames[i])[1])
                 if isinstance(h, dict):
                     return i, h
             except (ValueError, RecursionError):  # the garbage headers above
@@ -413,7 +409,7 @@ class Mutator:
         i = _header_at(frames)
         if i is None:
             return frames
-        sig, hb = _sign_and_header(frames[i])
+        sig, hb = head_parts(frames[i])
         try:
             raw = bytes.fromhex(sig.decode())  # the digest itself instead of its hex
         except ValueError:
