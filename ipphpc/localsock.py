@@ -12,6 +12,7 @@ so a controller restarted with `--reuse` listens at the same path and connected 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 _MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-_cache: dict[str, Any] = {}
 
 
 def _namespaces() -> tuple[int, int] | None:
@@ -32,18 +32,18 @@ def _namespaces() -> tuple[int, int] | None:
         return None
 
 
+@functools.cache
 def host_tag() -> str | None:
     """What a peer must match to use this host's sockets (host, boot, namespaces, user); None off Linux."""
-    if "tag" not in _cache:
-        ns = _namespaces()
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                boot = f.read().strip()
-        except OSError:
-            boot = ""
-        ident = f"{socket.gethostname()}:{boot}:{ns}:{os.getuid()}" if ns and boot else None
-        _cache["tag"] = hashlib.sha256(ident.encode()).hexdigest()[:16] if ident else None
-    return _cache["tag"]
+    ns = _namespaces()
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    if not ns or not boot:
+        return None
+    return hashlib.sha256(f"{socket.gethostname()}:{boot}:{ns}:{os.getuid()}".encode()).hexdigest()[:16]
 
 
 def socket_dir() -> Path | None:
@@ -85,16 +85,19 @@ def sweep(older_than: float = 60.0) -> int:
     """Remove the sockets of controllers that were killed (nobody listens at them any more); their number.
     A socket made in the last `older_than` seconds is left: its controller may be between bind and listen."""
     d = socket_dir()
+    if d is None:
+        return 0
     gone = 0
     now = time.time()
-    for entry in (os.scandir(d) if d is not None else ()):
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISSOCK(st.st_mode) and now - st.st_mtime > older_than and not in_use(entry.path):
-                os.unlink(entry.path)
-                gone += 1
-        except OSError:
-            pass
+    with os.scandir(d) as entries:
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and now - st.st_mtime > older_than and not in_use(entry.path):
+                    os.unlink(entry.path)
+                    gone += 1
+            except OSError:
+                pass
     return gone
 
 
