@@ -132,6 +132,20 @@ def test_culled_ids_are_kept_as_runs_and_bounded():
     assert c.get("odd id") == "why" and c.get("ghi-1") == "why"
 
 
+def test_culled_ids_remade_in_fresh_memory_answer_as_before():
+    c = CulledIds(limit=100)
+    for n in [*range(1, 50, 2), *range(2, 20, 2)]:  # gaps: pending tasks culled later than their neighbours
+        c.add(f"abc-{n}", "why")
+    c.add("odd id", "other")
+    before = ({f"abc-{n}": c.get(f"abc-{n}") for n in range(60)}, c.get("odd id"), c.count)
+    old_runs = c.runs["abc"]
+    c.renew()
+    assert ({f"abc-{n}": c.get(f"abc-{n}") for n in range(60)}, c.get("odd id"), c.count) == before
+    assert c.runs["abc"] == old_runs and c.runs["abc"] is not old_runs and c.runs["abc"][0] is not old_runs[0]
+    c.add("abc-20", "why")  # still a working structure: 20 joins [1, 19] and [21, 21]
+    assert c.get("abc-20") == "why" and c.count == before[2] - 1
+
+
 def test_a_million_culled_ids_cost_little():
     s = DictStore(record_limit=100, size_limit=10**9)
     for start in range(0, 200_000, 1000):

@@ -82,6 +82,16 @@ class CulledIds:
         if not runs:
             del self.runs[session]
 
+    def renew(self) -> None:
+        """Remake every run and id in fresh memory. Runs are made and extended all through a burst, each
+        small object landing in whatever hole the burst left; a few dozen of them would each keep a 1 MiB
+        arena of Python's allocator alive once the burst's other objects are gone (40-70 MiB after a
+        200,000-task map)."""
+        blob = marshal.dumps((list(self.runs.items()), list(self.other.items())))
+        self.runs, self.other = OrderedDict(), OrderedDict()
+        runs, other = marshal.loads(blob)
+        self.runs, self.other = OrderedDict(runs), OrderedDict(other)
+
     def get(self, msg_id: str) -> str | None:
         r = self.other.get(msg_id)
         if r is None:
@@ -195,9 +205,11 @@ class DictStore(Store):
         culling end up scattered among the headers and frames of tasks long gone, a few in each 1 MiB
         arena of Python's allocator, and keep all those arenas from being freed: ~70 MiB for 16 MiB of
         records after a 200,000-task map. Packed (bytes this large come from malloc, whose free pages are
-        given back), they leave the arenas empty; they are unpacked when read or updated."""
+        given back), they leave the arenas empty; they are unpacked when read or updated. The new index, and
+        the culled ids remade, are made once the old records are gone: side by side, not in their holes."""
         values = [_pack(r) if type(r) is dict and _packable(r) else r for r in self.records.values()]
         self.records = OrderedDict()  # the old records and their keys go, before the new index is made
+        self._culled.renew()  # and the culled ids, made all through the burst, are remade with it
         self.nbytes = sum(self._sized(r) for r in values)
         self.records = OrderedDict((_key(r) if type(r) is bytes else r["msg_id"], r) for r in values)
 
