@@ -11,6 +11,18 @@ from traitlets.config import Config, PyFileConfigLoader
 from traitlets.config.loader import ConfigFileNotFound
 
 COMMON_FILE = "ipphpc_config.py"
+# the configuration sections each process reads: a cluster hands a controller or an engine it starts
+# these sections of its own configuration, as --Class.trait=value arguments
+# (IPController and IPEngine: IPython Parallel's names, read just before Controller's and Engine's)
+CONTROLLER_SECTIONS = ("IPController", "Controller", "DictDB", "MongoDB")
+ENGINE_SECTIONS = ("IPEngine", "Engine", "MPI")
+
+
+def read_before(names: list[str], own: str, other: str) -> list[str]:
+    """Section names `names` of a configurable class with `other` read just before `own` (later ones win):
+    IPython Parallel's name of a section, so its configuration files keep working."""
+    i = names.index(own)
+    return [*names[:i], other, *names[i:]]
 
 
 class UserError(Exception):

@@ -14,6 +14,7 @@ from ..batch.resources import parse_walltime
 from ..config import UserError, parse_kv_args
 from .parsing import Parser, check_extra, fail, log_level, ports, positive
 from .resource_flags import add_resource_arguments, resource_flag_traits
+from .settings import check_settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"ipphpc {ns.cmd}"
     ns.argv = list(sys.argv[1:] if argv is None else argv)  # an engine restarts itself with them
     try:
+        check_settings(ns.cmd, parse_kv_args(extra))
         return _run(ns, extra)
     except (UserError, TraitError) as e:
         return fail(prog, str(e))

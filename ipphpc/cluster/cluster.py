@@ -25,7 +25,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .. import connection, paths, shm
 from ..batch.resources import Resources, canonical_options, option_names
-from ..config import load_profile_config
+from ..config import CONTROLLER_SECTIONS, ENGINE_SECTIONS, load_profile_config
 from ..error import ControllerUnreachable
 from ..launch.base import BatchJobs, DryRun, Launcher
 from ..launch.launchers import find_launcher, ipphpc_command, launcher_from_dict
@@ -175,9 +175,9 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
             cfg.HPCCluster = Config(canonical_options(dict(cfg.HPCCluster), own, "c.HPCCluster option"))
         super().__init__(config=cfg, **kwargs)
         Resources(**self.resource_options()).validate()
-        # Controller and Engine settings given here (not the profile's, which those processes read
+        # controller and engine settings given here (not the profile's, which those processes read
         # themselves) travel to them as --Class.trait=value arguments
-        self._passed = {cls: dict(config[cls]) for cls in ("Controller", "Engine")
+        self._passed = {cls: dict(config[cls]) for cls in (*CONTROLLER_SECTIONS, *ENGINE_SECTIONS)
                         if config is not None and cls in config}
         self.pdir = pdir
         self.profile_dir = str(pdir)
@@ -314,7 +314,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         cmd += [f"--Controller.engine_wait={10 if self.engines in ('local', 'mpi', 'ssh') else 300}"]
         if getattr(find_launcher(self.engines), "kind", "") == "batch":
             cmd += ["--Controller.verdict_wait=60"]  # the scheduler's reason for a silent engine (witness.py)
-        return cmd + _as_args("Controller", self._passed.get("Controller", {})) + list(self.controller_args)
+        return cmd + _as_args(self._passed, CONTROLLER_SECTIONS) + list(self.controller_args)
 
     def _engine_cmd(self) -> list[str]:
         """The command for one engine; launchers add how many and how (fork, mpiexec, job array)."""
@@ -322,7 +322,7 @@ class HPCCluster(ResourceTraits, LoggingConfigurable):
         # inside an image the host's interpreter path means nothing: the image's python3 runs the engine
         default = list(CONTAINER_ENGINE_CMD) if self.container else ipphpc_command("engine")
         cmd = [*(self.engine_cmd or default), "--profile-dir", self.profile_dir,
-               "--cluster-id", self.cluster_id, *_as_args("Engine", self._passed.get("Engine", {})),
+               "--cluster-id", self.cluster_id, *_as_args(self._passed, ENGINE_SECTIONS),
                *self.engine_args]
         if self.container:
             cmd = wrap_engine_command(cmd, image=self.container, runtime=self.container_runtime,
@@ -899,8 +899,8 @@ def _obeys_shutdown(launcher: Launcher) -> bool:
 _OWN = {"profile", "profile_dir", "cluster_id"}
 
 
-def _as_args(cls: str, values: dict[str, Any]) -> list[str]:
-    return [f"--{cls}.{k}={v!r}" for k, v in values.items() if k not in _OWN]
+def _as_args(passed: dict[str, dict[str, Any]], sections: tuple[str, ...]) -> list[str]:
+    return [f"--{cls}.{k}={v!r}" for cls in sections for k, v in passed.get(cls, {}).items() if k not in _OWN]
 
 
 def list_cluster_files(pdir: Path) -> list[Path]:

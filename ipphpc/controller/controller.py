@@ -17,6 +17,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import connection, localsock, paths, shm
 from .._version import __version__
+from ..config import read_before
 from ..netutil import advertised_addresses, is_loopback, is_wildcard
 from ..wire import Session, new_key
 from . import record
@@ -30,6 +31,10 @@ PORT_NAMES = ("client", "engine", "hb_ping", "hb_pong")
 
 class Controller(LoggingConfigurable):
     """Binds the ports engines and clients connect to, and routes their messages."""
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        return read_before(super().section_names(), "Controller", "IPController")
 
     ip = Unicode("127.0.0.1", config=True, help="Interface to listen on; '*' for all (needed when engines "
                  "run on other hosts).")

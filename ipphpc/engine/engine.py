@@ -23,6 +23,7 @@ from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
 from .. import bulk, connection, paths, shm
+from ..config import read_before
 from ..wire import AuthError, Session, payload_digest, read_beat
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
@@ -51,6 +52,10 @@ class MPIConfig(Configurable):
 
 class Engine(LoggingConfigurable):
     """One engine process."""
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        return read_before(super().section_names(), "Engine", "IPEngine")
 
     profile = Unicode("default", config=True)
     profile_dir = Unicode("", config=True)

@@ -18,7 +18,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ LAUNCHER_DEFAULTS: dict[str, Any] = {
     "options": {}, "stop_timeout": 60.0,
 }
 _ROLE_WORDS = {"engines": "EngineSet", "controller": "Controller"}
+# IPython Parallel's names: its sections (one PBS launcher for PBS Pro and Torque, SGE for Grid Engine,
+# BatchSystemLauncher for all) and its name of the template file setting
+_IPP_LABELS = {"pbspro": "PBS", "torque": "PBS", "sge": "SGE"}
+_IPP_NAMES = {"batch_template_file": "template_file"}
 
 
 def _default(name: str) -> Any:
@@ -55,10 +59,31 @@ def _default(name: str) -> Any:
 
 
 def config_sections(role: str, scheduler: str) -> list[str]:
-    """The configuration sections a launcher reads, in order (later ones win)."""
+    """The configuration sections a launcher reads, in order (later ones win); IPython Parallel's names
+    of a section come just before ipphpc's."""
     label = SCHEDULER_LABELS.get(scheduler, scheduler.capitalize()).replace(" ", "")
+    ipp = _IPP_LABELS.get(scheduler)
     word = _ROLE_WORDS[role]
-    return ["BatchLauncher", f"{label}Launcher", f"Batch{word}Launcher", f"{label}{word}Launcher"]
+    return ["BatchSystemLauncher", "BatchLauncher", *([f"{ipp}Launcher"] if ipp else []), f"{label}Launcher",
+            f"Batch{word}Launcher", *([f"{ipp}{word}Launcher"] if ipp else []), f"{label}{word}Launcher"]
+
+
+def every_config_section(schedulers: Iterable[str]) -> set[str]:
+    """The sections some batch launcher of these schedulers reads, for either role."""
+    return {s for role in _ROLE_WORDS for name in schedulers for s in config_sections(role, name)}
+
+
+def launcher_settings(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's settings under their own names (aliases and IPython Parallel's names replaced);
+    an unknown name is a ValueError naming the valid ones."""
+    own: dict[str, Any] = {}
+    for key, value in values.items():
+        name = _IPP_NAMES.get(key, key)
+        if name in own and own[name] != value:
+            raise ValueError(f"c.{section} option {name!r} given twice with different values "
+                             f"({own[name]!r} and {value!r}, as {key!r})")
+        own[name] = value
+    return canonical_options(own, [*LAUNCHER_DEFAULTS, "scheduler"], f"c.{section} option")
 
 
 def _configured(parent: Any, role: str, scheduler: str) -> dict[str, Any]:
@@ -70,8 +95,7 @@ def _configured(parent: Any, role: str, scheduler: str) -> dict[str, Any]:
     for section in config_sections(role, scheduler):
         if section not in config:
             continue
-        values = canonical_options(dict(config[section]), [*LAUNCHER_DEFAULTS, "scheduler"], f"c.{section} option")
-        for name, value in values.items():
+        for name, value in launcher_settings(section, config[section]).items():
             if hasattr(value, "get_value"):  # c.X.extra_directives.append(...)
                 value = value.get_value(found.get(name, _default(name) if name != "scheduler" else None))
             found[name] = value

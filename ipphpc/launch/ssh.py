@@ -36,6 +36,7 @@ from typing import Any, Sequence
 from traitlets import Bool, Dict, Float, List, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
+from ..config import read_before
 from ..ssh.tunnel import SSHServer, ssh_command
 from .processes import HUGEPAGE_SH, pid_alive, spawn, terminate_groups
 
@@ -98,6 +99,11 @@ class SSHLauncherBase(LoggingConfigurable):
                      "sent and fetched by default.")
     start_timeout = Float(30.0, config=True, help="Seconds to wait for each remote group to report its pid.")
     file_timeout = Float(60.0, config=True, help="Seconds to wait for files to send or fetch to appear.")
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        """IPython Parallel's shared section, c.SSHLauncher, is read too, just before this class's own."""
+        return read_before(super().section_names(), "SSHLauncherBase", "SSHLauncher")
 
     def __init__(self, role: str, n: int = 1, config: Config | None = None, parent: Any = None, **kwargs: Any):
         super().__init__(config=config, parent=parent, **kwargs)

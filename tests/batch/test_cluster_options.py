@@ -144,3 +144,44 @@ def test_torque_output_path_is_the_schedulers_own_file(tmp_path: Path) -> None:
     out.write_text("=>> PBS: job killed: walltime 65 exceeded limit 60\n")
     status = ElementStatus(job_id="2001[].torque01", array_index=3, state=State.TIMEOUT)
     assert launcher.output_path(status) == out
+
+
+def test_ipython_parallel_section_names_reach_the_launchers(cluster) -> None:
+    """IPython Parallel's sections (BatchSystemLauncher, PBS*, SGE*) and its batch_template_file are read,
+    each just before ipphpc's own name of the same section."""
+    cfg = Config()
+    cfg.BatchSystemLauncher.account = "a0"
+    cfg.BatchLauncher.account = "a1"  # ipphpc's name of the shared section wins over IPython Parallel's
+    cfg.PBSLauncher.queue = "long"
+    cfg.PBSEngineSetLauncher.queue = "short"
+    cfg.PBSEngineSetLauncher.batch_template_file = "/site/pbs.tpl"
+    cfg.SGEEngineSetLauncher.queue = "sge.q"
+    c = cluster(engines="torque", n=2, config=cfg)
+    engines, controller = c._launcher("torque", "engines", 2), c._launcher("torque", "controller")
+    assert (engines.account, engines.queue, engines.template_file) == ("a1", "short", "/site/pbs.tpl")
+    assert (controller.account, controller.queue, controller.template_file) == ("a1", "long", "")
+    assert cluster(engines="pbspro", config=cfg)._launcher("pbspro", "engines").queue == "short"
+    assert cluster(engines="sge", config=cfg)._launcher("sge", "engines").queue == "sge.q"
+    assert cluster(engines="slurm", config=cfg)._launcher("slurm", "engines").queue == ""
+
+
+def test_a_template_file_named_twice_differently_is_an_error(cluster) -> None:
+    cfg = Config()
+    cfg.SlurmEngineSetLauncher.batch_template_file = "/a.tpl"
+    cfg.SlurmEngineSetLauncher.template_file = "/b.tpl"
+    with pytest.raises(ValueError, match="'template_file' given twice with different values"):
+        cluster(engines="slurm", config=cfg)._launcher("slurm", "engines")
+
+
+def test_settings_of_the_processes_travel_to_them(cluster) -> None:
+    """What a cluster's configuration says of the controller's task database or the engines' MPI reaches
+    the processes it starts, under IPython Parallel's section names too."""
+    cfg = Config()
+    cfg.DictDB.size_limit = 5 * 2**20
+    cfg.IPController.db_class = "sqlite"
+    cfg.MPI.use = "mpi4py"
+    cfg.IPEngine.work_dir = "/scratch"
+    c = cluster(config=cfg)
+    assert {f"--DictDB.size_limit={5 * 2**20}", "--IPController.db_class='sqlite'"} <= set(c._controller_cmd())
+    assert {"--MPI.use='mpi4py'", "--IPEngine.work_dir='/scratch'"} <= set(c._engine_cmd())
+    assert not any(a.startswith(("--MPI", "--IPEngine")) for a in c._controller_cmd())

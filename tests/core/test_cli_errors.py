@@ -64,6 +64,40 @@ def test_trait_arguments_still_pass_through(ipphpc_dir):
     assert "/opt/special/python -m ipphpc engine" in r.stdout
 
 
+_DRY = ["-n", "1", "--scheduler", "slurm", "--dry-run"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["controller", "--Controler.ip=x"],
+     "--Controler.ip: `ipphpc controller` reads no settings of 'Controler' (did you mean 'Controller'?); "
+     "it reads Controller, DictDB, IPController, MongoDB"),
+    (["controller", "--Controller.ipx=2"], "--Controller.ipx: Controller has no setting 'ipx' (did you mean 'ip'?)"),
+    (["controller", "--Engine.timeout=2"], "no settings of 'Engine' (an engine's settings go to `ipphpc engine`)"),
+    (["controller", "--IPController.db_clas='sqlite'"], "IPController has no setting 'db_clas' (did you mean "
+                                                          "'db_class'?)"),
+    (["engine", "--Engine.register_timout=3"], "Engine has no setting 'register_timout' (did you mean "
+                                               "'register_timeout'?)"),
+    (["engine", "--MPI.us=1"], "--MPI.us: MPI has no setting 'us' (did you mean 'use'?); its settings are "
+                               "init_script, use"),
+    (["submit", *_DRY, "--SSHLauncher.usr=me"], "SSHLauncher has no setting 'usr' (did you mean 'user'?)"),
+    (["submit", *_DRY, "--PBSEngineSetLauncher.quue=x"], "unknown c.PBSEngineSetLauncher option 'quue'; "
+                                                        "did you mean 'queue'?"),
+    (["submit", *_DRY, "--SlurmEngineSetLaucher.queue=x"], "reads no settings of 'SlurmEngineSetLaucher' (did you "
+                                                          "mean 'SlurmEngineSetLauncher'?)"),
+])
+def test_a_setting_nothing_would_read_is_refused(ipphpc_dir, args, says):
+    """A misspelt class or setting in --Class.trait=value is one line naming it, before anything starts."""
+    line = one_line_error(ipphpc(*args))
+    assert line.startswith(f"ipphpc {args[0]}: ") and says in line, line
+    assert not ipphpc_dir.exists() and procs_matching(str(ipphpc_dir)) == []
+
+
+def test_ipython_parallel_section_names_are_settings_too(ipphpc_dir):
+    r = ipphpc("submit", *_DRY, "--IPController.db_class='sqlite'", "--IPEngine.work_dir='/tmp'",
+               "--PBSEngineSetLauncher.queue=x", "--BatchSystemLauncher.account=a1")
+    assert r.returncode == 0, r.stderr
+
+
 def test_missing_profile_is_an_error_naming_the_existing_ones(ipphpc_dir):
     assert ipphpc("profile", "create", "analysis").returncode == 0
     for cmd in (["list"], ["status"], ["stop"], ["logs"], ["controller", "--cluster-id", "x"],
@@ -184,3 +218,17 @@ def test_a_submitted_cluster_keeps_its_own_cluster_file(ipphpc_dir):
     finally:
         assert ipphpc("stop", "sub").returncode == 0
     assert procs_matching(str(pdir)) == []
+
+
+def test_controller_and_engine_read_ipython_parallels_sections():
+    from traitlets.config import Config
+
+    from ipphpc.controller.controller import Controller
+    from ipphpc.engine.engine import Engine
+    c = Config()
+    c.IPController.db_class = "sqlite"
+    c.IPController.ip = "10.0.0.1"
+    c.Controller.ip = "*"  # ipphpc's own name wins
+    c.IPEngine.work_dir = "/scratch"
+    assert (Controller(config=c).db_class, Controller(config=c).ip) == ("sqlite", "*")
+    assert Engine(config=c).work_dir == "/scratch"

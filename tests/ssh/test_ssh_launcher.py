@@ -349,3 +349,12 @@ def test_failed_host_is_reported_and_nothing_is_left(hosts: Hosts) -> None:
     login = [s for s in out["sets"] if s["host"] == "login"][0]
     assert login["remote_pid"], "the engine set on login started and must have been killed there"
     assert_gone(hosts, [login["pid"]] + ([login["remote_pid"]] if login["remote_pid"] else []))
+
+
+def test_ipython_parallels_ssh_section_is_read_before_the_launchers_own():
+    c = Config()
+    c.SSHLauncher.user = "bob"
+    c.SSHLauncher.ssh_args = ["-o", "Port=2222"]
+    c.SSHEngineSetLauncher.user = "alice"
+    L = SSHEngineSetLauncher("engines", 1, config=c)
+    assert (L.user, L.ssh_args) == ("alice", ["-o", "Port=2222"])
