@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import logging
 import os
 import platform
@@ -35,7 +34,8 @@ from ..error import (
     TaskTimeout,
     UnknownEngine,
 )
-from ..wire import AuthError, Session, payload_digest
+from ..wire import AuthError, Session, json_value, payload_digest
+from ..wire import raw as frame_buffer
 from ..zmqpump import Pump, recv_frames, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
 from .direct import DirectLinks
@@ -461,7 +461,7 @@ class Client(TaskDBMixin):
                     meta = {"started": h["st"], "completed": h["cp"], "stdout": "", "stderr": "",
                             "engine_id": h.get("eid")}
                 else:
-                    meta = json.loads(bytes(payload[0]))
+                    meta = json_value(frame_buffer(payload[0]))
                 if "sh" in h:  # this client is the frames' last reader: map them, then remove their names
                     payload = shm.resolve(h, payload, unlink=True)
                 elif "bk" in h:

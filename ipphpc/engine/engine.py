@@ -8,7 +8,6 @@ seconds, so a batch allocation is not burned by an orphan.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -24,7 +23,7 @@ from zmq.devices import ThreadDevice
 
 from .. import bulk, connection, paths, shm
 from ..config import read_before
-from ..wire import AuthError, Session, payload_digest, read_beat
+from ..wire import AuthError, Session, json_bytes, payload_digest, read_beat
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control
@@ -376,7 +375,7 @@ class Engine(LoggingConfigurable):
                 meta = {"engine_id": self.id, "error": {"ename": ename, "evalue": str(e), "tb": ""}}
                 self.pump.send(self.session.pack("result", {"p": self._task_id(h), "ok": False, "eid": self.id,
                                                             "dur": 0.0},
-                                                 [json.dumps(meta).encode()]))
+                                                 [json_bytes(meta)]))
             return
         self.last_heard = time.monotonic()
         if t == "task":
@@ -406,7 +405,7 @@ class Engine(LoggingConfigurable):
                     fields["sh"] = [i + 1 for i in idx]  # after the metadata frame
             if value and "bc" in h and "sh" not in fields and self.direct_in is not None:
                 value = self._direct_out(h["bc"], value, fields)
-            body = [json.dumps(meta).encode(), *value]
+            body = [json_bytes(meta), *value]
             if value:  # the controller records the metadata frame alone: it checks that without hashing the rest
                 fields["dm"] = payload_digest(body[:1])
             self.pump.send(self.session.pack("result", fields, body))

@@ -219,3 +219,11 @@ def test_header_is_compact_json():
     h = json.loads(hb)
     assert set(h) >= {"t", "s", "q", "id", "ts", "v", "n"}
     assert b" " not in hb
+
+
+def test_header_values_round_trip_as_the_standard_library_writes_them():
+    """Labels in any script, numbered maps and nested values come back as json would give them."""
+    s = Session(KEY)
+    fields = {"lbl": "Ωmega 測試 ✓", "m": {3: "three", "x": [1.5, None, True]}, "big": 2**62}
+    _, h, _ = s.split(s.pack("task", fields))
+    assert {k: h[k] for k in fields} == json.loads(json.dumps(fields))

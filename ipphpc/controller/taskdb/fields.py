@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...wire import PAYLOAD_AT, Session, fan_part, head_parts, payload_digest
+from ...wire import PAYLOAD_AT, Session, fan_part, head_parts, json_value, payload_digest
 from ...wire import raw as _raw
 
 #: every field, in the order the SQL and HDF5 layouts use
@@ -92,7 +92,7 @@ def from_result(h: dict, frames: list, now: float) -> dict:
                 return out
         else:
             Session.check_payload(h, payload)
-        meta = json.loads(bytes(_raw(payload[0])))
+        meta = json_value(_raw(payload[0]))
     except Exception:  # noqa: BLE001 - a damaged result is still stored; the client reports why it is unreadable
         return out
     out.update(started=_t(meta.get("started")), completed=_t(meta.get("completed")), stdout=meta.get("stdout"),
