@@ -86,7 +86,6 @@ def test_plain_messages_skip_cloudpickle_and_pickle_to_the_same_bytes(monkeypatc
     """A module's function with a few numbers (most task messages) is pickled by plain pickle, byte for byte
     what cloudpickle writes; anything cloudpickle would carry by value still goes through it."""
     import os
-    import pickle
 
     import cloudpickle
 
@@ -109,12 +108,9 @@ def test_plain_messages_skip_cloudpickle_and_pickle_to_the_same_bytes(monkeypatc
                 np.arange(3), (Mine,)]
     for obj in by_value:
         assert not serialize._plain(obj), obj
-    # nothing of these goes through plain pickle: a function of this test would pickle by name, wrongly
-    calls = []
-    real = pickle.dumps
-    monkeypatch.setattr(pickle, "dumps", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    # a function of this test would pickle by name, wrongly (and fail): it goes by value
     f2, _, _ = serialize.loads(serialize.dumps((local, (), {})))
-    assert calls == [] and f2(5) == 5 and f2 is not local
+    assert f2(5) == 5 and f2 is not local
 
     # a module registered to travel by value is not pickled by name either
     import tests.core.test_serialize as me
@@ -124,3 +120,75 @@ def test_plain_messages_skip_cloudpickle_and_pickle_to_the_same_bytes(monkeypatc
     finally:
         cloudpickle.unregister_pickle_by_value(me)
     assert serialize._plain((_module_function, (), {}))
+
+
+def _main_function(src: str, name: str, **globs):
+    """A function as a notebook or a script's __main__ defines it (cloudpickle sends those by value)."""
+    ns = {"__name__": "__main__", **globs}
+    exec(src, ns)
+    return ns[name], ns
+
+
+def test_a_function_pickled_by_value_is_pickled_once_while_nothing_it_uses_changes(monkeypatch):
+    import cloudpickle
+
+    made = []
+    real = cloudpickle.dumps
+    monkeypatch.setattr(cloudpickle, "dumps", lambda *a, **kw: made.append(a[0]) or real(*a, **kw))
+    f, ns = _main_function("import math\nk = 3\ndef helper(x):\n    return x * k\n"
+                           "def f(x, y=2):\n    return helper(x) + math.floor(y) + (f(0) if x else 0)\n", "f")
+    first = serialize.dumps((f, (1,), {}))
+    assert serialize.dumps((f, (1,), {})) == first and made == [f]  # the second call reused the bytes
+    g, args, kw = serialize.loads(first)
+    assert g is not f and g(*args, **kw) == f(1) == 7
+    chunk = serialize.dumps((_module_function, (f, [1, 2]), {}))  # a map chunk carries the function inside
+    assert made == [f] and serialize.loads(chunk)[1][0](2) == f(2)
+
+    ns["k"] = 10  # a global it uses, through a helper, is another object now: pickled again
+    g, args, _ = serialize.loads(serialize.dumps((f, (1,), {})))
+    assert g(*args) == f(1) == 14 and made == [f, f]
+    f.__defaults__ = (7,)
+    assert serialize.loads(serialize.dumps((f, (1,), {})))[0](1) == f(1) == 24 and len(made) == 3
+
+    later, ns = _main_function("def later():\n    return defined_later\n", "later")  # a global not there yet
+    assert type(serialize._pickled_function(later)) is serialize._Pickled
+    ns["defined_later"] = 5
+    assert serialize.loads(serialize.dumps((later, (), {})))[0]() == 5
+
+
+def test_a_function_using_something_that_can_change_in_place_is_pickled_every_time(monkeypatch):
+    import cloudpickle
+
+    made = []
+    real = cloudpickle.dumps
+    monkeypatch.setattr(cloudpickle, "dumps", lambda *a, **kw: made.append(a[0]) or real(*a, **kw))
+    uses_list, ns = _main_function("seen = [1]\ndef f():\n    return len(seen)\n", "f")
+    default_list, _ = _main_function("def f(acc=[]):\n    return len(acc)\n", "f")
+    closure, _ = _main_function("def outer():\n    box = {'n': 1}\n    return lambda: box['n']\nf = outer()\n", "f")
+    mains_class, _ = _main_function("class C:\n    n = 1\ndef f():\n    return C.n\n", "f")
+    for f in (uses_list, default_list, closure, mains_class):
+        assert type(serialize._pickled_function(f)) is not serialize._Pickled, f
+    ns["seen"].append(2)
+    assert serialize.loads(serialize.dumps((uses_list, (), {})))[0]() == 2  # the list as it is now
+    uses_list.extra = 1  # a function's own attribute travels with it: not taken from an earlier pickle
+    assert type(serialize._pickled_function(uses_list)) is not serialize._Pickled
+
+    counter, _ = _main_function("def outer():\n    n = 1\n    def f():\n        return n\n"
+                                "    def bump():\n        nonlocal n\n        n += 1\n    return f, bump\n"
+                                "f, bump = outer()\n", "f")
+    assert serialize.loads(serialize.dumps((counter, (), {})))[0]() == 1
+    counter.__closure__[0].cell_contents = 5  # a cell given another object: pickled again
+    assert serialize.loads(serialize.dumps((counter, (), {})))[0]() == 5
+
+
+def test_a_functions_pickle_made_once_goes_with_the_function():
+    import gc
+    import weakref
+
+    f, ns = _main_function("def helper():\n    return f\ndef f():\n    return helper() is f\n", "f")
+    assert type(serialize._pickled_function(f)) is serialize._Pickled and f in serialize._by_value
+    assert serialize.loads(serialize.dumps((f, (), {})))[0]()
+    gone = weakref.ref(f)
+    del f, ns
+    gc.collect()
+    assert gone() is None  # the cache held neither it nor (through its helper's globals) a cycle back to it
