@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ipphpc.controller.taskdb import fields
-from ipphpc.wire import Session, head_parts, payload_digest
+from ipphpc.wire import Session, fan_part, head_parts, payload_digest
 
 META = {"started": 1000.0, "completed": 1001.5, "stdout": "hi"}
 
@@ -77,3 +77,13 @@ def test_a_message_for_many_engines_is_a_record_per_engine():
         assert {k: v for k, v in part.items() if k not in ("to", "id")} == {
             k: v for k, v in h.items() if k not in ("to", "id", "ids")}
     assert all([bytes(b) for b in r["buffers"]] == payload for r in recs)
+
+
+def test_a_fan_record_holds_the_header_text_its_engine_was_sent():
+    """The text, not only its meaning: a label in any script is written as the controller signed it."""
+    s = Session("k" * 64)
+    frames = [b"client-ident", *s.pack("task", {"k": "apply", "lbl": "Ωmega ✓", "to": [3], "ids": ["m3"]})]
+    h = s.split(frames)[1]
+    (rec,) = fields.from_fan(h, frames, 7.0)
+    sent = head_parts(s.signed(fan_part(h, 3, "m3")))[1]  # what the hub sends engine 3
+    assert rec["header"] == bytes(sent).decode()

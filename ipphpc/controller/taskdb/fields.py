@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...wire import PAYLOAD_AT, Session, fan_part, head_parts, json_value, payload_digest
+from ...wire import PAYLOAD_AT, Session, fan_part, head_parts, json_bytes, json_value, payload_digest
 from ...wire import raw as _raw
 
 #: every field, in the order the SQL and HDF5 layouts use
@@ -57,7 +57,7 @@ def from_fan(h: dict, frames: list, now: float) -> list[dict]:
     for eid, mid in zip(h["to"], h["ids"]):
         rec = dict(first)
         rec["msg_id"], rec["engine_id"] = mid, eid
-        rec["header"] = json.dumps(fan_part(h, eid, mid), separators=(",", ":"))
+        rec["header"] = json_bytes(fan_part(h, eid, mid)).decode()  # as the hub signed it for that engine
         out.append(rec)
     return out
 
