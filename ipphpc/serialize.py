@@ -48,6 +48,12 @@ except ImportError:  # another cloudpickle: every object goes through it
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
+def _module_builtin(f: types.BuiltinFunctionType) -> bool:
+    """A module's built-in function (len, os.getpid, math.sqrt): pickled by name either way; a bound
+    method of a built-in object ([].append) is not."""
+    return isinstance(f.__self__, types.ModuleType)
+
+
 class _Pickled:
     """A function as cloudpickle wrote it once: it pickles as a call of pickle.loads on those bytes, so the
     engine gets the very function cloudpickle would have sent."""
@@ -81,8 +87,8 @@ def _depends(obj: Any, out: list, depth: int, root: Any) -> bool:
     if t is tuple or t is frozenset:
         out[-1] = (t, len(obj))  # its items follow (a tuple may hold a function: never kept strongly)
         return len(obj) <= 16 and all(_depends(x, out, depth, root) for x in obj)
-    if t is types.BuiltinFunctionType:  # math.sqrt imported by name: by name; a bound method is not
-        return isinstance(obj.__self__, types.ModuleType)
+    if t is types.BuiltinFunctionType:
+        return _module_builtin(obj)
     if t is types.ModuleType or isinstance(obj, type):
         return _by_name(obj)  # a module made at run time, or a class of __main__, is pickled by value
     if t is not types.FunctionType:
@@ -157,16 +163,18 @@ def _plain(obj: Any, depth: int = 0) -> bool:
         return depth < 3 and len(obj) <= 16 and all(type(k) is str and _plain(v, depth + 1) for k, v in obj.items())
     if t is types.FunctionType:
         return _by_name is not None and _by_name(obj)
-    if t is types.BuiltinFunctionType:  # a module's (len, os.getpid): by name either way; a bound method is not
-        return isinstance(obj.__self__, types.ModuleType)
+    if t is types.BuiltinFunctionType:
+        return _module_builtin(obj)
     return t is _Pickled
 
 
 def dumps(obj: Any) -> list[Any]:
     """[pickle bytes, out-of-band buffer, ...]"""
     if _pickler is cloudpickle:
+        if _plain(obj):  # most messages: nothing to swap, so nothing else is walked
+            return [pickle.dumps(obj, protocol=5)]
         obj = _swap_functions(obj)
-        if _plain(obj):
+        if type(obj) is tuple and _plain(obj):
             return [pickle.dumps(obj, protocol=5)]
     bufs: list[Any] = []
 

@@ -46,13 +46,12 @@ def check_settings(cmd: str, cfg: Config) -> None:
     batch: set[str] = set()
     if cmd not in _READ_BY:
         from ..batch.registry import BUILTINS, plugin_names
-        from ..launch.batch import every_config_section
+        from ..launch.batch import every_config_section, launcher_settings
         batch = every_config_section([*BUILTINS, *plugin_names()])
     sections = {s for c in classes for s in c.section_names()} - _BASES
     for section, values in cfg.items():
         first = f"--{section}.{next(iter(values), '')}"
         if section in batch:
-            from ..launch.batch import launcher_settings
             try:
                 launcher_settings(section, values)
             except ValueError as e:
