@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 
-from common import children, cmdline
+from common import children, cmdline, tcp_bytes_sent
 from workload import checksum, echo, inc, noop
 
 
@@ -76,6 +76,12 @@ class System:
 
     def drop_pushed(self) -> None:
         """Forget what `push_all` put on the engines."""
+
+    def push_wide(self, n: int, value, warm, runs: int) -> tuple[list[float], list, int | None]:
+        """Start a cluster of `n` engines that share no memory with this process (as on other hosts), push
+        `warm` to them, then `value` `runs` times; (seconds of each push, each engine's `checksum` after the
+        last, bytes this process sent on TCP per push). Stops the cluster."""
+        raise NotImplementedError
 
     def main_controller_pid(self):
         """The pid of the process that routes data on the long-lived cluster, or None if it is this one."""
@@ -148,6 +154,28 @@ class IPStyle(System):
         finally:
             self._stop(cluster, rc)
 
+    def start_far(self, n):
+        """(cluster, client) of `n` engines sharing no memory with this process: the main kind, for systems
+        without a shared-memory path."""
+        cluster = self.make_cluster(n)
+        try:
+            return cluster, cluster.start_and_connect_sync()
+        except BaseException:
+            self._stop(cluster, None)
+            raise
+
+    def push_wide(self, n, value, warm, runs):
+        cluster = rc = None
+        try:
+            cluster, rc = self.start_far(n)
+            rc.wait_for_engines(n, timeout=120)
+            view = rc[:]
+            view.push({"bench_pushed": warm}, block=True)
+            return timed_pushes(lambda: view.push({"bench_pushed": value}, block=True), runs,
+                                lambda: view.apply_sync(checksum, self.ipp_module().Reference("bench_pushed")))
+        finally:
+            self._stop(cluster, rc)
+
     def start(self, n):
         self.cluster = self.make_cluster(n)
         self.rc = self.cluster.start_and_connect_sync()
@@ -204,6 +232,18 @@ class IPStyle(System):
             "engines": [{"engine": p, "nanny": self.nanny_pid(p)} for p in pids],
             "controller": self.controller_pid(self.cluster),
         }
+
+
+def timed_pushes(push, runs: int, sums) -> tuple[list[float], list, float | None]:
+    """(seconds of each of `runs` pushes, `sums()` after the last, TCP bytes this process sent per push)."""
+    before = tcp_bytes_sent(os.getpid())
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        push()
+        times.append(time.perf_counter() - t0)
+    after = tcp_bytes_sent(os.getpid())
+    return times, sums(), None if before is None or after is None else (after - before) / runs
 
 
 def timed_calls(call, calls: int, expect) -> list[float]:

@@ -33,6 +33,8 @@ FIGURES = {
     "array_new": "100 MB numpy array sent to one engine, which returns a new copy of it",
     "array_far": "the array of 'array' where client and engine share no memory, as on different hosts",
     "push": "one large array pushed to every engine; the controller's peak memory while it passes",
+    "push_wide": "one array pushed to 8 engines that share no memory with the client, as on other hosts: "
+                 "how long, and how many copies the client itself wrote",
     "rss": "resident memory of an idle engine and of the controller",
     "wide": "a no-op call on every engine of a 16-engine cluster, one after another",
 }
@@ -46,6 +48,9 @@ FULL = {
     "array_bytes": 100_000_000,
     "array_runs": 5,
     "push_bytes": 1 << 30,
+    "push_wide_bytes": 100_000_000,
+    "push_wide_engines": 8,
+    "push_wide_runs": 5,
     "engines": 2,
     "wide_engines": 16,
     "wide_calls": 200,
@@ -58,6 +63,9 @@ QUICK = {
     "array_bytes": 100_000_000,
     "array_runs": 3,
     "push_bytes": 200_000_000,
+    "push_wide_bytes": 100_000_000,
+    "push_wide_engines": 8,
+    "push_wide_runs": 2,
     "engines": 2,
     "wide_engines": 16,
     "wide_calls": 50,
@@ -91,6 +99,10 @@ def table_rows(params):
         ("push", f"7. {params['push_bytes'] / 2**20:,.0f} MiB array pushed to {params['engines']} engines", "s",
          "lower", get("seconds")),
         ("push", "7. controller peak RSS above its level before the push", "MiB", "lower", get("controller_peak_mib")),
+        ("push_wide", f"7b. {params['push_wide_bytes'] / 1e6:g} MB pushed to {params['push_wide_engines']} engines, "
+         "no shared memory (as across hosts), median", "s", "lower", get("seconds")),
+        ("push_wide", "7b. copies of the array the client wrote on TCP per push", "copies", "lower",
+         get("client_copies")),
         ("wide", f"8. no-op call on all of {params['wide_engines']} engines, median of {params['wide_calls']}", "ms",
          "lower", get("median_ms")),
         ("rss", "6. idle engine RSS (incl. nanny if any)", "MiB", "lower", get("engine_mib")),
@@ -128,6 +140,25 @@ def _read(path, mode="r"):
             return f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+
+
+def tcp_bytes_sent(pid):
+    """Bytes this process's open TCP connections have sent (`ss`'s bytes_sent, summed); None without `ss`."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    total, mine = 0, False
+    for line in out.splitlines():
+        if not line[:1].isspace():  # a connection's line; its details follow, indented
+            mine = f"pid={pid}," in line
+        elif mine:
+            m = re.search(r"bytes_sent:(\d+)", line)
+            total += int(m.group(1)) if m else 0
+    return total
 
 
 def peak_rss_kib(pid):

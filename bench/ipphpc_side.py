@@ -35,21 +35,22 @@ class Ipphpc(IPStyle):
     def controller_pid(self, cluster):
         return cluster.controller_pid
 
-    @contextlib.contextmanager
-    def far_echo(self):
-        # a cluster of its own whose controller and engine start without /dev/shm: large frames then take
-        # the path they take between hosts (straight to the engine, or through the controller)
+    def start_far(self, n):
+        # a cluster whose controller and engines start without /dev/shm: large frames then take the path they
+        # take between hosts (straight to the engines, or through the controller)
         old = os.environ.get("IPPHPC_NO_SHM")
         os.environ["IPPHPC_NO_SHM"] = "1"
-        cluster = rc = None
         try:
-            cluster = self.make_cluster(1)
-            rc = cluster.start_and_connect_sync()
+            return super().start_far(n)
         finally:
             if old is None:
                 os.environ.pop("IPPHPC_NO_SHM", None)
             else:
                 os.environ["IPPHPC_NO_SHM"] = old
+
+    @contextlib.contextmanager
+    def far_echo(self):
+        cluster, rc = self.start_far(1)
         try:
             view = rc[rc.ids[0]]
             view.apply_sync(noop)

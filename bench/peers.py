@@ -8,7 +8,7 @@ import os
 import time
 import warnings
 
-from adapters import IPStyle, System, nanny_child, timed_calls
+from adapters import IPStyle, System, nanny_child, timed_calls, timed_pushes
 from common import ppid_of
 from workload import checksum, echo, inc, noop
 
@@ -157,6 +157,25 @@ class Dask(System):
 
     def drop_pushed(self):
         self._pushed = None
+
+    def push_wide(self, n, value, warm, runs):
+        cluster = client = None
+        try:
+            cluster = self._local_cluster(n)
+            client = self.distributed.Client(cluster)
+            client.wait_for_workers(n)
+            client.scatter(warm, broadcast=True)
+            pushed = []
+
+            def push():
+                pushed[:] = [client.scatter(value, broadcast=True)]
+
+            def sums():
+                workers = list(client.scheduler_info()["workers"])
+                return client.gather([client.submit(checksum, pushed[0], workers=[w], pure=False) for w in workers])
+            return timed_pushes(push, runs, sums)
+        finally:
+            self._close(cluster, client)
 
     @contextlib.contextmanager
     def idle_processes(self, n):

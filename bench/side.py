@@ -268,6 +268,28 @@ class Runner:
                  f"+{out['controller_peak_mib'] if peak is not None else float('nan'):.0f} MiB")
         return out
 
+    def fig_push_wide(self):
+        import numpy as np
+
+        nbytes, n = self.p["push_wide_bytes"], self.p["push_wide_engines"]
+        arr = np.random.default_rng(4242).random(nbytes // 8)
+        warm = np.ones(2 * 2**20 // 8)  # opens whatever connections a large push opens
+        with time_limit(2 * self.limit_step):
+            times, sums, sent = self.sys.push_wide(n, arr, warm, self.p["push_wide_runs"])
+        dt = median(times)
+        out = {
+            "bytes": arr.nbytes,
+            "engines": n,
+            "runs_s": times,
+            "seconds": dt,
+            "client_bytes_sent": sent,
+            "client_copies": None if sent is None else sent / arr.nbytes,
+            "equal": [tuple(s) for s in sums] == [tuple(checksum(arr))] * n,
+        }
+        copies = "?" if sent is None else f"{out['client_copies']:.2f}"
+        self.say(f"push_wide: {arr.nbytes / 1e6:g} MB to {n} engines in {dt:.2f} s; the client wrote {copies} copies")
+        return out
+
     def fig_rss(self):
         n = self.p["engines"]
         with time_limit(self.limit_step):
@@ -324,7 +346,7 @@ class Runner:
         self.say(f"version {self.result['version']}")
         if self.sys.supported is not None:
             self.figures = [f for f in self.figures if f in self.sys.supported]
-        for name in ("coldstart", "wide"):  # clusters of their own
+        for name in ("coldstart", "wide", "push_wide"):  # clusters of their own
             if name in self.figures:
                 self.run_figure(name, needs_main=False)
         try:

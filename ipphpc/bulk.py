@@ -30,7 +30,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from blake3 import blake3
 
@@ -44,7 +44,9 @@ HDR = struct.Struct("!c16sQ")
 #: the most one transfer may claim (a bigger length in a header is refused before anything is allocated)
 MAX_TRANSFER = 1 << 40
 _HUGE = 2 << 20
-_DATA, _HELLO, _ANSWER, _CANCEL = b"D", b"H", b"h", b"X"
+_DATA, _HELLO, _ANSWER, _CANCEL, ROUTE = b"D", b"H", b"h", b"X", b"R"
+#: the most a route (the part of a relay tree below one engine, see `ipphpc.relay`) may claim
+MAX_ROUTE = 1 << 24
 MAGIC = b"ipphpc-direct-1\n"
 #: connections at most that may be between accept and a valid hello at once (each holds a thread)
 MAX_GREETING = 64
@@ -125,6 +127,9 @@ class Channel:
         self._progress = time.monotonic()  # when the reader last got a chunk
         self._out = bytearray(CHUNK + 48)
         self._reader: threading.Thread | None = None
+        self.sent = 0  # bytes written, transfers' headers and seals included
+        #: an engine's relay (`ipphpc.relay.Relay`): routes arrive here and data is passed on down its tree
+        self.relay: Any = None
 
     # -- writing ------------------------------------------------------------------------------
     def send(self, tid: bytes, frame: Any, kind: bytes = _DATA, salt: bytes = b"") -> None:
@@ -147,16 +152,18 @@ class Channel:
                 raise EOFError("the other side closed the connection")
             got += k
 
-    def read_transfer(self, expect: bytes | None = None, salt: bytes = b""
-                      ) -> tuple[bytes, bytes, memoryview]:
-        """The next transfer: (kind, id, its bytes); BulkError when it is not sealed with the key."""
+    def read_transfer(self, expect: bytes | None = None, salt: bytes = b"",
+                      tee: "Callable[[bytes], Sequence[Channel]] | None" = None) -> tuple[bytes, bytes, memoryview]:
+        """The next transfer: (kind, id, its bytes); BulkError when it is not sealed with the key. `tee`:
+        `tee(id)` names the channels a data transfer's sealed chunks are also written to as they arrive: a relay
+        passes them on as they are (the key depends only on the kind and id), without sealing them again."""
         hdr = bytearray(HDR.size)
         self._recv_into(memoryview(hdr))
         kind, tid, n = HDR.unpack(hdr)
         hdr = bytes(hdr)
-        if kind not in (_DATA, _HELLO, _ANSWER, _CANCEL) or (expect is not None and kind not in expect):
+        if kind not in (_DATA, _HELLO, _ANSWER, _CANCEL, ROUTE) or (expect is not None and kind not in expect):
             raise BulkError(f"a transfer of unknown kind {kind!r}")
-        if n > MAX_TRANSFER or (kind != _DATA and n > 4096):
+        if n > {_DATA: MAX_TRANSFER, ROUTE: MAX_ROUTE}.get(kind, 4096):
             raise BulkError(f"a transfer claims {n} bytes")
         Cipher, AES, GCM = _aes()
         key = AES(self.keys.key(kind, tid, salt))
@@ -164,17 +171,25 @@ class Channel:
         full = memoryview(m)
         scratch = memoryview(bytearray(min(max(n, 1), CHUNK) + 16))
         from cryptography.exceptions import InvalidTag
-        for i, off in enumerate(range(0, max(n, 1), CHUNK)):
-            ln = min(CHUNK, n - off)
-            self._recv_into(scratch[:ln + 16])
-            dec = Cipher(key, GCM(i.to_bytes(12, "big"), bytes(scratch[ln:ln + 16]))).decryptor()
-            dec.authenticate_additional_data(hdr)
-            dec.update_into(scratch[:ln], full[off:])
-            try:
-                dec.finalize()
-            except InvalidTag:
-                raise BulkError("a transfer that is not sealed with this cluster's key") from None
-            self._progress = time.monotonic()
+        outs = _Tee(tee(tid) if tee is not None and kind == _DATA else (), hdr)
+        try:
+            for i, off in enumerate(range(0, max(n, 1), CHUNK)):
+                ln = min(CHUNK, n - off)
+                self._recv_into(scratch[:ln + 16])
+                outs.write(scratch[:ln + 16])
+                dec = Cipher(key, GCM(i.to_bytes(12, "big"), bytes(scratch[ln:ln + 16]))).decryptor()
+                dec.authenticate_additional_data(hdr)
+                dec.update_into(scratch[:ln], full[off:])
+                try:
+                    dec.finalize()
+                except InvalidTag:
+                    raise BulkError("a transfer that is not sealed with this cluster's key") from None
+                self._progress = time.monotonic()
+        except BaseException:
+            outs.abort()  # a receiver of half a transfer would read the next one's header in its bytes
+            raise
+        finally:
+            outs.release()
         return kind, tid, dest
 
     def start_reader(self) -> None:
@@ -185,7 +200,16 @@ class Channel:
         why = "closed"
         try:
             while True:
-                kind, tid, data = self.read_transfer(_DATA + _CANCEL)
+                relay = self.relay
+                if relay is None:
+                    kind, tid, data = self.read_transfer(_DATA + _CANCEL)
+                else:
+                    kind, tid, data = self.read_transfer(_DATA + _CANCEL + ROUTE, tee=relay.children)
+                    if kind == ROUTE:
+                        relay.route(self, tid, data)
+                        continue
+                    if kind == _CANCEL:
+                        relay.cancel(tid)
                 with self._cond:
                     if kind == _CANCEL:
                         self._arrived.pop(tid, None)
@@ -274,6 +298,38 @@ class Channel:
         return out
 
 
+class _Tee:
+    """The channels one transfer is passed on to while it is read: their write locks are held from its header
+    to its last chunk, and a channel whose write fails is closed and left out of the rest."""
+
+    def __init__(self, chans: Sequence[Channel], hdr: bytes):
+        self.held = sorted((ch for ch in chans if ch.closed is None), key=id)  # one order for every holder
+        for ch in self.held:
+            ch._wlock.acquire()
+        self.live = list(self.held)
+        if self.live:
+            self.write(hdr)
+
+    def write(self, data: Any) -> None:
+        for ch in list(self.live):
+            try:
+                ch.sock.sendall(data)
+                ch.sent += len(data)
+            except OSError as e:
+                ch._closed(f"passing a transfer on failed: {e}")
+                self.live.remove(ch)
+
+    def abort(self) -> None:
+        for ch in self.live:
+            ch._closed("the transfer it was passing on broke off")
+        self.live = []
+
+    def release(self) -> None:
+        for ch in self.held:
+            ch._wlock.release()
+        self.held = []
+
+
 def _view(frame: Any) -> memoryview:
     mv = memoryview(raw(frame))
     if not mv.contiguous:
@@ -302,6 +358,7 @@ def send_all(chans: Sequence[Channel], tid: bytes, frame: Any, kind: bytes = _DA
             for ch in list(live):
                 try:
                     ch.sock.sendall(data)
+                    ch.sent += len(data)
                 except OSError as e:
                     ch._closed(f"sending failed: {e}")
                     live.remove(ch)
@@ -357,6 +414,7 @@ class Listener:
         self.sock = socket.create_server((ip, 0), backlog=128)
         self.address = f"{ip}:{self.sock.getsockname()[1]}"
         self.channels: dict[bytes, Channel] = {}
+        self.relay: Any = None  # set by an engine that passes transfers on (`ipphpc.relay.Relay`)
         self.refused = 0
         self._lock = threading.Lock()
         self._greeting = threading.BoundedSemaphore(MAX_GREETING)
@@ -397,6 +455,7 @@ class Listener:
                 ch.inherit(old)
             ch.send(token, self.ident.encode(), _ANSWER, salt=bytes(theirs))
             sock.settimeout(None)
+            ch.relay = self.relay
         except (OSError, EOFError, BulkError, ValueError) as e:  # (closed under it, when the engine stops)
             self._refuse(sock, peer, e)
             return
@@ -423,6 +482,10 @@ class Listener:
 
     def close(self) -> None:
         self._stopped = True
+        try:  # shut down first: closing alone leaves a thread blocked in accept() listening, and answering
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
@@ -430,6 +493,8 @@ class Listener:
         with self._lock:
             for ch in self.channels.values():
                 ch.close()
+        if self.relay is not None:
+            self.relay.close()
 
 
 def local_ip_towards(host: str, fallback: str = "127.0.0.1") -> str:

@@ -11,12 +11,13 @@ failure anywhere, and the message keeps its frames).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 from typing import Any, Sequence
 
-from .. import bulk
+from .. import bulk, relay
 from ..netutil import is_loopback
 
 log = logging.getLogger("ipphpc.client")
@@ -35,6 +36,7 @@ class DirectLinks:
         self._opening: set[int] = set()
         self._lock = threading.Lock()
         self._host = socket.gethostname()
+        self.relay = not os.environ.get("IPPHPC_NO_RELAY")  # large frames for many engines passed among them
         self._closed = False
         self._gave_up_until = 0.0  # after a failure, tasks for many engines use only connections already open
         # transfers an engine got whole on a connection that then failed, for a message sent the long way: it
@@ -112,14 +114,22 @@ class DirectLinks:
             fields["bk"] = idx
         return out if out is not None else payload
 
-    def _send(self, payload: Sequence[Any], idx: list[int], to: list[tuple[int, bulk.Channel]]) -> list | None:
+    def _send(self, payload: Sequence[Any], idx: list[int], to: list[tuple[int, bulk.Channel]],
+              routes: Sequence[bytes] = ()) -> list | None:
         """`payload` with frames `idx` sent to every channel of `to`, as descriptors; None when a channel failed
-        (then the engines that got frames whole are told to forget them)."""
+        (then the engines that got frames whole are told to forget them). `routes`: each channel's part of a
+        relay tree, sent before every frame."""
         out, sent = list(payload), []
         chans = [ch for _, ch in to]
         for i in idx:
             tid = bulk.new_id()
-            failed = bulk.send_all(chans, tid, payload[i])
+            failed = []
+            for ch, route in zip(chans, routes):
+                try:
+                    ch.send(tid, route, bulk.ROUTE)
+                except bulk.BulkError:
+                    failed.append(ch)
+            failed = failed or bulk.send_all(chans, tid, payload[i])
             sent.append(tid)
             if failed:
                 log.info("%s; the frames go through the controller", failed[0].closed)
@@ -136,25 +146,32 @@ class DirectLinks:
     def out_many(self, fields: dict, payload: Sequence[Any], targets: Sequence[int],
                  engines: dict[int, dict]) -> Sequence[Any]:
         """The same for one message to several engines: each large frame goes to every one of them under one
-        transfer id (the message names it once for all)."""
+        transfer id (the message names it once for all). To more than `relay.FANOUT` engines that can reach
+        each other, it goes to the roots of a tree of them, which pass it on (`br` says so)."""
         idx = bulk.large(payload)
         if self.links:
             fields["bc"] = self.token_hex
         if not idx:
             return payload
         late = time.monotonic() < self._gave_up_until
+        roots, routes = None, []
+        if self.relay and relay.relayable(targets, engines):
+            tree = relay.plan(targets, engines)
+            roots, routes = [node[0] for node in tree], [relay.route_bytes(node[3]) for node in tree]
         chans = []
-        for t in targets:
+        for t in roots or targets:
             ch = self.links.get(t)
             if ch is None or ch.closed is not None:
                 ch = None if late else self.link(t, engines.get(t))
             if ch is None:
                 return payload
             chans.append(ch)
-        out = self._send(payload, idx, list(zip(targets, chans)))
+        out = self._send(payload, idx, list(zip(roots or targets, chans)), routes)
         if out is None:
             return payload
         fields["bk"], fields["bc"] = idx, self.token_hex
+        if roots:
+            fields["br"] = 1
         return out
 
     def resolve(self, h: dict, payload: list) -> list:

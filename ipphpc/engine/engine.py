@@ -21,7 +21,7 @@ from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Configurable, LoggingConfigurable
 from zmq.devices import ThreadDevice
 
-from .. import bulk, connection, paths, shm
+from .. import bulk, connection, paths, relay, shm
 from ..config import read_before
 from ..wire import AuthError, Session, json_bytes, payload_digest, read_beat
 from ..zmqpump import Pump, send_frames
@@ -164,6 +164,7 @@ class Engine(LoggingConfigurable):
             try:  # on the interface that reaches the controller: clients reach it from there too
                 self.direct_in = bulk.Listener(bulk.Keys(info["key"]), bulk.local_ip_towards(addr), os.urandom(8).hex(),
                                                self.log)
+                self.direct_in.relay = relay.Relay(self.direct_in.keys, self.log)
             except OSError as e:
                 self.log.warning("no port for direct transfers (%s): large frames go through the controller", e)
         self.log.info("controller reachable at %s (addresses in the file: %s)", addr, ", ".join(info["addresses"]))
@@ -365,7 +366,8 @@ class Engine(LoggingConfigurable):
                 if "sh" in h:
                     payload = shm.resolve(h, payload, mapped=mapped)
                 if "bk" in h and self._task_id(h) not in self.control.aborted:
-                    payload = self._channel(h).resolve(h["bk"], payload)
+                    payload = (self._relay().resolve(h["bk"], payload) if "br" in h
+                               else self._channel(h).resolve(h["bk"], payload))
         except (AuthError, shm.SharedMemoryError, bulk.BulkError) as e:
             self.log.warning("dropped a message: %s", e)
             if t == "task":
@@ -440,9 +442,18 @@ class Engine(LoggingConfigurable):
                                  "has no direct connection to it")
         return ch
 
+    def _relay(self) -> relay.Relay:
+        if self.direct_in is None:
+            raise bulk.BulkError("this task's large frames were passed from engine to engine, and this engine has "
+                                 "no port for them")
+        return self.direct_in.relay
+
     def _drop_direct(self, h: dict, payload: list) -> None:
         try:
-            self._channel(h).drop(h["bk"], payload)
+            if "br" in h:
+                self._relay().drop(h["bk"], payload)
+            else:
+                self._channel(h).drop(h["bk"], payload)
         except bulk.BulkError:
             pass
 
