@@ -70,6 +70,12 @@ class System:
         without a shared-memory path use their main cluster, whose path is that already."""
         yield self.echo
 
+    @contextlib.contextmanager
+    def far_balanced(self):
+        """(an `echo` through load balancing to an engine that shares no memory with this process, the pid of
+        the controller it passes, or None when that is this process)."""
+        yield self.echo, None
+
     def push_all(self, value) -> list:
         """Put ``value`` on every engine, wait until it is there; return each engine's `checksum` of it."""
         raise NotImplementedError
@@ -211,6 +217,11 @@ class IPStyle(System):
 
     def echo(self, value, fn=echo):
         return self.rc[0].apply_sync(fn, value)
+
+    @contextlib.contextmanager
+    def far_balanced(self):
+        lview = self.lview
+        yield (lambda value: lview.apply_sync(echo, value)), self.main_controller_pid()
 
     def push_all(self, value):
         self.rc[:].push({"bench_pushed": value}, block=True)

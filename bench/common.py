@@ -32,6 +32,8 @@ FIGURES = {
     "array": "100 MB numpy array sent to one engine and returned",
     "array_new": "100 MB numpy array sent to one engine, which returns a new copy of it",
     "array_far": "the array of 'array' where client and engine share no memory, as on different hosts",
+    "array_balanced": "the array of 'array_far' as a load-balanced task's argument and result; the controller's "
+                      "peak memory while it passes",
     "push": "one large array pushed to every engine; the controller's peak memory while it passes",
     "push_wide": "one array pushed to 8 engines that share no memory with the client, as on other hosts: "
                  "how long, and how many copies the client itself wrote",
@@ -96,6 +98,10 @@ def table_rows(params):
         ("array_new", f"5b. {mb:g} MB array in, a new one back, median", "s", "lower", get("median_s")),
         ("array_far", f"5c. {mb:g} MB there and back, no shared memory (as between hosts), median", "s", "lower",
          get("median_s")),
+        ("array_balanced", f"5d. {mb:g} MB there and back, load-balanced, no shared memory, median", "s", "lower",
+         get("median_s")),
+        ("array_balanced", "5d. controller peak RSS above its level before", "MiB", "lower",
+         get("controller_peak_mib")),
         ("push", f"7. {params['push_bytes'] / 2**20:,.0f} MiB array pushed to {params['engines']} engines", "s",
          "lower", get("seconds")),
         ("push", "7. controller peak RSS above its level before the push", "MiB", "lower", get("controller_peak_mib")),

@@ -59,6 +59,18 @@ class Ipphpc(IPStyle):
         finally:
             self._stop(cluster, rc)
 
+    @contextlib.contextmanager
+    def far_balanced(self):
+        cluster, rc = self.start_far(2)
+        try:
+            rc.wait_for_engines(2, timeout=60)
+            lview = rc.load_balanced_view()
+            lview.apply_sync(noop)
+            lview.apply_sync(echo, b"x" * 2_000_000)  # the warm-up: connections to the engines open
+            yield (lambda value: lview.apply_sync(echo, value)), self.controller_pid(cluster)
+        finally:
+            self._stop(cluster, rc)
+
     def ipp_module(self):
         return self.ipphpc
 

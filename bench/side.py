@@ -38,7 +38,8 @@ from common import (
 from workload import checksum
 
 # figures that run on the long-lived cluster, in the order they run
-MAIN_CLUSTER_FIGURES = ("rss", "latency", "apply", "map", "array", "array_new", "array_far", "push")
+MAIN_CLUSTER_FIGURES = ("rss", "latency", "apply", "map", "array", "array_new", "array_far", "array_balanced",
+                        "push")
 
 
 def load_system(name):
@@ -208,6 +209,17 @@ class Runner:
     def fig_array_far(self):
         with self.sys.far_echo() as far:
             return self.fig_array(far=far)
+
+    def fig_array_balanced(self):
+        with self.sys.far_balanced() as (far, pid):
+            before = None
+            if pid is not None:
+                reset_peak_rss(pid)
+                before = rss_kib(pid)
+            out = self.fig_array(far=far)
+            peak = peak_rss_kib(pid) if pid is not None else None
+        out["controller_peak_mib"] = None if peak is None else (peak - before) / 1024
+        return out
 
     def fig_array(self, fn=None, far=None):
         import numpy as np

@@ -45,6 +45,9 @@ HDR = struct.Struct("!c16sQ")
 MAX_TRANSFER = 1 << 40
 _HUGE = 2 << 20
 _DATA, _HELLO, _ANSWER, _CANCEL, ROUTE = b"D", b"H", b"h", b"X", b"R"
+# an engine asks the client for a transfer it holds (a load-balanced task's frame); the client has none by that id
+GET, _NONE = b"G", b"N"
+_KINDS = (_DATA, _HELLO, _ANSWER, _CANCEL, ROUTE, GET, _NONE)
 #: the most a route (the part of a relay tree below one engine, see `ipphpc.relay`) may claim
 MAX_ROUTE = 1 << 24
 MAGIC = b"ipphpc-direct-1\n"
@@ -130,6 +133,9 @@ class Channel:
         self.sent = 0  # bytes written, transfers' headers and seals included
         #: an engine's relay (`ipphpc.relay.Relay`): routes arrive here and data is passed on down its tree
         self.relay: Any = None
+        #: a client's `serve(channel, id)`, called when the engine asks for a transfer the client holds
+        self.server: Callable[["Channel", bytes], None] | None = None
+        self._missing: set[bytes] = set()  # asked for, and the other side has none by that id
 
     # -- writing ------------------------------------------------------------------------------
     def send(self, tid: bytes, frame: Any, kind: bytes = _DATA, salt: bytes = b"") -> None:
@@ -161,7 +167,7 @@ class Channel:
         self._recv_into(memoryview(hdr))
         kind, tid, n = HDR.unpack(hdr)
         hdr = bytes(hdr)
-        if kind not in (_DATA, _HELLO, _ANSWER, _CANCEL, ROUTE) or (expect is not None and kind not in expect):
+        if kind not in _KINDS or (expect is not None and kind not in expect):
             raise BulkError(f"a transfer of unknown kind {kind!r}")
         if n > {_DATA: MAX_TRANSFER, ROUTE: MAX_ROUTE}.get(kind, 4096):
             raise BulkError(f"a transfer claims {n} bytes")
@@ -201,10 +207,15 @@ class Channel:
         try:
             while True:
                 relay = self.relay
-                if relay is None:
-                    kind, tid, data = self.read_transfer(_DATA + _CANCEL)
+                if self.server is not None:
+                    kind, tid, data = self.read_transfer(_DATA + _CANCEL + GET)
+                    if kind == GET:
+                        self.server(self, tid)
+                        continue
+                elif relay is None:
+                    kind, tid, data = self.read_transfer(_DATA + _CANCEL + _NONE)
                 else:
-                    kind, tid, data = self.read_transfer(_DATA + _CANCEL + ROUTE, tee=relay.children)
+                    kind, tid, data = self.read_transfer(_DATA + _CANCEL + ROUTE + _NONE, tee=relay.children)
                     if kind == ROUTE:
                         relay.route(self, tid, data)
                         continue
@@ -213,6 +224,8 @@ class Channel:
                 with self._cond:
                     if kind == _CANCEL:
                         self._arrived.pop(tid, None)
+                    elif kind == _NONE:
+                        self._missing.add(tid)
                     else:
                         self._arrived[tid] = data
                     self._cond.notify_all()
@@ -238,6 +251,11 @@ class Channel:
             while True:
                 if all(t in self._arrived for t in tids):
                     return [self._arrived.pop(t) for t in tids]
+                gone = self._missing.intersection(tids)
+                if gone:
+                    self._missing.difference_update(tids)
+                    raise BulkError(f"the sender on the direct connection {self.name} no longer holds "
+                                    f"{len(gone)} of the message's large frames")
                 if self.closed is not None:
                     raise BulkError(f"the direct connection {self.name} closed before the message's large "
                                     f"frames arrived ({self.closed})")
@@ -246,6 +264,27 @@ class Channel:
                     raise BulkError(f"the large frames of a message did not arrive on the direct connection "
                                     f"{self.name} ({quiet:.0f} s without a byte)")
                 self._cond.wait(min(1.0, stall - quiet))
+
+    def pull(self, idx: Sequence[Any], payload: Sequence[Any], stall: float = 60.0) -> list[Any]:
+        """`payload` with the descriptors at `idx` replaced by the frames they name, asked for from the other
+        side, which holds them (a load-balanced task's large arguments, sent only to the engine that runs it)."""
+        out = list(payload)
+        for i in idx:
+            if not isinstance(i, int) or not 0 <= i < len(out):
+                raise BulkError(f"bad direct-transfer frame index {i!r}")
+        tids = [descriptor_id(out[i]) for i in idx]
+        for tid in tids:
+            self.send(tid, b"", GET)
+        for i, frame in zip(idx, self.take(tids, stall)):
+            out[i] = frame
+        return out
+
+    def none(self, tid: bytes) -> None:
+        """Answer a request for a transfer this side does not hold."""
+        try:
+            self.send(tid, b"", _NONE)
+        except BulkError:
+            pass
 
     def inherit(self, old: "Channel") -> None:
         """Take over from an earlier connection of the same client: it is closed, and the frames that arrived
@@ -379,9 +418,11 @@ def send_all(chans: Sequence[Channel], tid: bytes, frame: Any, kind: bytes = _DA
             ch._wlock.release()
 
 
-def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float = 3.0) -> Channel:
+def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float = 3.0,
+            server: Callable[[Channel, bytes], None] | None = None) -> Channel:
     """A channel to the engine listening at `address` ("ip:port") whose id is `ident`: the hello is
-    answered, sealed, by that engine or the connection is refused. Raises OSError or BulkError."""
+    answered, sealed, by that engine or the connection is refused. Raises OSError or BulkError. `server`
+    answers the engine's requests for transfers (see `Channel.pull`)."""
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     ch = Channel(sock, keys, address)
@@ -399,6 +440,7 @@ def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float =
         sock.close()
         raise BulkError(f"no direct connection to {address}: {e}") from None
     sock.settimeout(None)
+    ch.server = server
     ch.start_reader()
     return ch
 

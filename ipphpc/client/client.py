@@ -379,6 +379,14 @@ class Client(TaskDBMixin):
         value, error, meta = self._decode(h, payload, self._direct)
         if len(payload) > 2 and self._direct is not None and "bk" not in h and "sh" not in h:
             self._direct_later(h.get("eid"), payload)
+        if self._direct is not None and self._direct.release(mid) and error is not None \
+                and getattr(error, "ename", None) == "DirectTransferError" and p.resend is not None:
+            # its engine could not ask this client for the large frames (no connection from here yet):
+            # the task goes again with its frames, the long way
+            kind, payload, target, timeout, digest, among = p.resend
+            self._send_task(kind, payload, p.ar, p.index, target, timeout, p.retries, digest, among=among,
+                            tried=p.tried, duration=p.duration, fkey=p.fkey, pull=False)
+            return
         if error is not None and p.resend is not None:
             if getattr(error, "ename", "") == "UnmetDependency" and self._elsewhere(p, h.get("eid")):
                 return
@@ -433,12 +441,19 @@ class Client(TaskDBMixin):
         if eid not in self._shm_engines and bulk.large(payload[1:]):
             self._direct.open_later(eid, self._engines.get(eid))
 
-    def _direct_out(self, fields: dict, payload: Sequence[Any], target: int | None) -> Sequence[Any]:
+    def _direct_out(self, fields: dict, payload: Sequence[Any], target: int | None, among: Any = None,
+                    pull: bool = True) -> Sequence[Any]:
         """The payload for one engine with its large frames sent straight there, when it is elsewhere and
-        listens; a load-balanced task only names the connections, for a large result to come back on."""
+        listens. A load-balanced task's large frames stay here until the engine that gets it asks for them
+        (`bp`), when every engine it may go to has a connection from here; `bc` names the connections, for
+        that and for a large result to come back on."""
         if self._direct is None or "sh" in fields or target in self._shm_engines:
             return payload
         if target is None:
+            idx = bulk.large(payload) if pull else []
+            if idx and not self._shm_engines and self._direct.pull_ready(among, self._engines):
+                fields["bp"] = idx
+                payload = self._direct.hold(payload, idx)
             if self._direct.links:
                 fields["bc"] = self._direct.token_hex
             return payload
@@ -548,7 +563,7 @@ class Client(TaskDBMixin):
                    timeout: float | None = None, retries: int = 0, digest: str | None = None,
                    among: frozenset | None = None, msg_id: str | None = None, label: str | None = None,
                    track: bool = False, resend: bool = False, tried: set | None = None,
-                   duration: float | None = None, fkey: str | None = None) -> str:
+                   duration: float | None = None, fkey: str | None = None, pull: bool = True) -> str:
         """Send one task; `among` limits a load-balanced task to some engines, `resend` keeps its payload
         so that an engine that cannot meet its dependencies hands it to another. `fkey` names the function
         of a load-balanced task: without a `duration`, the longest of its last runs is sent as one."""
@@ -569,7 +584,7 @@ class Client(TaskDBMixin):
             self._check_python(payload, None if target is None else [target])
         sent = payload if self._shm is None else self._shm_out(fields, payload, target, among)
         if self._direct is not None:
-            sent = self._direct_out(fields, sent, target)
+            sent = self._direct_out(fields, sent, target, among, pull)
         if sent is not payload:
             digest = None  # the signed digest is over the descriptors
         if digest is None and sent:
@@ -580,7 +595,11 @@ class Client(TaskDBMixin):
             if msg_id is not None:
                 seq = (seq[0], msg_id)
             mid = seq[1]
-            keep = (kind, payload, target, timeout, digest, among) if retries or resend or tried else None
+            if "bp" in fields:  # its frames wait here: kept with the task, to send it the long way if need be
+                self._direct.held_for(mid, [bulk.descriptor_id(sent[i]) for i in fields["bp"]])
+            # the digest is kept only when it is the payload's own (not over descriptors a resend may not use)
+            keep = (kind, payload, target, timeout, digest if sent is payload else None, among) \
+                if retries or resend or tried or "bp" in fields else None
             now = time.time()
             self._pending[mid] = _Pending(ar, index, now, target, keep, retries, tried, duration, fkey)
             if ar.msg_ids[index] != mid:
@@ -629,6 +648,8 @@ class Client(TaskDBMixin):
         if self._closed or self._lost:
             if "sh" in fields:
                 shm.remove(shm.names(fields, sent))
+            if "bp" in fields:
+                self._direct.release_frames(sent, fields["bp"])
             if self._closed:
                 raise RuntimeError("this client is closed")
             raise ControllerLost(self._lost)
@@ -1131,22 +1152,29 @@ class _SyncChannel:
             if h.get("t") == "result" and h.get("p") == mid:
                 return h, payload
 
-    def call(self, kind: str, payload: list, target: int | None) -> Any:
+    def call(self, kind: str, payload: list, target: int | None, pull: bool = True) -> Any:
         fields: dict[str, Any] = {"k": kind, "c": self.cid, "sync": 1}
         if target is not None:
             fields["to"] = target
         client = self.client
+        sent = payload
         if client._shm is not None:
-            payload = client._shm_out(fields, payload, target, None)
+            sent = client._shm_out(fields, sent, target, None)
         if client._direct is not None:
-            payload = client._direct_out(fields, payload, target)
+            sent = client._direct_out(fields, sent, target, pull=pull)
         q, mid = self.session.next_id()
-        send_frames(self.sock, self.session.pack("task", fields, payload, seq=(q, mid)))
-        h, result = self._wait(mid)
+        try:
+            send_frames(self.sock, self.session.pack("task", fields, sent, seq=(q, mid)))
+            h, result = self._wait(mid)
+        finally:
+            if "bp" in fields:  # held here for its engine to ask for: the result came (or never will)
+                client._direct.release_frames(sent, fields["bp"])
         value, error, _ = Client._decode(h, result, client._direct)
         if len(result) > 2 and client._direct is not None and "bk" not in h and "sh" not in h:
             client._direct_later(h.get("eid"), result)
         if error is not None:
+            if "bp" in fields and getattr(error, "ename", None) == "DirectTransferError":
+                return self.call(kind, payload, target, pull=False)  # its engine could not ask: the long way
             raise error
         return value
 

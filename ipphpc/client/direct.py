@@ -42,6 +42,10 @@ class DirectLinks:
         # transfers an engine got whole on a connection that then failed, for a message sent the long way: it
         # keeps them for the next connection of this client (its messages may still need them) until told
         self._abandoned: dict[int, list[bytes]] = {}
+        # the large frames of load-balanced tasks, until their engine asks for them (`bulk.Channel.pull`): kept
+        # until the task's result arrives, for the engine it may be sent to again
+        self._held: dict[bytes, Any] = {}
+        self._held_by: dict[str, list[bytes]] = {}
 
     def reachable(self, info: dict | None) -> bool:
         """Whether an engine listens for direct connections this host can make (a loopback address only
@@ -70,7 +74,7 @@ class DirectLinks:
                 return ch
             d = info["direct"]  # type: ignore[index]
             try:
-                ch = bulk.connect(str(d["at"]), self.keys, self.token, str(d["id"]), CONNECT_TIMEOUT)
+                ch = bulk.connect(str(d["at"]), self.keys, self.token, str(d["id"]), CONNECT_TIMEOUT, self._serve)
             except (bulk.BulkError, OSError, ValueError) as e:
                 log.info("engine %s: %s; its large frames go through the controller", eid, e)
                 self._failed[self._key(eid, info)] = self._gave_up_until = time.monotonic() + RETRY_AFTER
@@ -173,6 +177,58 @@ class DirectLinks:
         if roots:
             fields["br"] = 1
         return out
+
+    # -- load-balanced tasks: the engine that runs one asks for its large frames --------------------------
+    def pull_ready(self, among: Any, engines: dict[int, dict]) -> bool:
+        """Whether every engine a load-balanced task may go to has a connection from here (opened now if
+        need be): only then can its large frames wait here for the engine that gets it."""
+        ids = list(engines) if among is None else list(among)
+        if not ids or time.monotonic() < self._gave_up_until:
+            return False
+        return all(self.link(eid, engines.get(eid)) is not None for eid in ids)
+
+    def hold(self, payload: Sequence[Any], idx: list[int]) -> list:
+        """`payload` with frames `idx` kept here and replaced by descriptors an engine asks for."""
+        out = list(payload)
+        with self._lock:
+            for i in idx:
+                tid = bulk.new_id()
+                self._held[tid] = payload[i]
+                out[i] = bulk.descriptor(tid)
+        return out
+
+    def held_for(self, mid: str, tids: list[bytes]) -> None:
+        with self._lock:
+            self._held_by[mid] = tids
+
+    def release(self, mid: str) -> bool:
+        """Let go of the frames task `mid` held (its result came); whether it had any."""
+        with self._lock:
+            tids = self._held_by.pop(mid, None)
+            for tid in tids or ():
+                self._held.pop(tid, None)
+        return tids is not None
+
+    def release_frames(self, payload: Sequence[Any], idx: Sequence[int]) -> None:
+        """Let go of frames held for a task that was never sent."""
+        with self._lock:
+            for i in idx:
+                try:
+                    self._held.pop(bulk.descriptor_id(payload[i]), None)
+                except bulk.BulkError:
+                    pass
+
+    def _serve(self, ch: bulk.Channel, tid: bytes) -> None:
+        """An engine asks for a held frame (in the connection's reader thread)."""
+        with self._lock:
+            frame = self._held.get(tid)
+        if frame is None:
+            ch.none(tid)
+            return
+        try:
+            ch.send(tid, frame)
+        except bulk.BulkError as e:
+            log.info("%s", e)
 
     def resolve(self, h: dict, payload: list) -> list:
         """A result's payload with its direct frames in place (waits for them to arrive)."""

@@ -327,3 +327,39 @@ def test_a_channel_failing_in_the_middle_leaves_the_others_whole(two):
     assert bulk.send_all(chans, tid, data) == [chans[1]]
     assert chans[1].closed and "Broken pipe" in chans[1].closed
     assert bytes(lsts[0].channel(token.hex()).take([tid], stall=10)[0]) == data
+
+
+def test_a_frame_asked_for_comes_from_its_holder_and_one_it_no_longer_holds_fails_clearly():
+    keys = bulk.Keys(KEY)
+    lst = bulk.Listener(keys, "127.0.0.1", "engine-3")
+    held = {}
+
+    def serve(ch, tid):
+        frame = held.get(tid)
+        ch.none(tid) if frame is None else ch.send(tid, frame)
+    token = bulk.new_id()
+    client = bulk.connect(lst.address, keys, token, "engine-3", server=serve)
+    try:
+        deadline = time.monotonic() + 5
+        while lst.channel(token.hex()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine = lst.channel(token.hex())
+        data, tid = os.urandom(2 * bulk.CHUNK + 5), bulk.new_id()
+        held[tid] = data
+        assert bytes(engine.pull([0], [bulk.descriptor(tid), b"small"], stall=10)[0]) == data
+        with pytest.raises(bulk.BulkError, match="no longer holds 1 of the message's large frames"):
+            engine.pull([0], [bulk.descriptor(bulk.new_id())], stall=10)
+        held[tid] = data  # the connection still works after a miss
+        assert bytes(engine.pull([0], [bulk.descriptor(tid)], stall=10)[0]) == data
+    finally:
+        client.close()
+        lst.close()
+
+
+def test_a_request_to_a_side_that_holds_nothing_closes_the_connection(pair):
+    client, engine, _ = pair  # this client serves nothing
+    engine.send(bulk.new_id(), b"", bulk.GET)
+    deadline = time.monotonic() + 10
+    while client.closed is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.closed is not None and "unknown kind" in client.closed

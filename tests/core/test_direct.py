@@ -98,10 +98,10 @@ def test_load_balanced_tasks_and_tasks_for_many_engines(cluster2):
     _, _, rc = cluster2
     a = np.arange(BIG // 8, dtype=np.float64)
     lview = rc.load_balanced_view()
-    ar = lview.apply_async(double, a)  # where it runs is not known when it leaves: through the controller
+    ar = lview.apply_async(double, a)  # where it runs is not known when it leaves: its engine asks for it
     assert np.array_equal(ar.get(timeout=30), a * 2)
     rec = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["header", "buffers"])[0]
-    assert "bk" not in rec["header"] and len(rec["buffers"][1]) == BIG
+    assert rec["header"]["bp"] == [1] and len(rec["buffers"][1]) == 32 and not rc._direct._held
     push = rc[:].push({"fan": a}, block=False)  # one transfer id for both engines, sent to each
     push.get(timeout=30)
     assert rc[:].apply_sync(lambda: float(fan.sum())) == [float(a.sum())] * 2  # noqa: F821

@@ -231,7 +231,7 @@ class TaskDBService:
                                   else f"can't resubmit outstanding task(s) {busy[:3]}; wait for them first")
                 reply["etype"] = "KeyError" if missing else "ValueError"
                 return self._reply(ident, reply)
-            direct = [m for m in ids if '"bk":' in (got[m]["header"] or "")]
+            direct = [m for m in ids if '"bk":' in (got[m]["header"] or "") or '"bp":' in (got[m]["header"] or "")]
             if direct:
                 reply["error"] = (f"can't resubmit task(s) {direct[:3]}: their large frames went straight from the "
                                   f"client to the engine and the controller never had them; send them again from "
