@@ -1,6 +1,7 @@
 """Helpers for the core tests: polling, process discovery, spawning ipphpc processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -188,3 +189,18 @@ class Spawner:
 
 
 ship_by_value(__name__)  # wait_for_file runs on engines
+
+
+@contextlib.contextmanager
+def cluster_without_shm(spawner: "Spawner", pdir: Path, cluster_id: str, n: int):
+    """A controller without shared memory and `n` engines (large frames then take the path they take between
+    hosts); yields a client connected once all registered."""
+    from ipphpc import Client
+
+    spawner.controller(pdir, cluster_id, "--no-shm")
+    for _ in range(n):
+        spawner.engine(pdir, cluster_id)
+    with Client(profile_dir=str(pdir), cluster_id=cluster_id) as rc:
+        rc.wait_for_engines(n, timeout=60)
+        yield rc
+

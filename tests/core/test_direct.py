@@ -9,7 +9,7 @@ import pytest
 from ipphpc import Client, bulk, serialize
 from ipphpc.client.direct import DirectLinks
 
-from .helpers import ship_by_value, wait_until
+from .helpers import cluster_without_shm, ship_by_value, wait_until
 
 ship_by_value(__name__)
 BIG = 3 * bulk.BULK_MIN
@@ -33,11 +33,7 @@ def echo(a):
 @pytest.fixture
 def cluster2(spawner, pdir):
     """A controller without shared memory and two engines; yields (spawner, pdir, client)."""
-    spawner.controller(pdir, "direct", "--no-shm")
-    for _ in range(2):
-        spawner.engine(pdir, "direct")
-    with Client(profile_dir=str(pdir), cluster_id="direct") as rc:
-        rc.wait_for_engines(2, timeout=30)
+    with cluster_without_shm(spawner, pdir, "direct", 2) as rc:
         yield spawner, pdir, rc
 
 

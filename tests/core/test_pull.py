@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ipphpc import Client, bulk
+from ipphpc import bulk
 
-from .helpers import ship_by_value
+from .helpers import cluster_without_shm, ship_by_value
 
 ship_by_value(__name__)
 BIG = 3 * bulk.BULK_MIN
@@ -21,11 +21,7 @@ def total(a):
 
 @pytest.fixture
 def cluster2(spawner, pdir):
-    spawner.controller(pdir, "pull", "--no-shm")
-    for _ in range(2):
-        spawner.engine(pdir, "pull")
-    with Client(profile_dir=str(pdir), cluster_id="pull") as rc:
-        rc.wait_for_engines(2, timeout=30)
+    with cluster_without_shm(spawner, pdir, "pull", 2) as rc:
         yield rc
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ipphpc import Client, bulk, relay
+from ipphpc import bulk, relay
 
-from .helpers import ship_by_value, wait_until
+from .helpers import cluster_without_shm, ship_by_value, wait_until
 
 ship_by_value(__name__)
 N_ENGINES = 5
@@ -32,11 +32,7 @@ def want(a):
 
 @pytest.fixture
 def cluster5(spawner, pdir):
-    spawner.controller(pdir, "relay", "--no-shm")
-    for _ in range(N_ENGINES):
-        spawner.engine(pdir, "relay")
-    with Client(profile_dir=str(pdir), cluster_id="relay") as rc:
-        rc.wait_for_engines(N_ENGINES, timeout=60)
+    with cluster_without_shm(spawner, pdir, "relay", N_ENGINES) as rc:
         yield rc
 
 
