@@ -203,6 +203,8 @@ class DirectLinks:
 
     def release(self, mid: str) -> bool:
         """Let go of the frames task `mid` held (its result came); whether it had any."""
+        if not self._held_by:  # every result asks: most clients hold nothing
+            return False
         with self._lock:
             tids = self._held_by.pop(mid, None)
             for tid in tids or ():
