@@ -194,3 +194,44 @@ def test_large_frames_go_straight_between_hosts(hosts: Hosts) -> None:
     for p in engines:
         assert hosts.stop(p) == 0
     hosts.stop(ctl)
+
+
+MANY_CLIENT = textwrap.dedent("""
+    import hashlib, json, sys
+    import numpy as np
+    import ipphpc
+    from ipphpc import paths
+    pdir = paths.profile_dir(profile_dir=sys.argv[1] + "/profile")
+    rc = ipphpc.Client(paths.connection_file(pdir, "client", "{cid}"), timeout=15)
+    rc.wait_for_engines({n}, timeout=30)
+    a = np.random.default_rng(7).random(3 * 2**20 // 8)
+    rc[:].push({{"a": a}}, block=True)
+    sent = sum(ch.sent for ch in rc._direct.links.values())
+    digest = lambda: __import__("hashlib").sha256(a.tobytes()).hexdigest()  # noqa: E731
+    got = rc[:].apply_sync(digest)
+    lb = rc.load_balanced_view().apply_async(lambda x: float(x.sum()), a)
+    total = lb.get(timeout=30)
+    rec = rc.db_query({{"msg_id": lb.msg_ids[0]}}, keys=["header", "buffers"])[0]
+    print(json.dumps({{"copies": sent / a.nbytes, "links": len(rc._direct.links),
+                      "equal": got == [hashlib.sha256(a.tobytes()).hexdigest()] * {n},
+                      "hosts": sorted({{rc.engines[e]["direct"]["at"].rpartition(":")[0] for e in rc.ids}}),
+                      "lb": [total == float(a.sum()), rec["header"].get("bp"), len(rec["buffers"][1])]}}))
+    rc.close()
+""")
+
+
+def test_an_array_for_many_engines_crosses_to_their_host_twice(hosts: Hosts) -> None:
+    """Four engines on login, the client on ctl: a push leaves ctl twice and the engines pass it on among
+    themselves; a load-balanced task's large argument crosses once, asked for by the engine that got it."""
+    ctl, _, _ = hosts.controller("c8", "--no-shm")
+    eng = hosts.ipphpc("login", "engine", "--profile-dir", str(hosts.pdir), "--cluster-id", "c8", "-n", "4",
+                       "--log-to-stderr", name="engines-login")
+    r = hosts.python("ctl", MANY_CLIENT.format(cid="c8", n=4), env=hosts.env())
+    assert r.returncode == 0, f"client failed:\n{r.stdout}\n{r.stderr}\n{hosts.output(eng)}"
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["hosts"] == ["10.201.1.2"] and out["equal"] is True
+    assert out["links"] == 4  # to the two roots for the push, then to every engine for the load-balanced task
+    assert 2.0 <= out["copies"] < 2.5  # 2 copies of the push (the routes and seals are small), not 4
+    assert out["lb"] == [True, [1], 32]
+    assert hosts.stop(eng) == 0
+    hosts.stop(ctl)
