@@ -19,7 +19,6 @@ import zmq
 import zmq.asyncio
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Configurable, LoggingConfigurable
-from zmq.devices import ThreadDevice
 
 from .. import bulk, connection, paths, relay, shm
 from ..config import read_before
@@ -31,6 +30,30 @@ from .executor import Executor
 from .lifetime import allocation, drain_time
 from .origin import engine_origin
 
+
+def _echo_pings(ctx: zmq.Context, ping_url: str, pong_url: str, ident: bytes, curve: list) -> threading.Thread:
+    """The heartbeat: every ping from the controller goes straight back, from a thread that forwards them in
+    libzmq without the GIL, so an engine busy in a long task still answers. It ends when `ctx` is terminated."""
+    sub, dealer = ctx.socket(zmq.SUB), ctx.socket(zmq.DEALER)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    dealer.setsockopt(zmq.IDENTITY, ident)
+    for opt, value in curve:
+        sub.setsockopt(opt, value)
+        dealer.setsockopt(opt, value)
+    sub.connect(ping_url)
+    dealer.connect(pong_url)
+
+    def run() -> None:
+        try:
+            zmq.proxy(sub, dealer)
+        except zmq.ZMQError:  # the context was terminated: the engine is stopping
+            pass
+        finally:
+            sub.close(0)
+            dealer.close(0)
+    thread = threading.Thread(target=run, name="ipphpc-heart", daemon=True)
+    thread.start()
+    return thread
 
 class RegistrationFailed(RuntimeError):
     pass
@@ -186,16 +209,8 @@ class Engine(LoggingConfigurable):
         for opt, value in curve:
             self.ping.setsockopt(opt, value)
         self.ping.connect(connection.url(addr, info, "hb_ping"))
-        self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
-        self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
-        self.heart.setsockopt_out(zmq.IDENTITY, self.heart_id.encode())
-        for opt, value in curve:
-            self.heart.setsockopt_in(opt, value)
-            self.heart.setsockopt_out(opt, value)
-        self.heart.connect_in(connection.url(addr, info, "hb_ping"))
-        self.heart.connect_out(connection.url(addr, info, "hb_pong"))
-        self.heart.daemon = True
-        self.heart.start()
+        self.heart = _echo_pings(ctx, connection.url(addr, info, "hb_ping"), connection.url(addr, info, "hb_pong"),
+                                 self.heart_id.encode(), curve)
         self.control = Control(ctx, self.url, self.session.member("ctl"), f"{self.heart_id}-ctl", curve)
         self.executor.control = self.control
         control_line.active = self.control
