@@ -369,6 +369,7 @@ class Client(TaskDBMixin):
     def _on_result(self, h: dict, payload: list) -> None:
         mid = h["p"]
         p = self._pending.pop(mid, None)
+        pulled = self._direct is not None and self._direct.release(mid)  # its frames waited here: let them go
         if p is None:
             if not (self._hub_waiting and self._hub_result(h, payload)):
                 if "sh" in h:
@@ -379,8 +380,8 @@ class Client(TaskDBMixin):
         value, error, meta = self._decode(h, payload, self._direct)
         if len(payload) > 2 and self._direct is not None and "bk" not in h and "sh" not in h:
             self._direct_later(h.get("eid"), payload)
-        if self._direct is not None and self._direct.release(mid) and error is not None \
-                and getattr(error, "ename", None) == "DirectTransferError" and p.resend is not None:
+        if pulled and error is not None and getattr(error, "ename", None) == "DirectTransferError" \
+                and p.resend is not None:
             # its engine could not ask this client for the large frames (no connection from here yet):
             # the task goes again with its frames, the long way
             kind, payload, target, timeout, digest, among = p.resend
