@@ -48,8 +48,9 @@ class System:
     def warmup(self) -> None:
         raise NotImplementedError
 
-    def apply_burst(self, n: int) -> list:
-        """Submit ``n`` no-op tasks one by one, then wait for all; return results."""
+    def apply_burst(self, n: int, fn=None) -> list:
+        """Submit ``n`` no-op tasks one by one (``fn``, default `workload.noop`), then wait for all; return
+        results."""
         raise NotImplementedError
 
     def map_burst(self, n: int) -> list:
@@ -203,9 +204,9 @@ class IPStyle(System):
         self.lview.map_sync(inc, range(20))
         self.rc[0].apply_sync(echo, b"x" * 1_000_000)
 
-    def apply_burst(self, n):
-        lv = self.lview
-        ars = [lv.apply_async(noop) for _ in range(n)]
+    def apply_burst(self, n, fn=None):
+        lv, fn = self.lview, fn or noop
+        ars = [lv.apply_async(fn) for _ in range(n)]
         return [ar.get() for ar in ars]
 
     def map_burst(self, n):

@@ -129,9 +129,9 @@ class Dask(System):
     def warmup(self):
         self._warmup(self.client)
 
-    def apply_burst(self, n):
-        client = self.client
-        futures = [client.submit(noop, i, pure=False) for i in range(n)]
+    def apply_burst(self, n, fn=None):
+        client, fn = self.client, fn or noop
+        futures = [client.submit(fn, i, pure=False) for i in range(n)]
         return client.gather(futures)
 
     def map_burst(self, n):
