@@ -108,6 +108,14 @@ def descriptor_id(frame: Any) -> bytes:
     return tid
 
 
+def descriptor_ids(idx: Sequence[Any], payload: Sequence[Any]) -> list[bytes]:
+    """The transfer ids the descriptors at `idx` of a message's payload name; BulkError for a bad index."""
+    for i in idx:
+        if not isinstance(i, int) or not 0 <= i < len(payload):
+            raise BulkError(f"bad direct-transfer frame index {i!r}")
+    return [descriptor_id(payload[i]) for i in idx]
+
+
 def large(payload: Sequence[Any]) -> list[int]:
     """Indices of the frames that take the direct path."""
     return [i for i, f in enumerate(payload) if memoryview(raw(f)).nbytes >= BULK_MIN]
@@ -265,20 +273,6 @@ class Channel:
                                     f"{self.name} ({quiet:.0f} s without a byte)")
                 self._cond.wait(min(1.0, stall - quiet))
 
-    def pull(self, idx: Sequence[Any], payload: Sequence[Any], stall: float = 60.0) -> list[Any]:
-        """`payload` with the descriptors at `idx` replaced by the frames they name, asked for from the other
-        side, which holds them (a load-balanced task's large arguments, sent only to the engine that runs it)."""
-        out = list(payload)
-        for i in idx:
-            if not isinstance(i, int) or not 0 <= i < len(out):
-                raise BulkError(f"bad direct-transfer frame index {i!r}")
-        tids = [descriptor_id(out[i]) for i in idx]
-        for tid in tids:
-            self.send(tid, b"", GET)
-        for i, frame in zip(idx, self.take(tids, stall)):
-            out[i] = frame
-        return out
-
     def none(self, tid: bytes) -> None:
         """Answer a request for a transfer this side does not hold."""
         try:
@@ -325,27 +319,30 @@ class Channel:
             out[i] = descriptor(tid)
         return out
 
-    def resolve(self, idx: Sequence[Any], payload: Sequence[Any], stall: float = 60.0) -> list[Any]:
-        """`payload` with the descriptors at `idx` replaced by the frames they name."""
+    def resolve(self, idx: Sequence[Any], payload: Sequence[Any], stall: float = 60.0, ask: bool = False
+                ) -> list[Any]:
+        """`payload` with the descriptors at `idx` replaced by the frames they name. `ask`: ask the other side
+        for them first, which holds them (a load-balanced task's large arguments, sent only to the engine
+        that runs it)."""
         out = list(payload)
-        for i in idx:
-            if not isinstance(i, int) or not 0 <= i < len(out):
-                raise BulkError(f"bad direct-transfer frame index {i!r}")
-        tids = [descriptor_id(out[i]) for i in idx]
+        tids = descriptor_ids(idx, out)
+        for tid in tids if ask else ():
+            self.send(tid, b"", GET)
         for i, frame in zip(idx, self.take(tids, stall)):
             out[i] = frame
         return out
 
 
 class _Tee:
-    """The channels one transfer is passed on to while it is read: their write locks are held from its header
-    to its last chunk, and a channel whose write fails is closed and left out of the rest."""
+    """The channels one transfer is written to (sent, or passed on while it is read): their write locks are
+    held from its header to its last chunk, and a channel whose write fails is closed and left out of the rest."""
 
-    def __init__(self, chans: Sequence[Channel], hdr: bytes):
-        self.held = sorted((ch for ch in chans if ch.closed is None), key=id)  # one order for every holder
+    def __init__(self, chans: Sequence[Channel], hdr: bytes, doing: str = "passing a transfer on"):
+        self.doing = doing
+        self.held = sorted(chans, key=id)  # every writer takes the locks in one order
         for ch in self.held:
             ch._wlock.acquire()
-        self.live = list(self.held)
+        self.live = [ch for ch in chans if ch.closed is None]
         if self.live:
             self.write(hdr)
 
@@ -355,7 +352,7 @@ class _Tee:
                 ch.sock.sendall(data)
                 ch.sent += len(data)
             except OSError as e:
-                ch._closed(f"passing a transfer on failed: {e}")
+                ch._closed(f"{self.doing} failed: {e}")
                 self.live.remove(ch)
 
     def abort(self) -> None:
@@ -386,43 +383,27 @@ def send_all(chans: Sequence[Channel], tid: bytes, frame: Any, kind: bytes = _DA
     Cipher, AES, GCM = _aes()
     key = AES(chans[0].keys.key(kind, tid, salt))
     out = memoryview(chans[0]._out)
-    order = sorted(chans, key=id)  # every sender takes the locks in one order
-    for ch in order:
-        ch._wlock.acquire()
+    tee = _Tee(chans, hdr, "sending")
     try:
-        live = [ch for ch in chans if ch.closed is None]
-        failed = [ch for ch in chans if ch.closed is not None]
-
-        def write(data: Any) -> None:
-            for ch in list(live):
-                try:
-                    ch.sock.sendall(data)
-                    ch.sent += len(data)
-                except OSError as e:
-                    ch._closed(f"sending failed: {e}")
-                    live.remove(ch)
-                    failed.append(ch)
-        write(hdr)
         for i, off in enumerate(range(0, max(n, 1), CHUNK)):
-            if not live:
+            if not tee.live:
                 break
             enc = Cipher(key, GCM(i.to_bytes(12, "big"))).encryptor()
             enc.authenticate_additional_data(hdr)
             w = enc.update_into(mv[off:off + CHUNK], out)
             enc.finalize()
             out[w:w + 16] = enc.tag
-            write(out[:w + 16])
-        return failed
+            tee.write(out[:w + 16])
+        return [ch for ch in chans if ch not in tee.live]
     finally:
-        for ch in order:
-            ch._wlock.release()
+        tee.release()
 
 
 def connect(address: str, keys: Keys, token: bytes, ident: str, timeout: float = 3.0,
             server: Callable[[Channel, bytes], None] | None = None) -> Channel:
     """A channel to the engine listening at `address` ("ip:port") whose id is `ident`: the hello is
     answered, sealed, by that engine or the connection is refused. Raises OSError or BulkError. `server`
-    answers the engine's requests for transfers (see `Channel.pull`)."""
+    answers the engine's requests for transfers (see `Channel.resolve` with `ask`)."""
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     ch = Channel(sock, keys, address)

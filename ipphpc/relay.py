@@ -80,7 +80,7 @@ def route_bytes(children: list[list]) -> bytes:
     """A route as sent: the children's [address, ident, children] (engine ids are the client's business)."""
     def strip(node: list) -> list:
         return [node[1], node[2], [strip(c) for c in node[3]]]
-    return json.dumps([strip(c) for c in children], separators=(",", ":")).encode()
+    return _route_of([strip(c) for c in children])
 
 
 class Relay:
@@ -175,11 +175,7 @@ class Relay:
         the connection its route came on, once that route has come. BulkError when no route comes for
         `stall` seconds (while no other route came either), or the transfer itself fails."""
         out = list(payload)
-        for i in idx:
-            if not isinstance(i, int) or not 0 <= i < len(out):
-                raise bulk.BulkError(f"bad direct-transfer frame index {i!r}")
-        for i in idx:
-            tid = bulk.descriptor_id(out[i])
+        for i, tid in zip(idx, bulk.descriptor_ids(idx, out)):
             out[i] = self._where_of(tid, stall).take([tid], stall)[0]
             with self._cond:
                 self._where.pop(tid, None)
@@ -206,7 +202,7 @@ class Relay:
             with self._cond:
                 ch = self._where.pop(tid, None)
             if ch is not None:
-                ch.drop([0], [payload[i]])
+                ch.drop([i], payload)
 
     def close(self) -> None:
         with self._linking:

@@ -42,7 +42,7 @@ class DirectLinks:
         # transfers an engine got whole on a connection that then failed, for a message sent the long way: it
         # keeps them for the next connection of this client (its messages may still need them) until told
         self._abandoned: dict[int, list[bytes]] = {}
-        # the large frames of load-balanced tasks, until their engine asks for them (`bulk.Channel.pull`): kept
+        # the large frames of load-balanced tasks, until their engine asks for them (`bulk.Channel.resolve`): kept
         # until the task's result arrives, for the engine it may be sent to again
         self._held: dict[bytes, Any] = {}
         self._held_by: dict[str, list[bytes]] = {}

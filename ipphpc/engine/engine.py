@@ -384,7 +384,7 @@ class Engine(LoggingConfigurable):
                     payload = (self._relay().resolve(h["bk"], payload) if "br" in h
                                else self._channel(h).resolve(h["bk"], payload))
                 elif "bp" in h and self._task_id(h) not in self.control.aborted:
-                    payload = self._channel(h).pull(h["bp"], payload)  # a load-balanced task's: asked for now
+                    payload = self._channel(h).resolve(h["bp"], payload, ask=True)  # a load-balanced task's
         except (AuthError, shm.SharedMemoryError, bulk.BulkError) as e:
             self.log.warning("dropped a message: %s", e)
             if t == "task":

@@ -346,11 +346,11 @@ def test_a_frame_asked_for_comes_from_its_holder_and_one_it_no_longer_holds_fail
         engine = lst.channel(token.hex())
         data, tid = os.urandom(2 * bulk.CHUNK + 5), bulk.new_id()
         held[tid] = data
-        assert bytes(engine.pull([0], [bulk.descriptor(tid), b"small"], stall=10)[0]) == data
+        assert bytes(engine.resolve([0], [bulk.descriptor(tid), b"small"], stall=10, ask=True)[0]) == data
         with pytest.raises(bulk.BulkError, match="no longer holds 1 of the message's large frames"):
-            engine.pull([0], [bulk.descriptor(bulk.new_id())], stall=10)
+            engine.resolve([0], [bulk.descriptor(bulk.new_id())], stall=10, ask=True)
         held[tid] = data  # the connection still works after a miss
-        assert bytes(engine.pull([0], [bulk.descriptor(tid)], stall=10)[0]) == data
+        assert bytes(engine.resolve([0], [bulk.descriptor(tid)], stall=10, ask=True)[0]) == data
     finally:
         client.close()
         lst.close()
