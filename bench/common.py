@@ -186,6 +186,20 @@ def reset_peak_rss(pid):
         f.write("5")
 
 
+@contextlib.contextmanager
+def peak_above(pid):
+    """Yields a dict whose "mib", once the block is done, is the most RSS `pid` held during it above what it
+    held before, in MiB (None without a pid)."""
+    out = {"mib": None}
+    if pid is None:
+        yield out
+        return
+    reset_peak_rss(pid)
+    before = rss_kib(pid)
+    yield out
+    out["mib"] = (peak_rss_kib(pid) - before) / 1024
+
+
 def rss_kib(pid):
     """VmRSS of one process in KiB (None if gone)."""
     status = _read(f"/proc/{pid}/status")

@@ -27,10 +27,9 @@ from common import (
     cmdline,
     descendants,
     median,
-    peak_rss_kib,
+    peak_above,
     percentile,
     pss_kib,
-    reset_peak_rss,
     rss_kib,
     time_limit,
     write_json,
@@ -158,25 +157,18 @@ class Runner:
         self.say(f"wide: a call on all {n} engines, median {out['median_ms']:.2f} ms")
         return out
 
-    def fig_apply(self):
+    def fig_apply(self, fn=None, name="apply"):
         n = self.p["tasks"]
         with time_limit(self.limit_burst):
             t0 = time.perf_counter()
-            results = self.sys.apply_burst(n)
+            results = self.sys.apply_burst(n, fn)
             dt = time.perf_counter() - t0
         ok = len(results) == n and all(r is None for r in results)
-        self.say(f"apply: {n} tasks in {dt:.2f} s = {n / dt:,.0f} tasks/s")
+        self.say(f"{name}: {n} tasks in {dt:.2f} s = {n / dt:,.0f} tasks/s")
         return {"tasks": n, "seconds": dt, "tasks_per_s": n / dt, "results_ok": ok}
 
     def fig_apply_main(self):
-        n = self.p["tasks"]
-        with time_limit(self.limit_burst):
-            t0 = time.perf_counter()
-            results = self.sys.apply_burst(n, notebook_noop)
-            dt = time.perf_counter() - t0
-        ok = len(results) == n and all(r is None for r in results)
-        self.say(f"apply_main: {n} tasks in {dt:.2f} s = {n / dt:,.0f} tasks/s")
-        return {"tasks": n, "seconds": dt, "tasks_per_s": n / dt, "results_ok": ok}
+        return self.fig_apply(notebook_noop, "apply_main")
 
     def fig_map(self):
         n = self.p["tasks"]
@@ -222,13 +214,9 @@ class Runner:
 
     def fig_array_balanced(self):
         with self.sys.far_balanced() as (far, pid):
-            before = None
-            if pid is not None:
-                reset_peak_rss(pid)
-                before = rss_kib(pid)
-            out = self.fig_array(far=far)
-            peak = peak_rss_kib(pid) if pid is not None else None
-        out["controller_peak_mib"] = None if peak is None else (peak - before) / 1024
+            with peak_above(pid) as peak:
+                out = self.fig_array(far=far)
+        out["controller_peak_mib"] = peak["mib"]
         return out
 
     def fig_array(self, fn=None, far=None):
@@ -267,27 +255,21 @@ class Runner:
         nbytes, n = self.p["push_bytes"], self.p["engines"]
         arr = np.random.default_rng(54321).random(nbytes // 8)
         want = tuple(checksum(arr))
-        pid = self.sys.main_controller_pid()
-        before = None
-        if pid is not None:
-            reset_peak_rss(pid)
-            before = rss_kib(pid)
-        with time_limit(self.limit_step):
+        with peak_above(self.sys.main_controller_pid()) as peak, time_limit(self.limit_step):
             t0 = time.perf_counter()
             sums = self.sys.push_all(arr)
             dt = time.perf_counter() - t0
-        peak = peak_rss_kib(pid) if pid is not None else None
         self.sys.drop_pushed()
         out = {
             "bytes": arr.nbytes,
             "engines": n,
             "seconds": dt,
             "mb_per_s_to_all": n * arr.nbytes / dt / 1e6,
-            "controller_peak_mib": None if peak is None else (peak - before) / 1024,
+            "controller_peak_mib": peak["mib"],
             "equal": [tuple(s) for s in sums] == [want] * n,
         }
         self.say(f"push: {arr.nbytes / 2**20:,.0f} MiB to {n} engines in {dt:.2f} s, controller peak "
-                 f"+{out['controller_peak_mib'] if peak is not None else float('nan'):.0f} MiB")
+                 f"+{peak['mib'] if peak['mib'] is not None else float('nan'):.0f} MiB")
         return out
 
     def fig_push_wide(self):
