@@ -92,6 +92,8 @@ def table_rows(params):
 
     return [
         ("apply", f"1. apply_async throughput, {n:,} no-op tasks", "tasks/s", "higher", get("tasks_per_s")),
+        ("apply", "1. CPU per task, every process of the system (client, controller, engines)", "us", "lower",
+         get("cpu_us_per_task")),
         ("apply_main", f"1b. apply_async throughput, {n:,} no-op tasks of __main__", "tasks/s", "higher",
          get("tasks_per_s")),
         ("map", f"2. map throughput, {n:,} items, default chunking", "tasks/s", "higher", get("tasks_per_s")),
@@ -231,6 +233,32 @@ def ppid_of(pid):
         if line.startswith("PPid:"):
             return int(line.split()[1])
     return None
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of one process so far, all its threads (None if gone)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class tree_cpu:
+    """CPU time the benchmark process and every process below it use inside the block: the client, the
+    controller or scheduler, the engines or workers (and their nannies, threads and I/O threads) alike."""
+
+    def __enter__(self):
+        me = os.getpid()
+        self.pids = [me, *descendants(me)]
+        self.before = {p: cpu_seconds(p) for p in self.pids}
+        return self
+
+    def __exit__(self, *exc):
+        after = {p: cpu_seconds(p) for p in self.pids}
+        self.seconds = sum(after[p] - self.before[p] for p in self.pids
+                           if after[p] is not None and self.before[p] is not None)
+        return False
 
 
 def cmdline(pid):

@@ -30,7 +30,7 @@ from pathlib import Path
 import zmq
 
 from ipphpc import Client, connection, paths
-from ipphpc.wire import Session
+from ipphpc.wire import Session, unwrap
 
 
 def noop():
@@ -78,11 +78,13 @@ class Crowd:
                 raise TimeoutError(f"only {len(self.eids)} of {self.n} engines registered in {timeout:g} s")
             for s, _ in poller.poll(500):
                 i = self.index[s]
-                _, h, _ = check.split(s.recv_multipart())
-                if h["t"] == "challenge":
-                    self._register(i, h["nonce"])
-                elif h["t"] == "registered":
-                    self.eids[i] = h["eid"]
+                frames = s.recv_multipart()
+                for m in unwrap(frames) or [frames]:
+                    _, h, _ = check.split(m)
+                    if h["t"] == "challenge":
+                        self._register(i, h["nonce"])
+                    elif h["t"] == "registered":
+                        self.eids[i] = h["eid"]
         return time.perf_counter() - t0
 
     def serve(self) -> None:
@@ -96,7 +98,7 @@ class Crowd:
                         frames = s.recv_multipart()
                     except zmq.Again:
                         continue
-                    if self._answer(i, s, frames):
+                    if sum([self._answer(i, s, m) for m in unwrap(frames) or [frames]]):
                         break
 
     def _answer(self, i: int, s: zmq.Socket, frames: list) -> bool:

@@ -32,6 +32,7 @@ from common import (
     pss_kib,
     rss_kib,
     time_limit,
+    tree_cpu,
     write_json,
 )
 from workload import checksum
@@ -159,13 +160,16 @@ class Runner:
 
     def fig_apply(self, fn=None, name="apply"):
         n = self.p["tasks"]
-        with time_limit(self.limit_burst):
+        with time_limit(self.limit_burst), tree_cpu() as cpu:
             t0 = time.perf_counter()
             results = self.sys.apply_burst(n, fn)
             dt = time.perf_counter() - t0
         ok = len(results) == n and all(r is None for r in results)
-        self.say(f"{name}: {n} tasks in {dt:.2f} s = {n / dt:,.0f} tasks/s")
-        return {"tasks": n, "seconds": dt, "tasks_per_s": n / dt, "results_ok": ok}
+        per_task = 1e6 * cpu.seconds / n
+        self.say(f"{name}: {n} tasks in {dt:.2f} s = {n / dt:,.0f} tasks/s, {per_task:.0f} us CPU per task over "
+                 f"{len(cpu.pids)} processes")
+        return {"tasks": n, "seconds": dt, "tasks_per_s": n / dt, "results_ok": ok, "cpu_us_per_task": per_task,
+                "cpu_processes": len(cpu.pids)}
 
     def fig_apply_main(self):
         return self.fig_apply(notebook_noop, "apply_main")

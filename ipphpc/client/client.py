@@ -34,7 +34,7 @@ from ..error import (
     TaskTimeout,
     UnknownEngine,
 )
-from ..wire import AuthError, Session, json_value, payload_digest
+from ..wire import AuthError, Session, envelope, json_value, payload_digest, unwrap
 from ..wire import raw as frame_buffer
 from ..zmqpump import Pump, recv_frames, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
@@ -136,6 +136,10 @@ class Client(TaskDBMixin):
         self._submit = self._ctx.socket(zmq.DEALER)
         self._submit.setsockopt(zmq.LINGER, 1000)
         self._submit.setsockopt(zmq.SNDHWM, 0)
+        # tasks for _submit sent while one sent before has not been followed by a turn of the I/O thread:
+        # they leave together (one envelope) when it comes, so a burst of apply_async costs few messages
+        self._outbox: list[list] = []
+        self._flush_due = False
         connection.secure(self._submit, info).connect(self.url)
         self._pending: dict[str, _Pending] = {}
         self._requests: dict[str, asyncio.Future] = {}
@@ -223,11 +227,18 @@ class Client(TaskDBMixin):
 
     def _on_frames(self, frames: list) -> None:
         try:
-            _, h, payload = self.session.split(frames)
+            msgs = unwrap(frames) or (frames,)
         except AuthError as e:
             log.warning("dropped a message from the controller: %s", e)
             return
-        self._dispatch(h, payload)
+        split = self.session.split
+        for m in msgs:
+            try:
+                _, h, payload = split(m)
+            except AuthError as e:
+                log.warning("dropped a message from the controller: %s", e)
+                continue
+            self._dispatch(h, payload)
 
     async def _keepalive(self) -> None:
         """A word a second, so the controller knows this client is there (it drops the queued tasks of
@@ -607,11 +618,37 @@ class Client(TaskDBMixin):
                 ar.msg_ids[index] = mid
                 self._note_submitted(mid, ar, index, now, target, label)
             frames = self.session.pack("task", fields, sent, seq=seq, digest=digest)
-            if track:
-                ar._trackers.append(_send_tracked(self._submit, frames))
-            else:
+            if track or any(f.__class__ is not bytes for f in frames):  # the caller's buffers: not kept waiting
+                self._flush_submit()
+                if track:
+                    ar._trackers.append(_send_tracked(self._submit, frames))
+                else:
+                    send_frames(self._submit, frames)
+            elif not self._flush_due:  # nothing sent lately: at once, and the next ones wait for the I/O thread
                 send_frames(self._submit, frames)
+                self._flush_due = True
+                try:
+                    self._loop.call_soon_threadsafe(self._flush_later)
+                except RuntimeError:  # the I/O thread has stopped (the client is closing): nothing will wait
+                    self._flush_due = False
+            else:
+                box = self._outbox
+                box.append(frames)
+                if len(box) >= 64:
+                    self._flush_submit()
         return mid
+
+    def _flush_submit(self) -> None:
+        """Send the tasks waiting in the outbox, several as one envelope (call with the lock held)."""
+        box = self._outbox
+        if box:
+            self._outbox = []
+            send_frames(self._submit, box[0] if len(box) == 1 else envelope(box))
+
+    def _flush_later(self) -> None:
+        with self._lock:
+            self._flush_submit()
+            self._flush_due = False
 
     def _send_fan(self, kind: str, payload: Sequence[Any], ar: AsyncResult, targets: list[int],
                   label: str | None = None, track: bool = False) -> list[str]:
@@ -638,6 +675,7 @@ class Client(TaskDBMixin):
                 ar.msg_ids[i] = mid
                 self._note_submitted(mid, ar, i, now, eid, label)
             frames = self.session.pack("task", fields, payload, seq=seq)
+            self._flush_submit()
             if track:
                 ar._trackers.append(_send_tracked(self._submit, frames))
             else:
@@ -724,6 +762,7 @@ class Client(TaskDBMixin):
                 with self._lock:  # sequence numbers must reach the controller in order
                     q, mid = self.session.next_id()
                     self._requests[mid] = f
+                    self._flush_submit()
                     self._submit.send_multipart(self.session.pack(msg_type, fields, seq=(q, mid)))
             return f
 
@@ -1059,6 +1098,7 @@ class Client(TaskDBMixin):
             return
         with self._lock:
             self._closed = True
+            self._flush_submit()
         if self._thread.is_alive():
             try:
                 def end() -> None:

@@ -27,9 +27,11 @@ from ..wire import (
     Session,
     beat,
     check_version,
+    envelope,
     family,
     fan_part,
     read_beat,
+    unwrap,
 )
 from ..zmqpump import Pump
 from .memtrim import Trimmer
@@ -98,6 +100,10 @@ class Hub:
         self.by_ctl: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
         self.quiet: set[bytes] = set()  # result sockets that want no registry notes
+        self.enveloping: set[bytes] = set()  # client result sockets that read envelopes (engines' all do)
+        # messages for such peers this turn of the loop, sent together at its end: (socket, ident) -> messages
+        self.outbox: dict[tuple[Any, bytes], list[list]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.client_seen: dict[bytes, float] = {}  # result socket -> when it last said anything
         self.orphans: dict[str, list] = {}  # tasks of clients whose hello has not arrived yet
         self.free: deque[EngineRecord] = deque()  # engines with room, each at most once, round robin
@@ -112,8 +118,10 @@ class Hub:
         self.limit = 2
         self.pending_notes: dict[str, Any] = {"add": {}, "rm": []}
         self.note_scheduled = False
-        # task_messages: tasks as clients sent them (one message may carry a task for many engines)
-        self.stats = {"tasks": 0, "task_messages": 0, "results": 0, "dropped": 0, "engines_died": 0}
+        # task_messages: tasks as clients sent them (one message may carry a task for many engines);
+        # envelopes_in / envelopes_out: messages that carried several, from clients / to clients and engines
+        self.stats = {"tasks": 0, "task_messages": 0, "results": 0, "dropped": 0, "engines_died": 0,
+                      "envelopes_in": 0, "envelopes_out": 0}
         self._drops = FloodLog(self.log, "messages dropped")
         self.empty_since: float | None = None  # when the last engine went (None: engines, or none ever)
         self.last_gone = ""
@@ -133,6 +141,7 @@ class Hub:
         self._stopping.set()
 
     async def serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.handlers = {"client": self._guarded(self.on_client, "client"),
                          "engine": self._guarded(self.on_engine, "engine")}
         self.pumps = {self.client_sock: Pump(self.client_sock, self.handlers["client"]),
@@ -147,6 +156,8 @@ class Hub:
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
+            self._flush_out()
+            self.loop = None
             for p in self.pumps.values():
                 p.close()
             if self.shm_prefix:
@@ -166,7 +177,29 @@ class Hub:
         self._drops.warning("dropped a message on the %s socket: %s", where, why)
 
     def _out(self, sock, frames: list) -> None:
-        self.pumps[sock].send(frames)
+        """Send a message; one for an engine's task socket or a client's result socket waits in the outbox
+        for the end of this turn of the loop, so a peer gets everything of one turn as one envelope."""
+        ident = frames[0]
+        if self.loop is None or (ident not in self.by_ident and ident not in self.enveloping):
+            self.pumps[sock].send(frames)
+            return
+        box = self.outbox
+        if not box:
+            self.loop.call_soon(self._flush_out)
+        msgs = box.get((sock, ident))
+        if msgs is None:
+            box[sock, ident] = [frames]
+        else:
+            msgs.append(frames)
+
+    def _flush_out(self) -> None:
+        box, self.outbox = self.outbox, {}
+        for (sock, ident), msgs in box.items():
+            if len(msgs) == 1:
+                self.pumps[sock].send(msgs[0])
+            else:
+                self.stats["envelopes_out"] += 1
+                self.pumps[sock].send([ident, *envelope(msgs, skip=1)])
 
     def _send(self, sock, ident: bytes, msg_type: str, fields: dict, payload=()) -> None:
         self._out(sock, [ident, *self.session.pack(msg_type, fields, payload)])
@@ -220,6 +253,20 @@ class Hub:
 
     # -- clients -------------------------------------------------------------------------------
     def on_client(self, frames) -> None:
+        """A message from a client, or an envelope of them (a burst of tasks): each is checked on its own."""
+        inner = unwrap(frames[1:]) if len(frames) > 2 else None
+        if inner is None:
+            self._client_message(frames)
+            return
+        self.stats["envelopes_in"] += 1
+        ident = frames[0]
+        for m in inner:
+            try:
+                self._client_message([ident, *m])
+            except AuthError as e:
+                self._dropped("client", str(e))
+
+    def _client_message(self, frames) -> None:
         split = self._split(frames, "client")
         if split is None:
             return
@@ -244,6 +291,7 @@ class Hub:
             return
         self.clients[h["c"]] = ident
         self.client_seen[ident] = time.monotonic()
+        self.enveloping.add(ident)
         for _, held_h, held_frames in self.orphans.pop(h["c"], []):
             self.on_task(ident, held_h, held_frames)
         self._send(self.client_sock, ident, "welcome", {
@@ -467,12 +515,14 @@ class Hub:
         elif t == "bye":
             gone = self.clients.pop(h.get("c"), b"")
             self.quiet.discard(gone)
+            self.enveloping.discard(gone)
             self.client_seen.pop(gone, None)
             c = h.get("c")
             if c == family(h["s"]):  # the client itself (not one of its channels) is leaving: with its channels
                 for ch in [k for k in self.clients if k.startswith(f"{c}/")]:
                     gone = self.clients.pop(ch)
                     self.quiet.discard(gone)
+                    self.enveloping.discard(gone)
                     self.client_seen.pop(gone, None)
                 self.fresh.forget(h["s"])
             return
@@ -764,6 +814,7 @@ class Hub:
         for ident, cid in gone.items():
             del self.clients[cid]
             self.client_seen.pop(ident, None)
+            self.enveloping.discard(ident)
         why = f"its client went away (silent for {limit:g} s; c.Controller.client_timeout)"
         dropped = 0
         for name in ("lb_queue", "timed", "picky"):

@@ -22,7 +22,7 @@ from traitlets.config import Configurable, LoggingConfigurable
 
 from .. import bulk, connection, paths, relay, shm
 from ..config import read_before
-from ..wire import AuthError, Session, json_bytes, payload_digest, read_beat
+from ..wire import AuthError, Session, json_bytes, payload_digest, read_beat, unwrap
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control
@@ -230,11 +230,14 @@ class Engine(LoggingConfigurable):
             self.control.watch_signals({signal.SIGTERM: term_why})
         self.control.start()
         self.last_heard = time.monotonic()
+        self.early: list = []  # messages that came in one envelope with the answer to the registration
         # SIGINT is the executor's: a running task's KeyboardInterrupt, else a stop
         self.executor.on_idle_interrupt = lambda: loop.call_soon_threadsafe(self.stopping.set)
         try:
             self.register()
-            self.pump = pump = Pump(self.sock, self._on_message)
+            self.pump = pump = Pump(self.sock, self._on_frames)
+            for frames in self.early:
+                self._on_message(frames)
             watch = Pump(self.monitor, self._on_monitor)
             watcher = asyncio.ensure_future(self._watch_controller())
             await self.stopping.wait()
@@ -353,22 +356,41 @@ class Engine(LoggingConfigurable):
                     f"127.0.0.1 and this engine runs on another host ({origin['host']}), start it with --ip='*'")
             frames = self.sock.recv_multipart(copy=False)
             try:
-                _, h, _ = self.session.split(frames)
+                msgs = unwrap(frames) or [frames]
             except AuthError as e:
                 self.log.warning("dropped a message while registering: %s", e)
                 continue
-            if h["t"] == "refused":
-                raise RegistrationFailed(f"the controller refused this engine: {h.get('why')}")
-            if h["t"] == "challenge":
-                self._send_register(h.get("nonce"))
-            elif h["t"] == "registered":
-                self._registered(h)
-                return
+            for i, frames in enumerate(msgs):
+                try:
+                    _, h, _ = self.session.split(frames)
+                except AuthError as e:
+                    self.log.warning("dropped a message while registering: %s", e)
+                    continue
+                if h["t"] == "refused":
+                    raise RegistrationFailed(f"the controller refused this engine: {h.get('why')}")
+                if h["t"] == "challenge":
+                    self._send_register(h.get("nonce"))
+                elif h["t"] == "registered":
+                    self._registered(h)
+                    self.early = msgs[i + 1:]  # sent with the answer (tasks already): read once serving
+                    return
 
     def _task_id(self, h: dict) -> str:
         """This engine's msg_id for a task: a message sent to many engines lists one per engine."""
         ids = h.get("ids")
         return h["id"] if ids is None else ids[h["to"].index(self.id)]
+
+    def _on_frames(self, frames: list) -> None:
+        try:
+            msgs = unwrap(frames)
+        except AuthError as e:
+            self.log.warning("dropped a message: %s", e)
+            return
+        if msgs is None:
+            self._on_message(frames)
+        else:
+            for m in msgs:
+                self._on_message(m)
 
     def _on_message(self, frames: list) -> None:
         t = None

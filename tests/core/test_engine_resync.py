@@ -12,14 +12,20 @@ import pytest
 import zmq
 
 from ipphpc import Client, EngineError, TaskAborted, paths
-from ipphpc.wire import Session
+from ipphpc.wire import Session, unwrap
+
+_unread: dict[zmq.Socket, list] = {}  # the rest of an envelope, per socket
 
 
 def _recv(sock: zmq.Socket, session: Session, want: str, timeout: float = 10.0) -> dict:
     """The next message of type `want`, skipping others; fails after `timeout` seconds."""
+    unread = _unread.setdefault(sock, [])
     while True:
-        assert sock.poll(timeout * 1000), f"no {want!r} from the controller within {timeout:g} s"
-        _, h, _ = session.split(sock.recv_multipart())
+        if not unread:
+            assert sock.poll(timeout * 1000), f"no {want!r} from the controller within {timeout:g} s"
+            frames = sock.recv_multipart()
+            unread += unwrap(frames) or [frames]
+        _, h, _ = session.split(unread.pop(0))
         if h["t"] == want:
             return h
 

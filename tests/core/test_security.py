@@ -42,14 +42,18 @@ class RawPeer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(url)
         self.session = Session(key)
+        self.unread: list[list] = []  # the rest of an envelope
 
     def send(self, frames: list) -> None:
         self.sock.send_multipart(frames)
 
     def recv(self, timeout: float = 10.0) -> tuple[dict, list] | None:
-        if not self.sock.poll(timeout * 1000):
-            return None
-        _, h, payload = self.session.split(self.sock.recv_multipart())
+        if not self.unread:
+            if not self.sock.poll(timeout * 1000):
+                return None
+            frames = self.sock.recv_multipart()
+            self.unread = wire.unwrap(frames) or [frames]
+        _, h, payload = self.session.split(self.unread.pop(0))
         return h, payload
 
     def recv_reply_to(self, msg_id: str, timeout: float = 10.0) -> tuple[dict, list]:

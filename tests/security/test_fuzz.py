@@ -137,12 +137,17 @@ class Recorder:
                     name = names[sock]
                     ident, body = frames[0], frames[1:]
                     try:
-                        _, h, _ = self.session.split(body)
-                    except AuthError:  # a heartbeat echo, when heartbeats are not wire messages
-                        self.records[name].append((f"{name}:raw", body))
-                        continue
-                    self.records[name].append((f"{name}:{h['t']}", body))
-                    self._answer(name, ident, h)
+                        messages = wire.unwrap(body) or [body]  # a client sends a burst as one envelope
+                    except AuthError:
+                        messages = [body]
+                    for body in messages:
+                        try:
+                            _, h, _ = self.session.split(body)
+                        except AuthError:  # a heartbeat echo, when heartbeats are not wire messages
+                            self.records[name].append((f"{name}:raw", body))
+                            continue
+                        self.records[name].append((f"{name}:{h['t']}", body))
+                        self._answer(name, ident, h)
         except zmq.ZMQError as e:
             self.errors.append(f"recorder stopped: {e}")
 
