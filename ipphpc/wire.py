@@ -115,7 +115,7 @@ def unwrap(frames: list[Any]) -> list[list[Any]] | None:
             raise AuthError("malformed envelope")
         out.append(frames[at:at + n])
         at += n
-    if at != len(frames):
+    if at != len(frames) or not out:
         raise AuthError("malformed envelope")
     return out
 

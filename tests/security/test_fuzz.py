@@ -4,7 +4,7 @@ The corpus is made of real frames: a real `Client` and a real engine are pointed
 itself, which record everything they send (signed with a capture key that is not the fuzzed controller's:
 the attacker knows the protocol to the byte, not the key). Among them are tasks whose function, if it ever
 ran, would leave a marker file behind. A seeded `random.Random` then mutates those frames (bit flips,
-truncation, extra, missing and empty frames, duplicated delimiters, garbage JSON headers, headers signed
+truncation, extra, missing and empty frames, envelopes, duplicated delimiters, garbage JSON headers, headers signed
 with a wrong key, valid JSON with wrongly typed fields, routing prefixes, many and large frames) and
 DEALER sockets send them to the client, engine and hb_pong ports of a controller that serves one real
 engine and one real `Client`; XSUB sockets send garbage subscriptions to hb_ping (a PUB socket reads
@@ -295,7 +295,7 @@ class Mutator:
         self.ops = [(self.bitflip, 6), (self.truncate, 3), (self.extra_frame, 3), (self.drop_frame, 2),
                     (self.empty_frame, 2), (self.dup_delimiter, 2), (self.garbage_header, 3),
                     (self.wrong_key, 5), (self.wrong_types, 5), (self.bad_signature, 3), (self.routing_prefix, 2),
-                    (self.many_frames, 0.3), (self.large_frame, 0.05)]
+                    (self.many_frames, 0.3), (self.large_frame, 0.05), (self.envelope, 2)]
         self.op_weights = [w for _, w in self.ops]
 
     def message(self, port: str) -> tuple[str, list[bytes]]:
@@ -339,6 +339,15 @@ class Mutator:
         if len(frames) > 1:
             del frames[self.rng.randrange(len(frames))]
         return frames
+
+    def envelope(self, frames: list[bytes]) -> list[bytes]:
+        """The message in an envelope (clients send bursts so): counts that hold it whole, or counts that
+        cannot be right (more frames than there are, an empty message, bytes that are not whole counts)."""
+        rng, n = self.rng, len(frames)
+        counts = rng.choice([n.to_bytes(4, "little"), (n + rng.randrange(1, 5)).to_bytes(4, "little"),
+                             (0).to_bytes(4, "little") + n.to_bytes(4, "little"),
+                             rng.randbytes(rng.choice((1, 2, 3, 5, 7))), b""])
+        return [wire.ENVELOPE + counts, *frames]
 
     def empty_frame(self, frames: list[bytes]) -> list[bytes]:
         i = self.rng.randrange(len(frames) + 1)
