@@ -533,6 +533,18 @@ class Hub:
 
     # -- engines -------------------------------------------------------------------------------
     def on_engine(self, frames) -> None:
+        inner = unwrap(frames[1:]) if len(frames) > 2 else None
+        if inner is None:
+            self._engine_message(frames)
+            return
+        ident = frames[0]
+        for m in inner:
+            try:
+                self._engine_message([ident, *m])
+            except AuthError as e:
+                self._dropped("engine", str(e))
+
+    def _engine_message(self, frames) -> None:
         split = self._split(frames, "engine")
         if split is None:
             return

@@ -27,6 +27,7 @@ from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control
 from .executor import Executor
+from .holding import ResultHold, packed
 from .lifetime import allocation, drain_time
 from .origin import engine_origin
 
@@ -230,6 +231,9 @@ class Engine(LoggingConfigurable):
             self.control.watch_signals({signal.SIGTERM: term_why})
         self.control.start()
         self.last_heard = time.monotonic()
+        # results of the tasks of one envelope, sent together (the thread writes on self.sock only while
+        # the main thread is inside a task)
+        self.hold = ResultHold(lambda frames: send_frames(self.sock, frames))
         self.early: list = []  # messages that came in one envelope with the answer to the registration
         # SIGINT is the executor's: a running task's KeyboardInterrupt, else a stop
         self.executor.on_idle_interrupt = lambda: loop.call_soon_threadsafe(self.stopping.set)
@@ -247,6 +251,7 @@ class Engine(LoggingConfigurable):
             pump.close()
             watch.close()
         finally:
+            self.hold.close()
             self.sock.disable_monitor()
             self.monitor.close(0)
             self.control.stop()
@@ -272,9 +277,20 @@ class Engine(LoggingConfigurable):
     def _send(self, msg_type: str, fields: dict, payload=()) -> None:
         frames = self.session.pack(msg_type, fields, payload)
         if self.pump is not None:
+            if self.hold.active:  # after the results held so far: the controller reads them in the order made
+                held = self.hold.take()
+                if held:
+                    self.pump.send(packed(held))
             self.pump.send(frames)
         else:
             send_frames(self.sock, frames)
+
+    def _result(self, fields: dict, payload=()) -> None:
+        frames = self.session.pack("result", fields, payload)
+        if self.hold.active:
+            self.hold.add(frames)
+        else:
+            self.pump.send(frames)
 
     def _send_register(self, nonce: str | None = None) -> None:
         fields = {"info": self.origin, "hb": self.heart_id, "ctl": f"{self.heart_id}-ctl"}
@@ -388,9 +404,17 @@ class Engine(LoggingConfigurable):
             return
         if msgs is None:
             self._on_message(frames)
-        else:
+            return
+        hold = self.hold
+        hold.active = True  # the tasks of one turn of the controller: their results leave together
+        try:
             for m in msgs:
                 self._on_message(m)
+        finally:
+            hold.active = False
+            held = hold.take()
+            if held:
+                self.pump.send(packed(held))
 
     def _on_message(self, frames: list) -> None:
         t = None
@@ -414,9 +438,7 @@ class Engine(LoggingConfigurable):
                 ename = {AuthError: "PayloadError", bulk.BulkError: "DirectTransferError"}.get(type(e),
                                                                                               "SharedMemoryError")
                 meta = {"engine_id": self.id, "error": {"ename": ename, "evalue": str(e), "tb": ""}}
-                self.pump.send(self.session.pack("result", {"p": self._task_id(h), "ok": False, "eid": self.id,
-                                                            "dur": 0.0},
-                                                 [json_bytes(meta)]))
+                self._result({"p": self._task_id(h), "ok": False, "eid": self.id, "dur": 0.0}, [json_bytes(meta)])
             return
         self.last_heard = time.monotonic()
         if t == "task":
@@ -425,16 +447,26 @@ class Engine(LoggingConfigurable):
                 self.control.aborted.pop(mid, None)
                 if "bk" in h:  # its frames were sent straight here: nobody will claim them now
                     self._drop_direct(h, payload)
-                self.pump.send(self.session.pack("result", {"p": mid, "ok": False, "eid": self.id, "dur": 0.0, "err": {
+                self._result({"p": mid, "ok": False, "eid": self.id, "dur": 0.0, "err": {
                     "ename": "TaskAborted", "evalue": f"task {mid} was aborted before it started on engine {self.id}",
-                    "tb": ""}}))
+                    "tb": ""}})
                 self.done.append(mid)
                 return
             self.last_task = mid
-            ok, value, meta = self.executor.run(h["k"], payload, mid)
+            hold = self.hold
+            if hold.active:
+                due = hold.enter()
+                if due:
+                    self.pump.send(packed(due))
+                try:
+                    ok, value, meta = self.executor.run(h["k"], payload, mid)
+                finally:
+                    hold.leave()
+            else:
+                ok, value, meta = self.executor.run(h["k"], payload, mid)
             if self.control.data:  # what the task published and the control line has not sent: before the result
                 for pmid, frames in self.control.take_data():
-                    self.pump.send(self.session.pack("data", {"p": pmid}, frames))
+                    self._send("data", {"p": pmid}, frames)
             meta["engine_id"] = self.id
             started, completed = meta["started"], meta["completed"]
             fields = {"p": mid, "ok": ok, "eid": self.id, "dur": completed - started, "st": started, "cp": completed}
@@ -449,7 +481,7 @@ class Engine(LoggingConfigurable):
             body = [json_bytes(meta), *value]
             if value:  # the controller records the metadata frame alone: it checks that without hashing the rest
                 fields["dm"] = payload_digest(body[:1])
-            self.pump.send(self.session.pack("result", fields, body))
+            self._result(fields, body)
             self.done.append(mid)
         elif t == "sync":
             # read after every task sent before it: the controller learns which of its tasks never came,
