@@ -119,7 +119,7 @@ class Hub:
         self.pending_notes: dict[str, Any] = {"add": {}, "rm": []}
         self.note_scheduled = False
         # task_messages: tasks as clients sent them (one message may carry a task for many engines);
-        # envelopes_in / envelopes_out: messages that carried several, from clients / to clients and engines
+        # envelopes_in / envelopes_out: messages that carried several, received / sent
         self.stats = {"tasks": 0, "task_messages": 0, "results": 0, "dropped": 0, "engines_died": 0,
                       "envelopes_in": 0, "envelopes_out": 0}
         self._drops = FloodLog(self.log, "messages dropped")
@@ -252,19 +252,23 @@ class Hub:
                                  f"restart)")
 
     # -- clients -------------------------------------------------------------------------------
-    def on_client(self, frames) -> None:
-        """A message from a client, or an envelope of them (a burst of tasks): each is checked on its own."""
+    def _each(self, frames, handle, where: str) -> None:
+        """A message, or an envelope of them (a client's burst of tasks, an engine's results): each is
+        checked, handled and, if need be, dropped on its own."""
         inner = unwrap(frames[1:]) if len(frames) > 2 else None
         if inner is None:
-            self._client_message(frames)
+            handle(frames)
             return
         self.stats["envelopes_in"] += 1
         ident = frames[0]
         for m in inner:
             try:
-                self._client_message([ident, *m])
+                handle([ident, *m])
             except AuthError as e:
-                self._dropped("client", str(e))
+                self._dropped(where, str(e))
+
+    def on_client(self, frames) -> None:
+        self._each(frames, self._client_message, "client")
 
     def _client_message(self, frames) -> None:
         split = self._split(frames, "client")
@@ -533,16 +537,7 @@ class Hub:
 
     # -- engines -------------------------------------------------------------------------------
     def on_engine(self, frames) -> None:
-        inner = unwrap(frames[1:]) if len(frames) > 2 else None
-        if inner is None:
-            self._engine_message(frames)
-            return
-        ident = frames[0]
-        for m in inner:
-            try:
-                self._engine_message([ident, *m])
-            except AuthError as e:
-                self._dropped("engine", str(e))
+        self._each(frames, self._engine_message, "engine")
 
     def _engine_message(self, frames) -> None:
         split = self._split(frames, "engine")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ipphpc import Client, wire
 from ipphpc.engine.holding import ResultHold
 
-from .helpers import ship_by_value, wait_until
+from .helpers import ship_by_value, wait_for_file, wait_until
 
 ship_by_value(__name__)
 
@@ -80,15 +80,6 @@ def _quick(i: int) -> int:
     return i
 
 
-def _until_file(path: str, limit: float = 60.0) -> str:
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return "gave up"
-        time.sleep(0.01)
-    return "released"
-
-
 def test_results_of_short_tasks_do_not_wait_for_a_long_task_of_the_same_run(spawner, pdir, tmp_path: Path):
     """Short tasks and a long one reach the engine in one envelope (queued while the controller was
     stopped); the short ones' results reach the client while the long one still runs."""
@@ -102,7 +93,7 @@ def test_results_of_short_tasks_do_not_wait_for_a_long_task_of_the_same_run(spaw
         os.kill(ctl.pid, signal.SIGSTOP)
         try:
             short = [view.apply_async(_quick, i) for i in range(8)]
-            long = view.apply_async(_until_file, str(gate))
+            long = view.apply_async(wait_for_file, str(gate), 60)
             time.sleep(0.3)  # all of them at the controller when it wakes
         finally:
             os.kill(ctl.pid, signal.SIGCONT)
