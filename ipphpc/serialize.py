@@ -157,10 +157,20 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     t = type(obj)
     if t in _SCALARS:
         return True
-    if t is tuple or t is list:
-        return depth < 3 and len(obj) <= 16 and all(_plain(x, depth + 1) for x in obj)
+    if t is tuple or t is list:  # loops, not all() over a generator: this runs for every task sent
+        if depth >= 3 or len(obj) > 16:
+            return False
+        for x in obj:
+            if type(x) not in _SCALARS and not _plain(x, depth + 1):
+                return False
+        return True
     if t is dict:
-        return depth < 3 and len(obj) <= 16 and all(type(k) is str and _plain(v, depth + 1) for k, v in obj.items())
+        if depth >= 3 or len(obj) > 16:
+            return False
+        for k, v in obj.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not _plain(v, depth + 1)):
+                return False
+        return True
     if t is types.FunctionType:
         return _by_name is not None and _by_name(obj)
     if t is types.BuiltinFunctionType:

@@ -73,6 +73,8 @@ def export(frames: Sequence[Any], pfx: str, mapped: list | None = None) -> tuple
     out = list(frames)
     idx: list[int] = []
     for i, f in enumerate(out):
+        if f.__class__ is bytes and len(f) < SHM_MIN:  # most frames of most messages
+            continue
         mv = f if isinstance(f, memoryview) else memoryview(raw(f))
         if mv.nbytes < SHM_MIN:
             continue
