@@ -245,12 +245,15 @@ def cpu_seconds(pid):
 
 
 class tree_cpu:
-    """CPU time the benchmark process and every process below it use inside the block: the client, the
-    controller or scheduler, the engines or workers (and their nannies, threads and I/O threads) alike."""
+    """CPU time the benchmark process and every process of its system use inside the block: the client, the
+    controller or scheduler, the engines or workers (and their nannies, threads and I/O threads) alike. The
+    processes below it, and those that carry its system's tag in their environment (Parsl's worker pool is
+    started detached)."""
 
     def __enter__(self):
         me = os.getpid()
-        self.pids = [me, *descendants(me)]
+        tag = os.environ.get(TAG_VAR)
+        self.pids = sorted({me, *descendants(me), *(tagged_pids(tag) if tag else ())})
         self.before = {p: cpu_seconds(p) for p in self.pids}
         return self
 

@@ -278,12 +278,15 @@ class Engine(LoggingConfigurable):
         frames = self.session.pack(msg_type, fields, payload)
         if self.pump is not None:
             if self.hold.active:  # after the results held so far: the controller reads them in the order made
-                held = self.hold.take()
-                if held:
-                    self.pump.send(packed(held))
+                self._send_held()
             self.pump.send(frames)
         else:
             send_frames(self.sock, frames)
+
+    def _send_held(self) -> None:
+        held = self.hold.take()
+        if held:
+            self.pump.send(packed(held))
 
     def _result(self, fields: dict, payload=()) -> None:
         frames = self.session.pack("result", fields, payload)
@@ -412,9 +415,7 @@ class Engine(LoggingConfigurable):
                 self._on_message(m)
         finally:
             hold.active = False
-            held = hold.take()
-            if held:
-                self.pump.send(packed(held))
+            self._send_held()
 
     def _on_message(self, frames: list) -> None:
         t = None
@@ -426,6 +427,8 @@ class Engine(LoggingConfigurable):
                 Session.check_payload(h, payload)
                 if "sh" in h:
                     payload = shm.resolve(h, payload, mapped=mapped)
+                if ("bk" in h or "bp" in h) and self.hold.active:
+                    self._send_held()  # its frames may take a while to come: the results before it go now
                 if "bk" in h and self._task_id(h) not in self.control.aborted:
                     payload = (self._relay().resolve(h["bk"], payload) if "br" in h
                                else self._channel(h).resolve(h["bk"], payload))
