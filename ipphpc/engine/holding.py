@@ -41,8 +41,8 @@ class ResultHold:
         self._since = 0.0  # when the oldest held result was added
         self._in_task = False
         self._closed = False
-        self._thread = threading.Thread(target=self._watch, name="ipphpc-result-hold", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started with the first result held: an engine that
+        # never gets an envelope (an idle one, one of long tasks) does without it
 
     def add(self, frames: list[Any]) -> None:
         with self._cond:
@@ -50,6 +50,9 @@ class ResultHold:
             if len(self._held) == 1:
                 self._since = time.monotonic()
                 self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="ipphpc-result-hold", daemon=True)
+                self._thread.start()
 
     def take(self) -> list[list[Any]]:
         """Every held result, for the main thread to send (between tasks)."""
@@ -76,7 +79,8 @@ class ResultHold:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(2)
+        if self._thread is not None:
+            self._thread.join(2)
 
     def _watch(self) -> None:
         cond = self._cond
