@@ -570,6 +570,11 @@ class Client(TaskDBMixin):
                 self._channels.add(channel)
         return channel.call(kind, payload, target)
 
+    def _quiet(self) -> bool:
+        """No task of this client is on its way or unanswered: a synchronous call may take a connection of
+        its own (it could pass one sent before it on the submit connection, and run first on its engine)."""
+        return not self._pending and not self._outbox
+
     # -- sending ---------------------------------------------------------------------------------
     def _send_task(self, kind: str, payload: Sequence[Any], ar: AsyncResult, index: int, target: int | None = None,
                    timeout: float | None = None, retries: int = 0, digest: str | None = None,

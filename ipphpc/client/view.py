@@ -162,7 +162,7 @@ class View:
 
     def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
         target = self._sync_target()
-        if target is not _NOT_ONE:  # one task: its result comes back to this thread directly
+        if target is not _NOT_ONE and self.client._quiet():  # one task: its result comes to this thread directly
             return self.client._call_sync("apply", serialize.dumps((f, args, kwargs)), target)
         return self._apply(f, args, kwargs).get()
 

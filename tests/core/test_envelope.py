@@ -13,8 +13,10 @@ import zmq
 from ipphpc import connection, serialize, wire
 from ipphpc.wire import AuthError, Session, new_key
 
-from .helpers import wait_until
+from .helpers import ship_by_value, wait_until
 from .test_security import RawPeer, _hello, _register, _task
+
+ship_by_value(__name__)
 
 
 def _inc(x: int) -> int:
@@ -155,3 +157,25 @@ def test_a_burst_of_apply_async_leaves_in_envelopes_and_in_order(rc):
     after = rc.controller_status()["stats"]
     assert after["envelopes_in"] > before["envelopes_in"]
     assert after["task_messages"] - before["task_messages"] == 300
+
+
+def _append_to_order(i: int) -> None:
+    order.append(i)  # noqa: F821 - a name of the engine's namespace
+
+
+def _order_so_far() -> list:
+    return list(order)  # noqa: F821
+
+
+def test_a_synchronous_call_comes_after_the_tasks_sent_before_it(rc):
+    """A burst of apply_async to one engine and then apply_sync there: the engine runs them in the order
+    sent, though the burst's tail waited in the client to leave as an envelope and the synchronous call
+    travels on a connection of its own."""
+    view = rc[rc.ids[0]]
+    view.execute("order = []", block=True)
+    for _round in range(3):
+        view.execute("order.clear()", block=True)
+        ars = [view.apply_async(_append_to_order, i) for i in range(200)]
+        assert view.apply_sync(_order_so_far) == list(range(200))
+        for a in ars:
+            a.get(timeout=30)
