@@ -46,10 +46,15 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
 
 
 class Pump:
-    def __init__(self, sock: zmq.Socket, handler: Callable[[list], Any], batch: int = 256):
+    """`handler(frames)` for every message, and `after()` (if given) once the messages there were are read:
+    what the handler queued to send can leave then, in the same turn of the loop."""
+
+    def __init__(self, sock: zmq.Socket, handler: Callable[[list], Any], batch: int = 256,
+                 after: Callable[[], Any] | None = None):
         self.sock = sock
         self.handler = handler
         self.batch = batch
+        self.after = after
         self.loop = asyncio.get_running_loop()
         self._scheduled = False
         self._fd = sock.getsockopt(zmq.FD)
@@ -64,15 +69,19 @@ class Pump:
     def _drain(self) -> None:
         self._scheduled = False
         sock, handler = self.sock, self.handler
-        for _ in range(self.batch):
-            if not sock.getsockopt(_EVENTS) & _POLLIN:
-                return
-            frames = recv_frames(sock, _NOBLOCK)
-            try:
-                handler(frames)
-            except Exception:
-                log.exception("error handling a message")
-        self.kick()  # more may be queued: let other sockets and timers run first
+        try:
+            for _ in range(self.batch):
+                if not sock.getsockopt(_EVENTS) & _POLLIN:
+                    return
+                frames = recv_frames(sock, _NOBLOCK)
+                try:
+                    handler(frames)
+                except Exception:
+                    log.exception("error handling a message")
+            self.kick()  # more may be queued: let other sockets and timers run first
+        finally:
+            if self.after is not None:
+                self.after()
 
     def send(self, frames: list) -> None:
         sock = self.sock

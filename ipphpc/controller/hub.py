@@ -144,8 +144,10 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         self.handlers = {"client": self._guarded(self.on_client, "client"),
                          "engine": self._guarded(self.on_engine, "engine")}
-        self.pumps = {self.client_sock: Pump(self.client_sock, self.handlers["client"]),
-                      self.engine_sock: Pump(self.engine_sock, self.handlers["engine"])}
+        # what a drain of either socket queued for a peer leaves as the drain ends (and what a timer queued,
+        # at the end of that turn of the loop)
+        self.pumps = {self.client_sock: Pump(self.client_sock, self.handlers["client"], after=self._flush_out),
+                      self.engine_sock: Pump(self.engine_sock, self.handlers["engine"], after=self._flush_out)}
         beat = asyncio.ensure_future(self._heartbeat())
         try:
             await self._stopping.wait()
@@ -193,6 +195,8 @@ class Hub:
             msgs.append(frames)
 
     def _flush_out(self) -> None:
+        if not self.outbox:
+            return
         box, self.outbox = self.outbox, {}
         for (sock, ident), msgs in box.items():
             if len(msgs) == 1:

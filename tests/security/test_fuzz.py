@@ -166,10 +166,10 @@ class Recorder:
                 self.clients[h["c"]] = ident
                 self._send(name, ident, "welcome", {"p": h["id"], "cluster_id": "capture",
                                                     "engines": {"0": {"host": "capture", "pid": 0}}})
-            elif t == "task":
-                if h.get("sync"):  # a synchronous call waits for this on its own socket
-                    self._send(name, ident, "result", {"p": h["id"], "ok": False, "eid": 0, "err": {
-                        "ename": "EngineError", "evalue": "recorded, not run", "tb": ""}})
+            elif t == "task":  # a synchronous call waits on its own socket; other results go to the result socket
+                to = ident if h.get("sync") else self.clients.get(h.get("c"), ident)
+                self._send(name, to, "result", {"p": h["id"], "ok": False, "eid": 0, "err": {
+                    "ename": "EngineError", "evalue": "recorded, not run", "tb": ""}})
             elif t not in ("ka", "bye"):
                 self._send(name, self.clients.get(h.get("c"), ident), "reply",
                            {"p": h["id"], "status": {"unassigned": 0}, "reached": [], "dropped": []})
@@ -196,6 +196,8 @@ def capture_client(rec: Recorder, tmp: Path, marker: Path) -> None:
         cap.load_balanced_view().apply_async(_touch_marker, str(marker))
         cap[0].execute(f"open({str(marker)!r}, 'a').write('executed\\n')", block=False)
         cap[0].push({"fuzz": 1}, block=False)
+        # answered (as failed): a synchronous call takes a socket of its own only when none is outstanding
+        assert cap.wait(timeout=10), "the recorder did not answer the capture client's tasks"
         # a synchronous call, on a socket of its own; it waits without bound, so in a thread given 10 s
         answered = threading.Event()
 
