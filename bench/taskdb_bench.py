@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
+from common import cpu_seconds  # noqa: E402
 from workload import inc, noop  # noqa: E402
 
 IPPHPC = ("none", "dict", "sqlite", "hdf5")
@@ -40,18 +41,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process so far (NaN without a pid)."""
-    if pid is None:
-        return float("nan")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def controller_cpu(pid: int | None) -> float:
+    """User + system CPU time of the controller so far (NaN without a pid)."""
+    return float("nan") if pid is None else cpu_seconds(pid)
 
 
 def timed(lv, n: int, ctl_pid: int | None = None) -> dict:
     """Both throughputs, and the controller's CPU per task over both (a figure the machine's other load
     moves far less than a rate: it shows what recording costs the controller)."""
-    c0 = cpu_seconds(ctl_pid)
+    c0 = controller_cpu(ctl_pid)
     t0 = time.perf_counter()
     ars = [lv.apply_async(noop) for _ in range(n)]
     for ar in ars:
@@ -62,7 +60,7 @@ def timed(lv, n: int, ctl_pid: int | None = None) -> dict:
     mapped = n / (time.perf_counter() - t0)
     assert list(out) == list(range(1, n + 1))
     time.sleep(0.5)  # the writer finishes its last batch: its work counts too
-    return {"apply": apply, "map": mapped, "cpu_us": 1e6 * (cpu_seconds(ctl_pid) - c0) / (2 * n)}
+    return {"apply": apply, "map": mapped, "cpu_us": 1e6 * (controller_cpu(ctl_pid) - c0) / (2 * n)}
 
 
 class IpphpcSide:

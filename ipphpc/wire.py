@@ -99,6 +99,11 @@ def envelope(messages: Sequence[Sequence[Any]], skip: int = 0) -> list[Any]:
     return out
 
 
+def one_message(messages: Sequence[list[Any]]) -> list[Any]:
+    """The message to send for several: the only one as it is, or an envelope of them."""
+    return messages[0] if len(messages) == 1 else envelope(messages)
+
+
 def unwrap(frames: list[Any]) -> list[list[Any]] | None:
     """The messages of an envelope (a peer's reader that sees `frames` first), or None for one message.
     Raises AuthError for an envelope whose counts do not add up."""

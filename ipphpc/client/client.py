@@ -34,7 +34,7 @@ from ..error import (
     TaskTimeout,
     UnknownEngine,
 )
-from ..wire import AuthError, Session, envelope, json_value, payload_digest, unwrap
+from ..wire import AuthError, Session, json_value, one_message, payload_digest, unwrap
 from ..wire import raw as frame_buffer
 from ..zmqpump import Pump, recv_frames, send_frames
 from .asyncresult import AsyncHubResult, AsyncResult, Metadata, build_metadata
@@ -624,11 +624,7 @@ class Client(TaskDBMixin):
                 self._note_submitted(mid, ar, index, now, target, label)
             frames = self.session.pack("task", fields, sent, seq=seq, digest=digest)
             if track or any(f.__class__ is not bytes for f in frames):  # the caller's buffers: not kept waiting
-                self._flush_submit()
-                if track:
-                    ar._trackers.append(_send_tracked(self._submit, frames))
-                else:
-                    send_frames(self._submit, frames)
+                self._submit_now(frames, ar, track)
             elif not self._flush_due:  # nothing sent lately: at once, and the next ones wait for the I/O thread
                 send_frames(self._submit, frames)
                 self._flush_due = True
@@ -648,7 +644,16 @@ class Client(TaskDBMixin):
         box = self._outbox
         if box:
             self._outbox = []
-            send_frames(self._submit, box[0] if len(box) == 1 else envelope(box))
+            send_frames(self._submit, one_message(box))
+
+    def _submit_now(self, frames: list, ar: AsyncResult, track: bool) -> None:
+        """Send a task behind those waiting in the outbox (call with the lock held); `track`: its buffers
+        are the caller's until `ar.wait_for_send()`."""
+        self._flush_submit()
+        if track:
+            ar._trackers.append(_send_tracked(self._submit, frames))
+        else:
+            send_frames(self._submit, frames)
 
     def _flush_later(self) -> None:
         with self._lock:
@@ -679,12 +684,7 @@ class Client(TaskDBMixin):
                 self._pending[mid] = _Pending(ar, i, now, eid)
                 ar.msg_ids[i] = mid
                 self._note_submitted(mid, ar, i, now, eid, label)
-            frames = self.session.pack("task", fields, payload, seq=seq)
-            self._flush_submit()
-            if track:
-                ar._trackers.append(_send_tracked(self._submit, frames))
-            else:
-                send_frames(self._submit, frames)
+            self._submit_now(self.session.pack("task", fields, payload, seq=seq), ar, track)
         return mids
 
     def _check_open(self, fields: dict, sent: Sequence[Any]) -> None:

@@ -100,11 +100,11 @@ class Hub:
         self.by_ctl: dict[bytes, EngineRecord] = {}
         self.clients: dict[str, bytes] = {}  # client id -> result socket ident
         self.quiet: set[bytes] = set()  # result sockets that want no registry notes
-        self.enveloping: set[bytes] = set()  # client result sockets that read envelopes (engines' all do)
         # messages for such peers this turn of the loop, sent together at its end: (socket, ident) -> messages
         self.outbox: dict[tuple[Any, bytes], list[list]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.client_seen: dict[bytes, float] = {}  # result socket -> when it last said anything
+        # result socket -> when it last said anything (a client's own, not a channel's: they read envelopes)
+        self.client_seen: dict[bytes, float] = {}
         self.orphans: dict[str, list] = {}  # tasks of clients whose hello has not arrived yet
         self.free: deque[EngineRecord] = deque()  # engines with room, each at most once, round robin
         self.lb_queue: deque[QueuedTask] = deque()
@@ -182,7 +182,7 @@ class Hub:
         """Send a message; one for an engine's task socket or a client's result socket waits in the outbox
         for the end of this turn of the loop, so a peer gets everything of one turn as one envelope."""
         ident = frames[0]
-        if self.loop is None or (ident not in self.by_ident and ident not in self.enveloping):
+        if self.loop is None or (ident not in self.by_ident and ident not in self.client_seen):
             self.pumps[sock].send(frames)
             return
         box = self.outbox
@@ -299,7 +299,6 @@ class Hub:
             return
         self.clients[h["c"]] = ident
         self.client_seen[ident] = time.monotonic()
-        self.enveloping.add(ident)
         for _, held_h, held_frames in self.orphans.pop(h["c"], []):
             self.on_task(ident, held_h, held_frames)
         self._send(self.client_sock, ident, "welcome", {
@@ -523,14 +522,12 @@ class Hub:
         elif t == "bye":
             gone = self.clients.pop(h.get("c"), b"")
             self.quiet.discard(gone)
-            self.enveloping.discard(gone)
             self.client_seen.pop(gone, None)
             c = h.get("c")
             if c == family(h["s"]):  # the client itself (not one of its channels) is leaving: with its channels
                 for ch in [k for k in self.clients if k.startswith(f"{c}/")]:
                     gone = self.clients.pop(ch)
                     self.quiet.discard(gone)
-                    self.enveloping.discard(gone)
                     self.client_seen.pop(gone, None)
                 self.fresh.forget(h["s"])
             return
@@ -825,7 +822,6 @@ class Hub:
         for ident, cid in gone.items():
             del self.clients[cid]
             self.client_seen.pop(ident, None)
-            self.enveloping.discard(ident)
         why = f"its client went away (silent for {limit:g} s; c.Controller.client_timeout)"
         dropped = 0
         for name in ("lb_queue", "timed", "picky"):

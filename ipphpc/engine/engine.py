@@ -22,12 +22,12 @@ from traitlets.config import Configurable, LoggingConfigurable
 
 from .. import bulk, connection, paths, relay, shm
 from ..config import read_before
-from ..wire import AuthError, Session, json_bytes, payload_digest, read_beat, unwrap
+from ..wire import AuthError, Session, json_bytes, one_message, payload_digest, read_beat, unwrap
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
 from .control import Control
 from .executor import Executor
-from .holding import ResultHold, packed
+from .holding import ResultHold
 from .lifetime import allocation, drain_time
 from .origin import engine_origin
 
@@ -286,7 +286,7 @@ class Engine(LoggingConfigurable):
     def _send_held(self) -> None:
         held = self.hold.take()
         if held:
-            self.pump.send(packed(held))
+            self.pump.send(one_message(held))
 
     def _result(self, fields: dict, payload=()) -> None:
         frames = self.session.pack("result", fields, payload)
@@ -460,7 +460,7 @@ class Engine(LoggingConfigurable):
             if hold.active:
                 due = hold.enter()
                 if due:
-                    self.pump.send(packed(due))
+                    self.pump.send(one_message(due))
                 try:
                     ok, value, meta = self.executor.run(h["k"], payload, mid)
                 finally:

@@ -16,17 +16,12 @@ from typing import Any, Callable
 
 import zmq
 
-from ..wire import envelope
+from ..wire import one_message
 
 log = logging.getLogger("ipphpc.engine")
 
 #: seconds a result may wait for the results of the tasks after it
 HOLD = 0.001
-
-
-def packed(held: list[list[Any]]) -> list[Any]:
-    """One message for the held results: the only one, or an envelope of them."""
-    return held[0] if len(held) == 1 else envelope(held)
 
 
 class ResultHold:
@@ -98,6 +93,6 @@ class ResultHold:
                     continue
                 held, self._held = self._held, []
                 try:
-                    self._send(packed(held))
+                    self._send(one_message(held))
                 except zmq.ZMQError as e:
                     log.warning("could not send %d results: %s", len(held), e)
