@@ -28,7 +28,18 @@ def _dt(ts: float | None) -> datetime.datetime | None:
 
 
 class AsyncResult(concurrent.futures.Future):
-    """The result of one or more tasks; `get()` returns one value for a single target, else a list."""
+    """The result of one or more tasks; `get()` returns one value for a single target, else a list.
+
+    A client keeps tens of thousands of these alive in a loop of apply_async, and the garbage collector
+    walks every container they hold each time it looks at old objects. So what most never use (trackers,
+    listeners, published data, a condition to wait for one task) is made only when first needed, and the
+    state of the tasks is guarded by the Future's own lock.
+    """
+
+    _trackers: tuple | list = ()  # zmq MessageTrackers of sends made with track=True
+    _listeners: tuple | list = ()  # (result, offset, only): joined / split results fed from this one
+    _data: list[dict] | None = None  # what the tasks published, once something was
+    _waiting: threading.Condition | None = None  # notified as each task ends, once someone waits for one
 
     def __init__(self, n: int, fname: str = "", single: bool = True, submitted: float | None = None):
         super().__init__()
@@ -38,32 +49,39 @@ class AsyncResult(concurrent.futures.Future):
         self._errors: list[BaseException | None] = [None] * n
         self._meta: list[Metadata] = [Metadata() for _ in range(n)]
         self._done = [False] * n
-        self._cond = threading.Condition()
         self._single = single
         self.fname = fname
         self.msg_ids: list[str] = [""] * n
         self._submitted = submitted or time.time()
         self._last = None
-        self._trackers: list = []  # zmq MessageTrackers of sends made with track=True
-        self._listeners: list[tuple[AsyncResult, int, int | None]] = []  # joined / split results
         self._streams: list[dict[str, int]] | None = None  # characters already shown, per task and stream
-        self._data: list[dict] = [{} for _ in range(n)]
         self._live: dict[int, dict[str, str]] = {}  # output of running tasks, as streamed so far
         self._rc: Any = None  # the client that sent the tasks
         self.owner = False
         if n == 0:
             self._finish()
 
+    def _signal(self) -> threading.Condition:
+        """The condition notified as each task ends, on the Future's lock (call with that lock held): made by
+        the first waiter, and separate from the Future's own, whose waiters take a wake-up for the end."""
+        if self._waiting is None:
+            self._waiting = threading.Condition(self._condition._lock)
+        return self._waiting
+
+    def _track(self, tracker: Any) -> None:
+        self._trackers = [*self._trackers, tracker]
+
     # -- called by the client's I/O thread ---------------------------------------------------
     def _child_done(self, i: int, value: Any, error: BaseException | None, meta: dict) -> None:
-        with self._cond:
+        with self._condition:
             if self._done[i]:
                 return
             self._values[i], self._errors[i], self._done[i] = value, error, True
             self._meta[i].update(meta)
             self._left -= 1
             self._last = time.time()
-            self._cond.notify_all()
+            if self._waiting is not None:
+                self._waiting.notify_all()
             last = self._left == 0
             streaming = self._streams is not None
         if streaming:
@@ -86,6 +104,8 @@ class AsyncResult(concurrent.futures.Future):
             self._show(i, name, text, offset)
 
     def _on_data(self, i: int, data: dict) -> None:
+        if self._data is None:
+            self._data = [{} for _ in range(self._n)]
         self._data[i].update(data)
 
     def _finish(self) -> None:
@@ -130,12 +150,12 @@ class AsyncResult(concurrent.futures.Future):
 
     def _wait_first_exception(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._condition:
             while self._left and not any(e is not None for e in self._errors):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return
-                self._cond.wait(left)
+                self._signal().wait(left)
             first = next((e for e in self._errors if e is not None), None)
         if first is not None and not self.done():
             raise first
@@ -183,7 +203,8 @@ class AsyncResult(concurrent.futures.Future):
     @property
     def data(self) -> Any:
         """What the tasks published with ipphpc.datapub.publish_data, updated as it arrives."""
-        return self._data[0] if self._single else self._data
+        data = self._data or [{} for _ in range(self._n)]
+        return data[0] if self._single else data
 
     def __getitem__(self, key: Any) -> Any:
         """ar[i] / ar[a:b]: results (the task must be done); ar['key']: that metadata of every task."""
@@ -219,9 +240,9 @@ class AsyncResult(concurrent.futures.Future):
         return [self._values[i]]
 
     def _wait_child(self, i: int) -> None:
-        with self._cond:
+        with self._condition:
             while not self._done[i]:
-                self._cond.wait()
+                self._signal().wait()
 
     @classmethod
     def join(cls, *results: "AsyncResult") -> "AsyncResult":
@@ -256,8 +277,8 @@ class AsyncResult(concurrent.futures.Future):
 
     def _link(self, dst: "AsyncResult", offset: int, only: int | None) -> None:
         """Pass results of this one on to `dst` (those already in at once)."""
-        with self._cond:
-            self._listeners.append((dst, offset, only))
+        with self._condition:
+            self._listeners = [*self._listeners, (dst, offset, only)]
             done = [(i, self._values[i], self._errors[i]) for i in range(self._n) if self._done[i]]
         for i, v, e in done:
             if only is None:
@@ -372,7 +393,7 @@ class AsyncResult(concurrent.futures.Future):
     @contextlib.contextmanager
     def stream_output(self) -> Iterator[None]:
         """Show the tasks' output as they print it, while inside this block."""
-        with self._cond:
+        with self._condition:
             self._printer = _Printer()
             self._streams = [{"stdout": 0, "stderr": 0} for _ in range(self._n)]
             live = [(i, dict(texts)) for i, texts in self._live.items()]
@@ -530,10 +551,10 @@ class AsyncMapResult(AsyncResult):
         else:
             seen: set[int] = set()
             while len(seen) < self._n:
-                with self._cond:
+                with self._condition:
                     ready = [i for i in range(self._n) if self._done[i] and i not in seen]
                     if not ready:
-                        self._cond.wait()
+                        self._signal().wait()
                         continue
                 for i in ready:
                     seen.add(i)

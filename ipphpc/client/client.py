@@ -49,7 +49,7 @@ _CONTROLLER_ERRORS = {"EngineError": EngineError, "TaskTimeout": TaskTimeout, "T
                       "ImpossibleDependency": ImpossibleDependency, "NoEnginesRegistered": NoEnginesRegistered}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     ar: AsyncResult
     index: int
@@ -651,7 +651,7 @@ class Client(TaskDBMixin):
         are the caller's until `ar.wait_for_send()`."""
         self._flush_submit()
         if track:
-            ar._trackers.append(_send_tracked(self._submit, frames))
+            ar._track(_send_tracked(self._submit, frames))
         else:
             send_frames(self._submit, frames)
 
