@@ -194,9 +194,17 @@ class DictStore(Store):
                if over_n else f"culled from the controller's in-memory task database "
                               f"(DictDB.size_limit={self.size_limit} bytes)")
         why += "; raise the limit, or use --db=sqlite or --db=hdf5 to keep every result"
-        for mid in [m for m, r in self.records.items() if type(r) is bytes or r["completed"] is not None]:
-            if len(self.records) <= keep_n and self.nbytes <= keep_b:
+        # the oldest finished first, found by walking from the oldest only as far as needed: the store is full
+        # through a long burst, and this runs once per batch
+        victims, n, nbytes = [], len(self.records), self.nbytes
+        for mid, r in self.records.items():
+            if n <= keep_n and nbytes <= keep_b:
                 break
+            if type(r) is bytes or r["completed"] is not None:
+                victims.append(mid)
+                n -= 1
+                nbytes -= self._sized(r)
+        for mid in victims:
             self.nbytes -= self._sized(self.records.pop(mid))
             self._culled.add(mid, why)
 

@@ -32,6 +32,8 @@ class Recorder:
         self.lost = 0
         self.written = 0
         self._trimmed = 0
+        self._trimmed_at = 0.0  # monotonic time of the last trim in a burst
+        self.trim_gap = 5.0  # seconds at least between two trims in a burst (each walks every object and the heap)
         self._compacted = 0
         self.quiet = 60.0  # seconds between two full error lines about failing writes
         self._last_error = -self.quiet
@@ -79,8 +81,9 @@ class Recorder:
             more = self._apply(items)
             del items  # a batch holds frames: let them go now, not when the next task arrives
             self.busy = False
-            if self.written - self._trimmed >= 20_000 and self.q.empty():
-                self._trimmed = self.written
+            if self.written - self._trimmed >= 20_000 and self.q.empty() \
+                    and time.monotonic() - self._trimmed_at >= self.trim_gap:
+                self._trimmed, self._trimmed_at = self.written, time.monotonic()
                 trim()  # the frames of a large burst were just let go: give their pages back
             # compacted once quiet, if more than a few records came since the last time (a pause of the client
             # may bring one mid-burst: the end of the burst still gets its own)
