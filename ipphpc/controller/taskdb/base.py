@@ -26,9 +26,6 @@ class Store(ABC):
     #: whether a record may be inserted whole (task and result together, when both came in one batch):
     #: one row written instead of a row and an update; a store that keeps results apart (HDF5) says no
     whole_records = True
-    #: whether the store takes the hub's messages as they came (`add_task`, `add_result`, `settle`) and
-    #: makes records of them only when they are read
-    lazy = False
 
     @abstractmethod
     def insert(self, recs: list[dict]) -> None:

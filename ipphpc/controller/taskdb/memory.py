@@ -11,10 +11,8 @@ import marshal
 from collections import OrderedDict
 from typing import Iterable, Iterator
 
-from ...wire import PAYLOAD_AT, frame_bytes, head_parts, json_value
-from ...wire import raw as _raw
 from .base import Store
-from .fields import BLOBS, FIELDS, blob_bytes, from_fan, from_result, from_task
+from .fields import BLOBS, FIELDS, blob_bytes
 
 # frames at least this large are kept as received: zmq gives each its own buffer, and copying one would
 # double what the controller holds and stall routing meanwhile
@@ -28,43 +26,6 @@ def _own(rec: dict) -> dict:
         v = rec.get(k)
         if v is not None:
             rec[k] = [f if memoryview(f).nbytes >= _SHARED_BELOW else bytes(f) for f in v]
-    return rec
-
-
-def _kept(frames: list) -> tuple[tuple, int]:
-    """Payload frames as a record keeps them (small ones copied, see `_own`; large ones as received), and
-    their size in bytes."""
-    out, n = [], 0
-    for f in frames:
-        b = _raw(f)
-        size = len(b) if type(b) is bytes else memoryview(b).nbytes
-        out.append(b if type(b) is bytes or size >= _SHARED_BELOW else bytes(b))
-        n += size
-    return tuple(out), n
-
-
-# A record is kept as the messages that made it until someone reads it: a tuple of (task head frame, task
-# payload, result head frame or None, result payload or None, when the result came). Building the dict of
-# twenty fields for every task and result was most of the writer thread's time, a quarter of the
-# controller's CPU per task, for records that are mostly never read. The tuple holds no container, so the
-# garbage collector stops walking it after one look.
-_LAZY_OVERHEAD = 400  # bytes such a record costs beyond its frames (the tuple, two bytes objects, its key)
-
-
-def _lazy_size(t: tuple) -> int:
-    """What `add_task` and `add_result` counted for it."""
-    n = len(t[0]) + sum(memoryview(f).nbytes for f in t[1]) + _LAZY_OVERHEAD
-    if t[2] is not None:
-        n += len(t[2]) + sum(memoryview(f).nbytes for f in t[3])
-    return n
-
-
-def _expand(t: tuple) -> dict:
-    """The record of a lazy one: the same fields `from_task` and `from_result` give the messages."""
-    th, tp, rh, rp, received = t
-    rec = from_task(json_value(head_parts(th)[1]), [b"", th, *tp], 0.0)
-    if rh is not None:
-        rec.update(from_result(json_value(head_parts(rh)[1]), [b"", rh, *rp], received))
     return rec
 
 
@@ -163,45 +124,23 @@ def _pack(rec: dict) -> bytes:
     return rec["msg_id"].encode() + b"\n" + marshal.dumps(tuple(rec.get(k) for k in _PACK))
 
 
-def _pack_lazy(mid: str, t: tuple) -> bytes:
-    return mid.encode() + b"\n" + marshal.dumps(t)
-
-
-def _plain_frames(t: tuple) -> bool:
-    """No frame kept as received (zmq's buffers, not bytes to marshal)."""
-    return all(type(f) is bytes for f in t[1]) and all(type(f) is bytes for f in t[3])
-
-
 def _key(packed: bytes) -> str:
     return packed[:packed.index(b"\n")].decode()
 
 
-def _keyed(r: dict | bytes | tuple) -> tuple[str, dict | bytes | tuple]:
-    """(msg_id, record) of what `compact` made: packed bytes, a dict, or (msg_id, lazy record)."""
-    t = type(r)
-    return (_key(r), r) if t is bytes else r if t is tuple else (r["msg_id"], r)
-
-
 def _unpack(mid: str, packed: bytes) -> dict:
-    values = marshal.loads(memoryview(packed)[len(mid) + 1:])
-    rec = _expand(values) if len(values) == 5 else dict(zip(_PACK, values))  # a lazy record, or a record's values
+    rec = dict(zip(_PACK, marshal.loads(memoryview(packed)[len(mid) + 1:])))
     rec["msg_id"] = mid
+    rec["_size"] = len(packed) + PACKED_OVERHEAD
     return rec
-
-
-def _finished(r: dict | bytes | tuple) -> bool:
-    t = type(r)
-    return t is bytes or (r[2] is not None if t is tuple else r["completed"] is not None)
 
 
 class DictStore(Store):
     name = "dict"
-    lazy = True
 
     def __init__(self, record_limit: int = 100_000, size_limit: int = 64 * 2**20, cull_fraction: float = 0.1,
                  remember_culled: int = 100_000):
-        # msg_id -> record: the messages that made it (a tuple), a dict (once read or changed), or (finished
-        # records, once the controller went idle) marshalled bytes
+        # msg_id -> record: a dict, or (finished records, once the controller went idle) marshalled bytes
         self.records: OrderedDict[str, dict | bytes] = OrderedDict()
         self.record_limit, self.size_limit, self.cull_fraction = record_limit, size_limit, cull_fraction
         self.nbytes = 0
@@ -212,49 +151,11 @@ class DictStore(Store):
 
     def _record(self, mid: str) -> dict | None:
         r = self.records.get(mid)
-        t = type(r)
-        if t is tuple:
-            r = _expand(r)
-            r["msg_id"] = mid
-            return r
-        return _unpack(mid, r) if t is bytes else r
+        return _unpack(mid, r) if type(r) is bytes else r
 
     @staticmethod
-    def _sized(r: dict | bytes | tuple) -> int:
-        t = type(r)
-        return len(r) + PACKED_OVERHEAD if t is bytes else _lazy_size(r) if t is tuple else r["_size"]
-
-    # -- the writer thread's messages, kept as they came --------------------------------------------
-    def add_task(self, h: dict, frames: list) -> None:
-        """A task the hub routed (`frames`: [ident, head, *payload])."""
-        if "ids" in h:  # one message for many engines: a record per engine, each with the header it got
-            self.insert(from_fan(h, frames, 0.0))
-            return
-        mid = h["id"]
-        old = self.records.pop(mid, None)
-        if old is not None:
-            self.nbytes -= self._sized(old)
-        head = frame_bytes(frames[1])
-        payload, size = _kept(frames[PAYLOAD_AT:])
-        self.records[mid] = (head, payload, None, None, 0.0)
-        self.nbytes += len(head) + size + _LAZY_OVERHEAD
-
-    def add_result(self, h: dict, frames: list, now: float) -> None:
-        """A result for a task recorded before; the controller's own error results (not an engine's signed
-        message: their header is the fields it signed) are read at once."""
-        mid = h["p"]
-        r = self.records.get(mid)
-        if type(r) is tuple and r[2] is None and "err" not in h:
-            head = frame_bytes(frames[1])
-            payload, size = _kept(frames[PAYLOAD_AT:])
-            self.records[mid] = (r[0], r[1], head, payload, now)
-            self.nbytes += len(head) + size
-        elif r is not None:
-            self.update([(mid, from_result(h, frames, now))])
-
-    def settle(self) -> None:
-        """After a batch of add_task / add_result: the limits."""
-        self._cull()
+    def _sized(r: dict | bytes) -> int:
+        return len(r) + PACKED_OVERHEAD if type(r) is bytes else r["_size"]
 
     def insert(self, recs: list[dict]) -> None:
         for r in recs:
@@ -272,10 +173,10 @@ class DictStore(Store):
             r = self.records.get(mid)
             if r is None:
                 continue
-            if type(r) is not dict:
-                size = self._sized(r)
-                r = self.records[mid] = self._record(mid)
-                r["_size"] = size  # what it counted for until now
+            if type(r) is bytes:
+                self.nbytes -= len(r) + PACKED_OVERHEAD
+                r = self.records[mid] = _unpack(mid, r)
+                self.nbytes += r["_size"]
             r.update(_own(dict(fields)))
             size = self._size(r)
             self.nbytes += size - r["_size"]
@@ -299,7 +200,7 @@ class DictStore(Store):
         for mid, r in self.records.items():
             if n <= keep_n and nbytes <= keep_b:
                 break
-            if _finished(r):
+            if type(r) is bytes or r["completed"] is not None:
                 victims.append(mid)
                 n -= 1
                 nbytes -= self._sized(r)
@@ -314,13 +215,11 @@ class DictStore(Store):
         records after a 200,000-task map. Packed (bytes this large come from malloc, whose free pages are
         given back), they leave the arenas empty; they are unpacked when read or updated. The new index, and
         the culled ids remade, are made once the old records are gone: side by side, not in their holes."""
-        values = [_pack(r) if type(r) is dict and _packable(r) else _pack_lazy(m, r) if type(r) is tuple and
-                  _finished(r) and _plain_frames(r) else (m, r) if type(r) is tuple else r
-                  for m, r in self.records.items()]  # a pending lazy record goes with its key
+        values = [_pack(r) if type(r) is dict and _packable(r) else r for r in self.records.values()]
         self.records = OrderedDict()  # the old records and their keys go, before the new index is made
         self._culled.renew()  # and the culled ids, made all through the burst, are remade with it
-        self.records = OrderedDict(_keyed(r) for r in values)
-        self.nbytes = sum(self._sized(r) for r in self.records.values())
+        self.nbytes = sum(self._sized(r) for r in values)
+        self.records = OrderedDict((_key(r) if type(r) is bytes else r["msg_id"], r) for r in values)
 
     def culled(self, msg_id: str) -> str | None:
         return self._culled.get(msg_id)
@@ -336,13 +235,13 @@ class DictStore(Store):
 
     def scan(self, keys: Iterable[str]) -> Iterator[dict]:
         keys = list(keys)
-        if keys == ["msg_id"]:  # the history: no record need be made
+        if keys == ["msg_id"]:  # the history: read from the index, without unpacking a record
             yield from ({"msg_id": m} for m in list(self.records))
             return
-        for m in list(self.records):
-            r = self._record(m)
-            if r is not None:
-                yield {k: r.get(k) for k in keys}
+        for m, r in list(self.records.items()):
+            if type(r) is bytes:
+                r = _unpack(m, r)
+            yield {k: r.get(k) for k in keys}
 
     def delete(self, ids: list[str]) -> int:
         n = 0

@@ -92,8 +92,6 @@ class Recorder:
                 return
 
     def _apply(self, items: list[tuple]) -> bool:
-        if self.store.lazy:
-            return self._apply_lazy(items)
         inserts: list[dict] = []
         updates: list[tuple[str, dict]] = []
         # records inserted in this batch, by msg_id: a result (or a change) for one of them completes the
@@ -125,30 +123,6 @@ class Recorder:
                 return False
         self._write(inserts, updates)
         return True
-
-    def _apply_lazy(self, items: list[tuple]) -> bool:
-        """A store that keeps the messages as they came (in memory: nothing to batch into a transaction),
-        each item in turn."""
-        store, n, more = self.store, 0, True
-        for it in items:
-            kind = it[0]
-            if kind == "task":
-                store.add_task(it[1], it[2])
-            elif kind == "result":
-                store.add_result(it[1], it[2], it[3])
-            elif kind == "set":
-                store.update([it[1:]])
-            elif kind == "ask":
-                store.settle()
-                self._answer(*it[1:])
-                continue
-            elif kind is _STOP:
-                more = False
-                break
-            n += 1
-        store.settle()
-        self.written += n
-        return more
 
     def _write(self, inserts: list[dict], updates: list[tuple[str, dict]]) -> None:
         if not inserts and not updates:
