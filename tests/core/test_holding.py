@@ -1,6 +1,7 @@
 """An engine holds the results of a run of short tasks and sends them together, never for long."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -28,28 +29,33 @@ class _Sink:
         self.sent.append(frames)
 
 
+@contextlib.contextmanager
+def _holding(seconds: float):
+    """A ResultHold that writes to a _Sink, closed (its thread stopped) at the end."""
+    sink = _Sink()
+    hold = ResultHold(sink, hold=seconds)
+    try:
+        yield hold, sink
+    finally:
+        hold.close()
+
+
 def _results(message: list) -> list[bytes]:
     return [m[0] for m in wire.unwrap(message) or [message]]
 
 
 def test_held_results_leave_in_order_when_taken():
-    sink = _Sink()
-    hold = ResultHold(sink, hold=60.0)
-    try:
+    with _holding(60.0) as (hold, sink):
         for i in range(5):
             hold.add([b"result %d" % i])
         assert hold.take() == [[b"result %d" % i] for i in range(5)]
         assert hold.take() == []
         assert sink.sent == []
-    finally:
-        hold.close()
 
 
 def test_a_task_that_runs_long_does_not_keep_the_results_before_it():
     """While the main thread is inside a task, the thread sends what was held once it is due."""
-    sink = _Sink()
-    hold = ResultHold(sink, hold=0.02)
-    try:
+    with _holding(0.02) as (hold, sink):
         hold.add([b"r0"])
         hold.add([b"r1"])
         assert hold.enter() == []  # not due yet: the task starts with them held
@@ -59,21 +65,15 @@ def test_a_task_that_runs_long_does_not_keep_the_results_before_it():
         assert sink.during_task == [True]
         sink.in_task.clear()
         hold.leave()
-    finally:
-        hold.close()
 
 
 def test_between_tasks_the_thread_leaves_the_socket_to_the_main_thread():
-    sink = _Sink()
-    hold = ResultHold(sink, hold=0.01)
-    try:
+    with _holding(0.01) as (hold, sink):
         hold.add([b"r0"])
         time.sleep(0.2)  # well past due: still the main thread's to send
         assert sink.sent == []
         assert hold.enter() == [[b"r0"]]  # due: handed back to send before the next task
         hold.leave()
-    finally:
-        hold.close()
 
 
 def _quick(i: int) -> int:
