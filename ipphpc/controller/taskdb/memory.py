@@ -205,8 +205,9 @@ class DictStore(Store):
                 n -= 1
                 nbytes -= self._sized(r)
         for mid in victims:
-            self.nbytes -= self._sized(self.records.pop(mid))
+            del self.records[mid]
             self._culled.add(mid, why)
+        self.nbytes = nbytes  # what the walk counted off for exactly these
 
     def compact(self) -> None:
         """Pack finished records into one bytes object each. During a burst, the records that survive
