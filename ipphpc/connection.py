@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .error import ConnectionFileError
+from .wire import SIGNATURE_SCHEME
 
 ENGINE_PORTS = ("engine", "hb_ping", "hb_pong")
 CLIENT_PORTS = ("client",)
@@ -43,6 +44,11 @@ def read(path: Path) -> dict[str, Any]:
     for k in ("key", "addresses", "ports"):
         if k not in info:
             raise ConnectionFileError(f"connection file {path} lacks '{k}'; was it written by ipphpc?")
+    scheme = info.get("signature_scheme", SIGNATURE_SCHEME)
+    if scheme != SIGNATURE_SCHEME:
+        raise ConnectionFileError(f"connection file {path} is of a controller that signs its messages with {scheme}, "
+                                  f"and this ipphpc signs them with {SIGNATURE_SCHEME}: install the same ipphpc "
+                                  f"version on both sides")
     if mode & 0o077 and not _warned.get(str(path)):
         _warned[str(path)] = True
         logging.getLogger("ipphpc").warning("connection file %s is readable by group or others (mode %o): whoever "

@@ -13,14 +13,14 @@ so a controller restarted with `--reuse` listens at the same path and connected 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import socket
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from blake3 import blake3
 
 _MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
@@ -43,11 +43,12 @@ def host_tag() -> str | None:
         return None
     if not ns or not boot:
         return None
-    return hashlib.sha256(f"{socket.gethostname()}:{boot}:{ns}:{os.getuid()}".encode()).hexdigest()[:16]
+    return blake3(f"{socket.gethostname()}:{boot}:{ns}:{os.getuid()}".encode()).hexdigest()[:16]
 
 
 def socket_dir() -> Path | None:
     """This user's private directory for the sockets (created 0700); None if it is not private or not ours."""
+    import tempfile  # only controllers make sockets; an engine does not pay for tempfile's imports
     path = Path(tempfile.gettempdir()) / f"ipphpc-{os.getuid()}"
     try:
         path.mkdir(mode=0o700, exist_ok=True)
@@ -64,7 +65,7 @@ def socket_path(port: int, ip: str = "") -> str | None:
     d, ns = socket_dir(), _namespaces()
     if d is None or ns is None:
         return None
-    where = hashlib.sha256(f"{socket.gethostname()}:{ns[0]}:{ip}:{port}".encode()).hexdigest()[:12]
+    where = blake3(f"{socket.gethostname()}:{ns[0]}:{ip}:{port}".encode()).hexdigest()[:12]
     path = str(d / f"{where}-{port}")
     return path if len(path.encode()) <= _MAX_PATH else None
 

@@ -16,13 +16,14 @@ other's files (a container with its own /dev/shm, or another user, gets another 
 from __future__ import annotations
 
 import glob
-import hashlib
 import mmap
 import os
 import re
 import stat
 import sys
 from typing import Any, Sequence
+
+from blake3 import blake3
 
 from .wire import raw
 
@@ -56,13 +57,13 @@ def _probe() -> str | None:
     except OSError:
         return None
     ident = f"{boot}:{st.st_dev}:{st.st_ino}:{os.getuid()}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return blake3(ident.encode()).hexdigest()[:16]
 
 
 def prefix(key: str | bytes) -> str:
     """File name prefix of one cluster's frames (from its key, so `ipphpc stop` can sweep them too)."""
     kb = key.encode() if isinstance(key, str) else key
-    return "ipphpc-" + hashlib.sha256(b"shm:" + kb).hexdigest()[:12]
+    return "ipphpc-" + blake3(b"shm:" + kb).hexdigest()[:12]
 
 
 def export(frames: Sequence[Any], pfx: str, mapped: list | None = None) -> tuple[list[Any], list[int]]:

@@ -6,7 +6,10 @@ side of each hop (two frames fewer per message saved a quarter of pyzmq's cost p
 
 * ``header`` is compact JSON: message type ``t``, sender session ``s``, sequence ``q``,
   send time ``ts``, protocol version ``v`` and routing fields. Routers read only this.
-* ``signature`` is HMAC-SHA256 of the header under the connection file's key, 64 hex digits.
+* ``signature`` is BLAKE3 in keyed mode (a MAC) of the header, under a key derived from the
+  connection file's key, 64 hex digits. Not HMAC-SHA256: hashlib loads OpenSSL's libcrypto,
+  3.4 MiB resident in every engine that never needs it, and keyed BLAKE3 is also faster
+  (0.9 µs against 1.3 for a header).
 * When there is a payload, the header carries ``d``, a BLAKE3 digest over the payload
   frames. The header is authenticated, so a receiver that checks ``d`` before it
   deserializes anything has an authenticated payload, while a router that never
@@ -22,12 +25,11 @@ register, and from then on its sequence numbers must grow (see `Freshness`).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import logging
 import os
 import time
+from _operator import _compare_digest as compare_digest  # hmac.compare_digest, without loading hmac's OpenSSL
 from typing import Any, Callable, Iterable, Sequence
 
 import orjson
@@ -37,7 +39,10 @@ from ._version import PROTOCOL_VERSION
 
 DELIM = b"<IPH>"
 ENVELOPE = b"<IPE>"
-_SIG_LEN = 64  # HMAC-SHA256 in hex
+#: what connection files say the messages of their controller are signed with
+SIGNATURE_SCHEME = "blake3-keyed"
+_SIGNING_CONTEXT = "ipphpc 2026-12-07 wire message signature"
+_SIG_LEN = 64  # 32 bytes in hex
 _HEADER_AT = len(DELIM) + _SIG_LEN
 #: where the payload starts in a message a ROUTER socket received from a peer connected to it
 PAYLOAD_AT = 2
@@ -139,7 +144,8 @@ class Session:
 
     def __init__(self, key: str | bytes, session_id: str | None = None):
         kb = key.encode() if isinstance(key, str) else key
-        self._mac = hmac.new(kb, digestmod=hashlib.sha256)
+        self._raw_key = kb
+        self._mac = blake3(kb, derive_key_context=_SIGNING_CONTEXT).digest()
         self.id = session_id or os.urandom(8).hex()
         self._seq = itertools.count(1)
         self.version = list(PROTOCOL_VERSION)
@@ -148,14 +154,12 @@ class Session:
         """A session of the same family (id `<this id>/<name>`) that numbers its messages from this one's
         sequence, so one hello admits them all and nothing sent before it can pass afterwards."""
         other = Session.__new__(Session)
-        other._mac, other._seq, other.version = self._mac, self._seq, self.version
+        other._raw_key, other._mac, other._seq, other.version = self._raw_key, self._mac, self._seq, self.version
         other.id = f"{self.id}/{name}"
         return other
 
     def sign(self, header: bytes) -> bytes:
-        m = self._mac.copy()
-        m.update(header)
-        return m.hexdigest().encode()
+        return blake3(header, key=self._mac).hexdigest().encode()
 
     def signed(self, header: dict) -> bytes:
         """The head frame of `header`: delimiter, signature, header."""
@@ -194,8 +198,8 @@ class Session:
             raise AuthError("a message in the wire format of an older ipphpc (protocol 3 or before): install the "
                             "same ipphpc version on both sides")
         sig, hb = head_parts(b)
-        if not hmac.compare_digest(self.sign(hb), sig):
-            raise AuthError("bad signature")
+        if not compare_digest(self.sign(hb), sig):
+            raise AuthError(_bad_signature(self._raw_key, hb, sig))
         header = json_value(hb)
         return frames[:i], header, frames[i + 1:]
 
@@ -205,6 +209,17 @@ class Session:
         if payload or want:
             if want is None or payload_digest(payload) != want:
                 raise AuthError("payload does not match the signed digest")
+
+
+def _bad_signature(key: bytes, header: bytes, sig: bytes) -> str:
+    """Why a signature failed: the message of a peer of ipphpc 0.1 before wire protocol 6, which signed with
+    HMAC-SHA256, gets a line that says what to do instead of a bare refusal."""
+    import hashlib
+    import hmac
+    if hmac.compare_digest(hmac.new(key, header, hashlib.sha256).hexdigest().encode(), sig):
+        return ("bad signature: signed with HMAC-SHA256, as ipphpc before wire protocol 6 did; install the same ipphpc "
+                "version on both sides")
+    return "bad signature"
 
 
 def head_parts(head: Any) -> tuple[bytes, bytes]:
@@ -233,7 +248,7 @@ def read_beat(session: Session, controller: str, frame: Any) -> int | None:
     except ValueError:
         return None
     want = session.sign(b"beat:%s:%d" % (controller.encode(), n))[:32]
-    return n if hmac.compare_digest(want, mac) else None
+    return n if compare_digest(want, mac) else None
 
 
 def frame_bytes(frame: Any) -> bytes:

@@ -252,6 +252,9 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
     # controller's connection file, and on a shared filesystem may start before it made the profile
     if getattr(ns, "profile", None) and not ns.profile_dir and ns.cmd not in ("submit", "engine"):
         paths.require_profile(ns.profile)
+    if ns.cmd in ("controller", "engine"):
+        from ..lazyssl import import_asyncio
+        import_asyncio()  # before anything imports asyncio: these long-lived processes never open TLS streams
     if ns.cmd == "controller":
         from ..controller.main import run_controller
         return run_controller(to_config(ns, extra, ("Controller",)), ns.log_to_stderr, ns.log_level)

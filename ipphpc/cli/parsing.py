@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 from typing import Any, NoReturn, Sequence
@@ -13,6 +12,7 @@ _TRAIT_ARG = re.compile(r"--[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=.*", re.DOTALL)
 
 
 def _hint(word: str, valid: Sequence[str]) -> str:
+    import difflib  # the error path only
     close = difflib.get_close_matches(word, list(valid), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -2,7 +2,6 @@
 line naming it and the closest real name, instead of a setting quietly ignored."""
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
 
@@ -34,6 +33,7 @@ def _load(where: str) -> Any:
 
 
 def _hint(word: str, valid: set[str]) -> str:
+    import difflib  # the error path only
     close = difflib.get_close_matches(word, sorted(valid), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

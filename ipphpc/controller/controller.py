@@ -19,7 +19,7 @@ from .. import connection, localsock, paths, shm
 from .._version import __version__
 from ..config import read_before
 from ..netutil import advertised_addresses, is_loopback, is_wildcard
-from ..wire import Session, new_key
+from ..wire import SIGNATURE_SCHEME, Session, new_key
 from . import record
 from .hub import Hub
 from .taskdb import backend_name, default_path, open_store
@@ -145,7 +145,7 @@ class Controller(LoggingConfigurable):
         tmp.write_text(str(os.getpid()))
         os.replace(tmp, self.pid_file)
         addrs = advertised_addresses(self.ip, self.location)
-        base = {"key": key, "signature_scheme": "hmac-sha256", "transport": "tcp", "addresses": addrs,
+        base = {"key": key, "signature_scheme": SIGNATURE_SCHEME, "transport": "tcp", "addresses": addrs,
                 "bind_ip": self.ip, "location": self.location, "cluster_id": self.cluster_id,
                 "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), **self.extra_info}
         if curve is not None:

@@ -78,6 +78,39 @@ def test_tampered_header_rejected_before_parsing():
         s.split([DELIM + sig + b"\x80not json", *frames[1:]])
 
 
+def test_signature_is_keyed_blake3_of_the_header():
+    """The signature is BLAKE3 keyed with a key derived from the connection key: anyone with the key can check it
+    independently, and a message signed the way ipphpc before protocol 6 did (HMAC-SHA256) is refused with a line
+    that says what to do."""
+    import hashlib
+    import hmac
+
+    from blake3 import blake3
+    s = Session(KEY)
+    sig, hb = head_parts(s.pack("status")[0])
+    derived = blake3(KEY.encode(), derive_key_context="ipphpc 2026-12-07 wire message signature").digest()
+    assert sig == blake3(hb, key=derived).hexdigest().encode()
+    old = hmac.new(KEY.encode(), hb, hashlib.sha256).hexdigest().encode()
+    with pytest.raises(AuthError, match="HMAC-SHA256, as ipphpc before wire protocol 6 did; install the same"):
+        s.split([DELIM + old + hb])
+    with pytest.raises(AuthError, match="^bad signature$"):
+        s.split([DELIM + b"0" * 64 + hb])
+
+
+def test_connection_file_of_another_signature_scheme_refused(tmp_path):
+    from ipphpc import connection
+    from ipphpc.error import ConnectionFileError
+    path = tmp_path / "ipcontroller-engine.json"
+    info = {"key": KEY, "addresses": ["127.0.0.1"], "ports": {"engine": 1}, "signature_scheme": "hmac-sha256"}
+    connection.write(path, info)
+    with pytest.raises(ConnectionFileError, match="signs its messages with hmac-sha256, and this ipphpc signs them "
+                                                  "with blake3-keyed: install the same ipphpc version on both sides"):
+        connection.read(path)
+    info["signature_scheme"] = "blake3-keyed"
+    connection.write(path, info)
+    assert connection.read(path)["key"] == KEY
+
+
 def test_head_frame_and_older_layout():
     """Routing ids, then one head frame, then the payload; a message laid out as before protocol 4 (delimiter,
     signature and header in three frames) is refused saying so."""

@@ -109,8 +109,9 @@ class Recorder:
 
     def info(self, role: str) -> dict:
         names = connection.CLIENT_PORTS if role == "client" else connection.ENGINE_PORTS
-        return {"key": self.key, "signature_scheme": "hmac-sha256", "transport": "tcp", "addresses": ["127.0.0.1"],
-                "ports": {n: self.ports[n] for n in names}, "cluster_id": "capture", "location": "",
+        return {"key": self.key, "signature_scheme": wire.SIGNATURE_SCHEME, "transport": "tcp",
+                "addresses": ["127.0.0.1"], "ports": {n: self.ports[n] for n in names}, "cluster_id": "capture",
+                "location": "",
                 "bind_ip": "127.0.0.1", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_period": 0.05}
 
     def close(self) -> None:
