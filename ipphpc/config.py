@@ -5,10 +5,10 @@ import ast
 import logging
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from traitlets.config import Config, PyFileConfigLoader
-from traitlets.config.loader import ConfigFileNotFound
+if TYPE_CHECKING:
+    from traitlets.config import Config
 
 COMMON_FILE = "ipphpc_config.py"
 # the configuration sections each process reads: a cluster hands a controller or an engine it starts
@@ -33,8 +33,15 @@ def role_file(role: str) -> str:
     return f"ipphpc_{role}_config.py"
 
 
+def profile_config_files(pdir: Path, role: str) -> list[str]:
+    """The names of the configuration files a `role` process of profile `pdir` reads that exist."""
+    return [name for name in (COMMON_FILE, role_file(role)) if (pdir / name).is_file()]
+
+
 def load_profile_config(pdir: Path, role: str) -> Config:
     """The common file then the role's file (controller, engine, cluster); later wins."""
+    from traitlets.config import Config, PyFileConfigLoader
+    from traitlets.config.loader import ConfigFileNotFound
     cfg = Config()
     for name in (COMMON_FILE, role_file(role)):
         try:
@@ -46,9 +53,10 @@ def load_profile_config(pdir: Path, role: str) -> Config:
     return cfg
 
 
-def parse_kv_args(args: Iterable[str]) -> Config:
-    """`--Class.trait=value` pairs, as traitlets applications accept them."""
-    cfg = Config()
+def parse_kv_args(args: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`--Class.trait=value` pairs, as traitlets applications accept them: {Class: {trait: value}} (`Config(...)`
+    of it is the traitlets configuration)."""
+    cfg: dict[str, dict[str, Any]] = {}
     for a in args:
         if not a.startswith("--") or "=" not in a or "." not in a.split("=", 1)[0]:
             raise SystemExit(f"ipphpc: unrecognized argument {a!r}; configuration options are written "
@@ -59,7 +67,7 @@ def parse_kv_args(args: Iterable[str]) -> Config:
             val = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             val = value
-        cfg[cls][trait] = val
+        cfg.setdefault(cls, {})[trait] = val
     return cfg
 
 

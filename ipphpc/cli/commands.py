@@ -369,7 +369,7 @@ def profile(ns: argparse.Namespace, cfg: Config) -> int:
         return 0
     pdir = paths.profile_dir(ns.name)
     from ..controller.controller import Controller
-    from ..engine.engine import Engine
+    from ..engine.settings import Engine
     written = []
     for role, classes in (("controller", [Controller]), ("engine", [Engine]), ("cluster", [HPCCluster])):
         path = pdir / cfgmod.role_file(role)

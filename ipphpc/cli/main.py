@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
-
-from traitlets import TraitError
-from traitlets.config import Config
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import paths
 from .._version import __version__
@@ -15,6 +12,9 @@ from ..config import UserError, parse_kv_args
 from .parsing import Parser, check_extra, fail, log_level, ports, positive
 from .resource_flags import add_resource_arguments, resource_flag_traits
 from .settings import check_settings
+
+if TYPE_CHECKING:
+    from traitlets.config import Config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -91,8 +91,9 @@ FLAG_TRAITS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
 TRISTATE = {"curve", "shm", "ipc", "direct"}  # --x / --no-x: False is a choice, not an absent flag
 
 
-def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
-    cfg = Config()
+def flag_values(ns: argparse.Namespace, classes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """{Class: {trait: value}} of the flags given, for the configurable classes `classes`."""
+    cfg: dict[str, dict[str, Any]] = {}
     for dest, targets in FLAG_TRAITS.items():
         v = getattr(ns, dest, None)
         if v is None or (v is False and dest not in TRISTATE):
@@ -100,10 +101,17 @@ def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]
         for cls, trait, conv in targets:
             if cls in classes:
                 try:
-                    cfg[cls][trait] = conv(v)
+                    cfg.setdefault(cls, {})[trait] = conv(v)
                 except ValueError as e:
                     raise UserError(f"--{dest.replace('engine_', '').replace('_', '-')}: {e}") from None
-    cfg.merge(parse_kv_args(extra))
+    return cfg
+
+
+def to_config(ns: argparse.Namespace, extra: list[str], classes: tuple[str, ...]) -> Config:
+    """The traitlets configuration of the flags and of the `--Class.trait=value` arguments (these win)."""
+    from traitlets.config import Config
+    cfg = Config(flag_values(ns, classes))
+    cfg.merge(Config(parse_kv_args(extra)))
     return cfg
 
 
@@ -240,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_settings(ns.cmd, parse_kv_args(extra))
         return _run(ns, extra)
-    except (UserError, TraitError) as e:
+    except (UserError, *_trait_errors()) as e:
         return fail(prog, str(e))
     except KeyboardInterrupt:
         return 130
+
+
+def _trait_errors() -> tuple[type[Exception], ...]:
+    """traitlets' TraitError when traitlets was imported (an engine with no configuration never imports it)."""
+    traitlets = sys.modules.get("traitlets")
+    return (traitlets.TraitError,) if traitlets is not None else ()
 
 
 def _run(ns: argparse.Namespace, extra: list[str]) -> int:
@@ -260,8 +274,8 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
         return run_controller(to_config(ns, extra, ("Controller",)), ns.log_to_stderr, ns.log_level)
     if ns.cmd == "engine":
         from ..engine.main import run_engines
-        return run_engines(to_config(ns, extra, ("Engine",)), ns.nproc, ns.log_to_stderr, ns.log_level,
-                           argv=ns.argv)
+        return run_engines(flag_values(ns, ("Engine",)), parse_kv_args(extra), ns.nproc, ns.log_to_stderr,
+                           ns.log_level, argv=ns.argv)
     from . import commands
     return getattr(commands, ns.cmd)(ns, to_config(ns, extra, ("HPCCluster", "Controller", "Engine")))
 

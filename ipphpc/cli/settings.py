@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from traitlets.config import Config
-
 from ..config import CONTROLLER_SECTIONS, ENGINE_SECTIONS, UserError
 
 # the configurable classes, imported only when a command's settings are checked
@@ -14,8 +12,8 @@ _CLASSES = {
     "Controller": "ipphpc.controller.controller:Controller",
     "DictDB": "ipphpc.controller.taskdb.config:DictDB",
     "MongoDB": "ipphpc.controller.taskdb.config:MongoDB",
-    "Engine": "ipphpc.engine.engine:Engine",
-    "MPI": "ipphpc.engine.engine:MPIConfig",
+    "Engine": "ipphpc.engine.settings:Engine",
+    "MPI": "ipphpc.engine.settings:MPIConfig",
     "HPCCluster": "ipphpc.cluster.cluster:HPCCluster",
     "SSHEngineSetLauncher": "ipphpc.launch.ssh:SSHEngineSetLauncher",
     "SSHProxyEngineSetLauncher": "ipphpc.launch.ssh:SSHProxyEngineSetLauncher",
@@ -38,7 +36,7 @@ def _hint(word: str, valid: set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_settings(cmd: str, cfg: Config) -> None:
+def check_settings(cmd: str, cfg: dict[str, dict[str, Any]]) -> None:
     """Raise UserError for the first `--Class.trait` that `ipphpc <cmd>` would not read."""
     if not cfg:
         return

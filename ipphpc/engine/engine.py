@@ -8,23 +8,23 @@ seconds, so a batch allocation is not burned by an orphan.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
-from traitlets import Bool, Float, Integer, Unicode
-from traitlets.config import Configurable, LoggingConfigurable
 
 from .. import bulk, connection, paths, relay, shm
-from ..config import read_before
 from ..wire import AuthError, Session, json_bytes, one_message, payload_digest, read_beat, unwrap
 from ..zmqpump import Pump, send_frames
 from . import control as control_line
+from . import options
 from .control import Control
 from .executor import Executor
 from .holding import ResultHold
@@ -60,57 +60,24 @@ class RegistrationFailed(RuntimeError):
     pass
 
 
-class MPIConfig(Configurable):
-    """`c.MPI.use = 'mpi4py'`: engines started under mpiexec join COMM_WORLD."""
+class Engine:
+    """One engine process. Its settings (see :mod:`.options`) are attributes: `Engine(work_dir=...)`, or
+    `Engine(config=c)` for a traitlets configuration with `c.Engine`, `c.IPEngine` and `c.MPI` sections."""
 
-    name = "MPI"
-    use = Unicode("", config=True, help="'mpi4py' to initialize MPI in every engine (same as `ipphpc engine --mpi`).")
-    init_script = Unicode("from mpi4py import MPI\n", config=True,
-                          help="Code run first to initialize MPI; it must leave `MPI` in the namespace.")
+    log = logging.getLogger("ipphpc")
 
-    @classmethod
-    def section_names(cls) -> list[str]:
-        return ["MPI"]
-
-
-class Engine(LoggingConfigurable):
-    """One engine process."""
-
-    @classmethod
-    def section_names(cls) -> list[str]:
-        return read_before(super().section_names(), "Engine", "IPEngine")
-
-    profile = Unicode("default", config=True)
-    profile_dir = Unicode("", config=True)
-    cluster_id = Unicode("", config=True, help="Cluster to join (finds the connection file by name).")
-    file = Unicode("", config=True, help="Engine connection file; default: the profile's, by cluster id.")
-    wait_for_file = Float(300.0, config=True, help="Seconds to wait for the connection file to appear "
-                          "(on a shared filesystem the controller may start after the engines).")
-    register_timeout = Float(60.0, config=True, help="Seconds to wait for the controller to answer registration.")
-    controller_timeout = Float(120.0, config=True, help="Exit when the controller has been silent this long, "
-                               "so an allocation is not burned by orphaned engines.")
-    work_dir = Unicode("", config=True, help="Directory to change into before running anything.")
-    startup_script = Unicode("", config=True, help="Python file run in the engine namespace at start.")
-    startup_command = Unicode("", config=True, help="Python code run in the engine namespace at start.")
-    mpi = Unicode("", config=True, help="'mpi4py' to initialize MPI: engine id = COMM_WORLD rank, and "
-                  "comm, mpi_rank, mpi_size in the namespace.")
-    engine_id = Integer(-1, config=True, help="Engine id to ask for (default: the controller picks).")
-    sshserver = Unicode("", config=True, help="[user@]host[:port] of an ssh server that can reach the controller "
-                        "when this host cannot; default: the connection file's 'ssh', if any.")
-    sshkey = Unicode("", config=True, help="Private key file for the ssh tunnel.")
-    walltime = Float(0.0, config=True, help="Seconds this engine may live (`ipphpc engine --walltime 1:00:00`); "
-                     "0: what its batch job says (ipphpc's job scripts export it), else no limit.")
-    drain_margin = Float(60.0, config=True, help="Seconds before its allocation ends that the engine stops "
-                         "taking tasks, so it leaves on its own instead of being killed with a task half done.")
-    ask_scheduler = Bool(True, config=True, help="In a batch job whose walltime the engine was not told (an "
-                         "`ipphpc engine` line in your own script, without --walltime), ask the scheduler once at "
-                         "start when the job ends.")
-    direct = Bool(True, config=True, help="Listen for clients that send large frames (1 MiB or more) straight to this "
-                  "engine, and answer them the same way, instead of through the controller: one TCP hop each way, "
-                  "sealed with AES-GCM. Off (or IPPHPC_NO_DIRECT=1 in the environment): every frame goes through "
-                  "the controller.")
-    drain_stagger = Float(30.0, config=True, help="Up to this many seconds more, drawn at random per engine, so "
-                          "the elements of an array do not all drain at once.")
+    def __init__(self, config: Any = None, **settings: Any):
+        values = {name: o.default for name, o in options.ENGINE.items()}
+        mpi = {name: o.default for name, o in options.MPI.items()}
+        if config:
+            from .settings import read  # traitlets: only when there is configuration to read
+            values, mpi = read(config)
+        for name, value in settings.items():
+            if name not in options.ENGINE:
+                raise TypeError(f"Engine has no setting {name!r}")
+            values[name] = options.ENGINE[name].check(name, value)
+        self.__dict__.update(values)
+        self.mpi_use, self.mpi_init_script = mpi["use"], mpi["init_script"]
 
     restart = False  # set when the controller asks for a restart: run_engines then executes a fresh interpreter
 
@@ -133,13 +100,12 @@ class Engine(LoggingConfigurable):
         ns: dict = {"__name__": "__main__"}
         ex = Executor(ns)
         ex.install_main()
-        mpi = MPIConfig(parent=self)
-        use = self.mpi or mpi.use
+        use = self.mpi or self.mpi_use
         if use:
             if use != "mpi4py":
                 raise ValueError(f"MPI.use={use!r} is not supported; use 'mpi4py'")
             # the init script imports mpi4py and leaves MPI (and anything else it likes) in the namespace
-            exec(compile(mpi.init_script, "<MPI.init_script>", "exec"), ns)
+            exec(compile(self.mpi_init_script, "<MPI.init_script>", "exec"), ns)
             if "MPI" not in ns:
                 raise RuntimeError("MPI.init_script must leave mpi4py's `MPI` module in the namespace "
                                    "(end it with `from mpi4py import MPI`)")

@@ -9,23 +9,21 @@ import asyncio
 import logging
 import os
 import sys
-
-from traitlets.config import Config
+from pathlib import Path
+from typing import Any
 
 from .. import paths
-from ..config import load_profile_config, setup_logging
+from ..config import load_profile_config, profile_config_files, setup_logging
 from .engine import Engine, RegistrationFailed
 from .origin import engine_origin
 
 
-def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_level: str = "INFO",
-                argv: list[str] | None = None) -> int:
-    """Run n engines (this process and n-1 forked siblings); `argv`, the command's arguments, lets an
+def run_engines(flags: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]] | None = None, n: int = 1,
+                log_to_stderr: bool = False, log_level: str = "INFO", argv: list[str] | None = None) -> int:
+    """Run n engines (this process and n-1 forked siblings), with the settings of the command's flags, then of
+    `extra` ({Class: {trait: value}}, from `--Class.trait=value`); `argv`, the command's arguments, lets an
     engine asked to restart execute a fresh interpreter in its own process, under the same id."""
-    pdir = paths.profile_dir(config.Engine.get("profile", "default"), config.Engine.get("profile_dir") or None)
-    cfg = load_profile_config(pdir, "engine")
-    cfg.merge(config)
-    engine = Engine(config=cfg)
+    engine, pdir = make_engine(flags, extra or {})
     cid = engine.cluster_id
     boot_log = setup_logging(None if log_to_stderr else _log_path(pdir, cid), log_level, stream=log_to_stderr)
     engine.log = boot_log
@@ -60,6 +58,22 @@ def run_engines(config: Config, n: int = 1, log_to_stderr: bool = False, log_lev
         except ChildProcessError:
             pass
     return code
+
+
+def make_engine(flags: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> tuple[Engine, Path]:
+    """The engine the flags and configuration ask for, and its profile directory. Profile files and
+    `--Class.trait=value` settings are read through traitlets, as every ipphpc process reads them; an engine
+    given flags only does without it."""
+    own = flags.get("Engine", {})
+    where = {**own, **extra.get("Engine", {})}
+    pdir = paths.profile_dir(str(where.get("profile", "default")), str(where.get("profile_dir") or "") or None)
+    if not extra and not profile_config_files(pdir, "engine"):
+        return Engine(**own), pdir
+    from traitlets.config import Config
+    cfg = load_profile_config(pdir, "engine")
+    cfg.merge(Config(flags))
+    cfg.merge(Config(extra))
+    return Engine(config=cfg), pdir
 
 
 def restart_argv(argv: list[str], engine_id: int) -> list[str]:

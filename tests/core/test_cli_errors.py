@@ -92,6 +92,13 @@ def test_a_setting_nothing_would_read_is_refused(ipphpc_dir, args, says):
     assert not ipphpc_dir.exists() and procs_matching(str(ipphpc_dir)) == []
 
 
+def test_an_engine_setting_of_the_wrong_type_is_one_line(ipphpc_dir, tmp_path):
+    """`--Engine.x=value` goes through traitlets, which refuses a value of the wrong type: one line, exit 2."""
+    r = ipphpc("engine", "--profile-dir", str(tmp_path / "p"), "--Engine.controller_timeout='soon'", timeout=60)
+    line = one_line_error(r)
+    assert line.startswith("ipphpc engine: ") and "controller_timeout" in line and "'soon'" in line, line
+
+
 def test_ipython_parallel_section_names_are_settings_too(ipphpc_dir):
     r = ipphpc("submit", *_DRY, "--IPController.db_class='sqlite'", "--IPEngine.work_dir='/tmp'",
                "--PBSEngineSetLauncher.queue=x", "--BatchSystemLauncher.account=a1")

@@ -125,6 +125,50 @@ def test_work_dir_startup_script_and_command(spawner, pdir, tmp_path):
         assert e.pull(["from_script", "from_command"], block=True) == [40, 42]
 
 
+def test_engine_of_flags_alone_does_without_traitlets(spawner, pdir, tmp_path):
+    """Flags only: the settings come from the engine's own table, and traitlets is never imported."""
+    cid = "lean"
+    spawner.controller(pdir, cid)
+    spawner.engine(pdir, cid, "--work-dir", str(tmp_path), "--controller-timeout", "77", env=clean_env())
+    with _client(pdir, cid) as rc:
+        rc.wait_for_engines(1, timeout=20)
+        e = rc[rc.ids[0]]
+        assert e.apply_sync(os.getcwd) == str(tmp_path)
+        loaded = e.apply_sync(lambda: sorted(m for m in __import__("sys").modules if m.split(".")[0] == "traitlets"))
+        assert loaded == []
+
+
+def test_engine_reads_profile_files_then_flags_then_class_settings(spawner, pdir, tmp_path):
+    """A profile's configuration file is read (IPEngine before Engine), the flags win over it, and
+    `--Engine.x=value` wins over the flags."""
+    cid = "layers"
+    spawner.controller(pdir, cid)
+    (pdir / "ipphpc_engine_config.py").write_text(
+        "c = get_config()\n"
+        f"c.IPEngine.work_dir = {str(tmp_path)!r}\n"
+        "c.IPEngine.startup_command = 'layer = \"ipengine\"'\n"
+        "c.Engine.startup_command = 'layer = \"file\"'\n"
+        "c.MPI.init_script = 'unused = 1'\n")
+    spawner.engine(pdir, cid, env=clean_env())
+    spawner.engine(pdir, cid, "--startup-command", "layer = 'flag'", env=clean_env())
+    spawner.engine(pdir, cid, "--startup-command", "layer = 'flag'", "--Engine.startup_command=layer = 'class'",
+                   env=clean_env())
+    get = _in_engine_namespace("def get():\n    import os\n    return layer, os.getcwd()\n", "get")
+    with _client(pdir, cid) as rc:
+        rc.wait_for_engines(3, timeout=30)
+        seen = sorted(rc[:].apply_sync(get))
+    assert seen == sorted([("file", str(tmp_path)), ("flag", str(tmp_path)), ("class", str(tmp_path))])
+
+
+def test_engine_settings_are_checked():
+    from ipphpc.engine.engine import Engine
+    assert Engine(engine_id=3, walltime=90).walltime == 90.0
+    with pytest.raises(ValueError, match=r"Engine.engine_id must be of type int, not '3'"):
+        Engine(engine_id="3")
+    with pytest.raises(TypeError, match="Engine has no setting 'work_dri'"):
+        Engine(work_dri="/tmp")
+
+
 def test_engine_exits_when_controller_killed(spawner, pdir):
     """After the controller dies by SIGKILL, an engine with a short --controller-timeout exits by itself."""
     cid = "orphan"
