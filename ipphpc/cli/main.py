@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     check_extra(parser.subparser(ns.cmd), extra)
+    del parser  # an engine or a controller runs inside this call for days: not with every command's flags alive
     prog = f"ipphpc {ns.cmd}"
     ns.argv = list(sys.argv[1:] if argv is None else argv)  # an engine restarts itself with them
     try:
