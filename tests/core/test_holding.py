@@ -105,3 +105,48 @@ def test_results_of_short_tasks_do_not_wait_for_a_long_task_of_the_same_run(spaw
             gate.touch()
         assert long.get(timeout=60) == "released"
         assert rc.controller_status()["stats"]["envelopes_out"] >= 1
+
+
+def test_results_before_a_task_whose_frames_are_pulled_leave_before_it_waits(spawner, pdir, monkeypatch):
+    """A load-balanced task's large argument waits in the client until its engine asks for it (no shared
+    memory, as across hosts). Short tasks of the same envelope ran before it: their results leave before the
+    engine waits for that frame, which here the client is slow to send."""
+    import numpy as np
+
+    from ipphpc import bulk
+    from ipphpc.client.direct import DirectLinks
+
+    asked, gate = threading.Event(), threading.Event()
+    serve = DirectLinks._serve
+
+    def slow_serve(self, ch, tid):  # the client's answer to the engine's request, in the connection's thread
+        asked.set()
+        gate.wait(60)
+        serve(self, ch, tid)
+    monkeypatch.setattr(DirectLinks, "_serve", slow_serve)
+
+    ctl, _, _ = spawner.controller(pdir, "pulled", "--no-shm")
+    spawner.engine(pdir, "pulled")
+    big = np.arange(3 * bulk.BULK_MIN // 8, dtype=np.float64)
+    with Client(profile_dir=str(pdir), cluster_id="pulled") as rc:
+        rc.wait_for_engines(1, timeout=60)
+        lview = rc.load_balanced_view()
+        assert lview.apply_sync(_quick, -1) == -1
+        os.kill(ctl.pid, signal.SIGSTOP)
+        try:
+            short = [lview.apply_async(_quick, i) for i in range(8)]
+            pulled = lview.apply_async(len, big)
+            time.sleep(0.3)  # all of them at the controller when it wakes
+        finally:
+            os.kill(ctl.pid, signal.SIGCONT)
+        try:
+            assert asked.wait(30), "the engine never asked for the large frame"
+            wait_until(lambda: all(a.ready() for a in short), 10, what="the short tasks' results")
+            assert [a.get() for a in short] == list(range(8))
+            assert not pulled.ready()
+        finally:
+            gate.set()
+        assert pulled.get(timeout=60) == len(big)
+        assert rc.controller_status()["stats"]["envelopes_out"] >= 1
+        recs = rc.db_query({"msg_id": pulled.msg_ids[0]}, keys=["header"])
+        assert recs[0]["header"]["bp"] == [1]  # it did take the pull path
