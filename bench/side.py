@@ -158,24 +158,32 @@ class Runner:
         self.say(f"wide: a call on all {n} engines, median {out['median_ms']:.2f} ms")
         return out
 
+    def _runs(self, once, most: int) -> list[dict]:
+        """Up to `most` results of `once()` (each a dict with "seconds"): another run starts only while the runs
+        so far and one more fit in `apply_budget_s`, so a slow system runs once."""
+        runs: list[dict] = []
+        spent = 0.0
+        while len(runs) < most:
+            runs.append(once())
+            spent += runs[-1]["seconds"]
+            if spent + runs[-1]["seconds"] > self.p["apply_budget_s"]:
+                break
+        return runs
+
     def fig_apply(self, fn=None, name="apply"):
         """Bursts of `tasks` no-op apply_async, the median of up to `apply_runs` of them: on 2 cores one burst
-        of a fast system varies by a third from run to run. Another burst starts only while the bursts so far
-        and one more fit in `apply_budget_s`, so a slow system runs once."""
+        of a fast system varies by a third from run to run."""
         n = self.p["tasks"]
-        runs = []
-        spent = 0.0
-        while len(runs) < self.p["apply_runs"]:
+
+        def once() -> dict:
             with time_limit(self.limit_burst), tree_cpu() as cpu:
                 t0 = time.perf_counter()
                 results = self.sys.apply_burst(n, fn)
                 dt = time.perf_counter() - t0
             ok = len(results) == n and all(r is None for r in results)
-            runs.append({"seconds": dt, "tasks_per_s": n / dt, "cpu_us_per_task": 1e6 * cpu.seconds / n,
-                         "results_ok": ok, "cpu_processes": len(cpu.pids)})
-            spent += dt
-            if spent + dt > self.p["apply_budget_s"]:
-                break
+            return {"seconds": dt, "tasks_per_s": n / dt, "cpu_us_per_task": 1e6 * cpu.seconds / n,
+                    "results_ok": ok, "cpu_processes": len(cpu.pids)}
+        runs = self._runs(once, self.p["apply_runs"])
         rate = median([r["tasks_per_s"] for r in runs])
         per_task = median([r["cpu_us_per_task"] for r in runs])
         self.say(f"{name}: {n} tasks, median of {len(runs)} bursts: {rate:,.0f} tasks/s, {per_task:.0f} us CPU per "
@@ -189,14 +197,22 @@ class Runner:
         return self.fig_apply(notebook_noop, "apply_main")
 
     def fig_map(self):
+        """The median of up to `map_runs` maps: a fast system's map takes a few milliseconds, and one hiccup of
+        the machine in those is a factor of several in a single run."""
         n = self.p["tasks"]
-        with time_limit(self.limit_burst):
-            t0 = time.perf_counter()
-            results = self.sys.map_burst(n)
-            dt = time.perf_counter() - t0
-        ok = list(results) == list(range(1, n + 1))
-        self.say(f"map: {n} items in {dt:.2f} s = {n / dt:,.0f} tasks/s")
-        return {"tasks": n, "seconds": dt, "tasks_per_s": n / dt, "results_ok": ok}
+
+        def once() -> dict:
+            with time_limit(self.limit_burst):
+                t0 = time.perf_counter()
+                results = self.sys.map_burst(n)
+                dt = time.perf_counter() - t0
+            return {"seconds": dt, "tasks_per_s": n / dt, "results_ok": list(results) == list(range(1, n + 1))}
+        runs = self._runs(once, self.p["map_runs"])
+        rate = median([r["tasks_per_s"] for r in runs])
+        self.say(f"map: {n} items, median of {len(runs)} runs: {rate:,.0f} tasks/s "
+                 f"(runs: {', '.join('%.4f' % r['seconds'] for r in runs)} s)")
+        return {"tasks": n, "seconds": median([r["seconds"] for r in runs]), "tasks_per_s": rate,
+                "results_ok": all(r["results_ok"] for r in runs), "runs": runs}
 
     def fig_latency(self):
         k = self.p["latency_calls"]
